@@ -1,0 +1,122 @@
+"""The one place numgpt chooses its array module, its dtype policy, its random
+generator and its kernels.
+
+- ``xp`` is the array module. It is NumPy today; a CuPy-compatible module can be
+  put here later without touching model code, because every array numgpt
+  creates is created through this module.
+- The default float dtype is float32. float64 is selectable (gradient checks)
+  with ``set_default_dtype``; nothing else is accepted.
+- One ``numpy.random.Generator`` serves initialisation, dropout, shuffling and
+  sampling, so ``manual_seed`` makes a whole run repeatable, and its state can
+  be saved in a checkpoint as JSON (``get_rng_state`` / ``set_rng_state``).
+- Kernels: every hot op has a NumPy function (the reference, always present)
+  and may have a numba twin in ``numgpt.kernels``. ``dispatch(fn)`` returns the
+  twin when the kernel mode is ``numba`` (the default; ``NUMGPT_KERNELS=numpy``
+  selects the reference path).
+"""
+import importlib.util
+import os
+
+import numpy
+
+xp = numpy
+
+FLOAT_DTYPES = (numpy.float32, numpy.float64)
+INDEX_DTYPE = numpy.int64
+
+_default_dtype = numpy.dtype(numpy.float32)
+
+
+def get_default_dtype():
+    """The float dtype new parameters and float arrays get (float32 unless changed)."""
+    return _default_dtype
+
+
+def set_default_dtype(dtype):
+    """Choose float32 (the default) or float64 (for gradient checks)."""
+    global _default_dtype
+    dtype = numpy.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"default dtype must be float32 or float64, got {dtype}")
+    _default_dtype = dtype
+
+
+def asarray(data, dtype=None):
+    """``data`` as an array of the backend; floats get the default dtype unless ``dtype`` is given."""
+    array = xp.asarray(data)
+    if dtype is not None:
+        return array.astype(dtype, copy=False)
+    if array.dtype.kind == "f" and array.dtype != _default_dtype:
+        return array.astype(_default_dtype)
+    return array
+
+
+# ---------------------------------------------------------------- random numbers
+
+_generator = numpy.random.Generator(numpy.random.PCG64(0))
+
+
+def manual_seed(seed):
+    """Reseed numgpt's generator (the counterpart of ``torch.manual_seed``)."""
+    if not isinstance(seed, (int, numpy.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _generator.bit_generator.state = numpy.random.PCG64(int(seed)).state
+    return _generator
+
+
+def get_generator():
+    """The one generator behind initialisation, dropout, shuffling and sampling."""
+    return _generator
+
+
+def get_rng_state():
+    """The generator's state as a JSON-serialisable dict."""
+    return _generator.bit_generator.state
+
+
+def set_rng_state(state):
+    """Restore a state from ``get_rng_state``."""
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        raise ValueError(f"RNG state must be a PCG64 state dict, got {state!r:.80}")
+    _generator.bit_generator.state = state
+
+
+# ---------------------------------------------------------------- kernels
+
+KERNEL_MODES = ("numpy", "numba")
+
+
+def _initial_kernel_mode():
+    mode = os.environ.get("NUMGPT_KERNELS")
+    if mode is None:
+        return "numba" if importlib.util.find_spec("numba") is not None else "numpy"
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"NUMGPT_KERNELS={mode!r}: expected one of {', '.join(KERNEL_MODES)}")
+    return mode
+
+
+_kernel_mode = _initial_kernel_mode()
+
+
+def get_kernel_mode():
+    """'numba' or 'numpy'."""
+    return _kernel_mode
+
+
+def set_kernel_mode(mode):
+    """Switch between the numba kernels and the NumPy reference path."""
+    global _kernel_mode
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"kernel mode {mode!r}: expected one of {', '.join(KERNEL_MODES)}")
+    _kernel_mode = mode
+
+
+def dispatch(numpy_twin):
+    """The function to run for ``numpy_twin``: its numba kernel in numba mode when
+    one is registered in ``numgpt.kernels.NUMBA_TWINS`` (by function name), else
+    the NumPy function itself."""
+    if _kernel_mode == "numba":
+        from numgpt.kernels import NUMBA_TWINS
+
+        return NUMBA_TWINS.get(numpy_twin.__name__, numpy_twin)
+    return numpy_twin
