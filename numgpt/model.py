@@ -1,0 +1,156 @@
+"""The seed's GPT: MultiHeadAttention, FeedForward, TransformerBlock, GPTModel,
+with the seed's config dicts and the state_dict keys of the PyTorch reference
+(``llms_from_scratch.ch04.GPTModel``).
+
+Dimensions: B batch, T tokens, C = emb_dim, NH = n_heads, HS = C / NH, V = vocab_size.
+"""
+import numpy
+
+from numgpt import ops
+from numgpt.autograd import array_of
+from numgpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, Sequential
+
+GPT_CONFIG_124M = {
+    "vocab_size": 50257,     # GPT-2 BPE vocabulary
+    "context_length": 256,   # shortened context (GPT-2: 1024)
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+
+CONFIG_KEYS = tuple(GPT_CONFIG_124M)
+
+# Model presets by name: the seed's run, GPT-2's four sizes (as OpenAI shipped
+# them: context 1024, biased qkv, tied head) and small ones for a laptop CPU.
+GPT2_SIZES = {
+    "gpt2-124m": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
+    "gpt2-355m": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
+    "gpt2-774m": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
+    "gpt2-1558m": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+}
+PRESETS = {
+    "gpt2-124m": dict(GPT_CONFIG_124M),
+    "small": dict(GPT_CONFIG_124M, emb_dim=256, n_heads=4, n_layers=4, context_length=128),
+    "tiny": dict(GPT_CONFIG_124M, emb_dim=64, n_heads=4, n_layers=2, context_length=64),
+}
+
+
+def gpt2_config(size):
+    """The config of one of OpenAI's GPT-2 sizes ('gpt2-124m', ...)."""
+    if size not in GPT2_SIZES:
+        raise ValueError(f"unknown GPT-2 size {size!r}: expected one of {', '.join(GPT2_SIZES)}")
+    return dict(GPT_CONFIG_124M, context_length=1024, drop_rate=0.0, qkv_bias=True, tie_weights=True,
+                **GPT2_SIZES[size])
+
+
+def check_config(cfg):
+    """Raise a ValueError naming every missing key or impossible value."""
+    missing = [key for key in CONFIG_KEYS if key not in cfg]
+    if missing:
+        raise ValueError(f"model config lacks {', '.join(missing)} (expected keys: {', '.join(CONFIG_KEYS)})")
+    for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+        if not isinstance(cfg[key], (int, numpy.integer)) or cfg[key] < 1:
+            raise ValueError(f"model config {key} must be a positive integer, got {cfg[key]!r}")
+    if cfg["emb_dim"] % cfg["n_heads"]:
+        raise ValueError(f"emb_dim {cfg['emb_dim']} is not divisible by n_heads {cfg['n_heads']}")
+    if not 0.0 <= cfg["drop_rate"] < 1.0:
+        raise ValueError(f"drop_rate must be in [0, 1), got {cfg['drop_rate']!r}")
+
+
+class MultiHeadAttention(Module):
+    """Causal self-attention: W_query, W_key, W_value, out_proj as in the seed.
+
+    The three projections run as one product over their stacked weights,
+    (B, T, C) -> (B, T, 3C); the heads are split and merged inside the
+    attention core.
+    """
+
+    ignored_state_keys = ("mask",)  # the reference's causal-mask buffer
+
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+        super().__init__()
+        if d_out % num_heads:
+            raise ValueError(f"d_out {d_out} is not divisible by num_heads {num_heads}")
+        self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
+        self.context_length = context_length
+        self.dropout = dropout
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = Linear(d_out, d_out)
+
+    def forward(self, x):
+        projections = (self.W_query, self.W_key, self.W_value)
+        weight = ops.concat([p.weight for p in projections])                      # 3 x (C, C) -> (3C, C)
+        bias = ops.concat([p.bias for p in projections]) if self.W_query.bias is not None else None
+        qkv = ops.linear(x, weight, bias)                                          # (B, T, C) -> (B, T, 3C)
+        context = ops.causal_attention(qkv, self.num_heads, self.dropout, self.training)  # -> (B, T, C)
+        return self.out_proj(context)                                              # (B, T, C)
+
+
+class FeedForward(Module):
+    """Linear(C, 4C) -> GELU -> Linear(4C, C), as ``layers`` (keys layers.0, layers.2)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        C = cfg["emb_dim"]
+        self.layers = Sequential(Linear(C, 4 * C), GELU(), Linear(4 * C, C))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class TransformerBlock(Module):
+    """Pre-LayerNorm block with shortcut connections and drop_shortcut."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.att = MultiHeadAttention(cfg["emb_dim"], cfg["emb_dim"], cfg["context_length"], cfg["drop_rate"],
+                                      cfg["n_heads"], cfg["qkv_bias"])
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(cfg["emb_dim"])
+        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.drop_shortcut = Dropout(cfg["drop_rate"])
+
+    def forward(self, x):                                        # x (B, T, C)
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))      # shortcut around attention
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))       # shortcut around the MLP
+        return x
+
+
+class GPTModel(Module):
+    """Token + position embeddings, dropout, n_layers blocks, final norm, out_head.
+
+    ``cfg`` is the seed's dict; an optional ``tie_weights: True`` makes
+    out_head share tok_emb's weight (GPT-2 as OpenAI shipped it).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        check_config(cfg)
+        self.cfg = dict(cfg)
+        self.tok_emb = Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = Dropout(cfg["drop_rate"])
+        self.trf_blocks = Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.out_head = Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        if cfg.get("tie_weights", False):
+            self.out_head.weight = self.tok_emb.weight
+
+    def forward(self, in_idx):
+        in_idx = array_of(in_idx)
+        if in_idx.ndim != 2:
+            raise ValueError(f"GPTModel expects token ids of shape (batch, tokens), got shape {in_idx.shape}")
+        B, T = in_idx.shape
+        if T > self.cfg["context_length"]:
+            raise ValueError(f"input has {T} tokens, more than context_length {self.cfg['context_length']}: "
+                             f"crop it to the last {self.cfg['context_length']}")
+        tok_embeds = self.tok_emb(in_idx)                                        # (B, T) -> (B, T, C)
+        pos_embeds = self.pos_emb(numpy.arange(T))                              # (T,) -> (T, C)
+        x = self.drop_emb(tok_embeds + pos_embeds)                              # (B, T, C)
+        x = self.trf_blocks(x)                                                  # (B, T, C)
+        x = self.final_norm(x)
+        return self.out_head(x)                                                 # (B, T, C) -> (B, T, V)

@@ -1,0 +1,125 @@
+"""AdamW with the semantics of ``torch.optim.AdamW`` (decoupled weight decay,
+bias correction) and ``clip_grad_norm_``.
+
+The update of one parameter is one pure function, ``adamw_update`` (the NumPy
+reference; its numba twin updates in a single pass over memory).
+"""
+import math
+
+import numpy
+
+from numgpt import backend
+
+
+def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay):
+    """One AdamW step on arrays, in place; ``step`` counts from 1."""
+    dtype = param.dtype.type
+    param *= dtype(1.0 - lr * weight_decay)                              # 1. decoupled decay
+    exp_avg *= dtype(beta1)                                              # 2. m = b1 m + (1 - b1) g
+    exp_avg += dtype(1.0 - beta1) * grad
+    exp_avg_sq *= dtype(beta2)                                           # 3. v = b2 v + (1 - b2) g^2
+    exp_avg_sq += dtype(1.0 - beta2) * grad * grad
+    step_size = lr / (1.0 - beta1 ** step)                               # 4. bias corrections
+    denom = numpy.sqrt(exp_avg_sq) / dtype(math.sqrt(1.0 - beta2 ** step))
+    denom += dtype(eps)
+    param -= dtype(step_size) * exp_avg / denom                          # 5. p -= lr m_hat / (sqrt(v_hat) + eps)
+
+
+class AdamW:
+    """``AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)``.
+
+    ``params`` is an iterable of tensors or of dicts (parameter groups with
+    their own hyper-parameters), as in PyTorch.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        params = list(params)
+        if not params:
+            raise ValueError("AdamW got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = []
+        for group in groups:
+            group = {**defaults, **group, "params": list(group["params"])}
+            self._check_hyperparameters(group)
+            self.param_groups.append(group)
+        self.state = {}  # id(param) -> {"step", "exp_avg", "exp_avg_sq"}
+
+    @staticmethod
+    def _check_hyperparameters(group):
+        beta1, beta2 = group["betas"]
+        checks = [("lr", group["lr"] >= 0), ("eps", group["eps"] >= 0), ("weight_decay", group["weight_decay"] >= 0),
+                  ("betas[0]", 0 <= beta1 < 1), ("betas[1]", 0 <= beta2 < 1)]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"AdamW: invalid {name} in {({k: v for k, v in group.items() if k != 'params'})}")
+
+    def _params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def zero_grad(self, set_to_none=True):
+        for param in self._params():
+            if set_to_none or param.grad is None:
+                param.grad = None
+            else:
+                param.grad[...] = 0
+
+    def step(self):
+        update = backend.dispatch(adamw_update)
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state.get(id(param))
+                if state is None:
+                    state = self.state[id(param)] = {"step": 0, "exp_avg": numpy.zeros_like(param.data),
+                                                     "exp_avg_sq": numpy.zeros_like(param.data)}
+                state["step"] += 1
+                update(param.data, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                       group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
+
+    def state_dict(self):
+        """{"state": {index: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]}, PyTorch's layout."""
+        index = {id(p): i for i, p in enumerate(self._params())}
+        groups = []
+        for group in self.param_groups:
+            groups.append({**{k: v for k, v in group.items() if k != "params"},
+                           "params": [index[id(p)] for p in group["params"]]})
+        state = {index[key]: dict(value) for key, value in self.state.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore moments, steps and hyper-parameters; shapes and group sizes must fit."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+                len(g["params"]) != len(own["params"]) for g, own in zip(groups, self.param_groups)):
+            raise ValueError("optimizer state_dict has a different number of parameter groups or parameters")
+        params = self._params()
+        new_state = {}
+        for key, value in state_dict["state"].items():
+            param = params[int(key)]
+            for name in ("exp_avg", "exp_avg_sq"):
+                if numpy.shape(value[name]) != param.shape:
+                    raise ValueError(f"optimizer state {key}.{name} has shape {numpy.shape(value[name])}, "
+                                     f"the parameter has {param.shape}")
+            new_state[id(param)] = {"step": int(value["step"]),
+                                    "exp_avg": numpy.array(value["exp_avg"], dtype=param.dtype),
+                                    "exp_avg_sq": numpy.array(value["exp_avg_sq"], dtype=param.dtype)}
+        for group, saved in zip(self.param_groups, groups):
+            group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
+        self.state = new_state
+
+
+def clip_grad_norm_(parameters, max_norm):
+    """Scale gradients in place so that their global L2 norm is at most max_norm;
+    returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = math.sqrt(sum(float(numpy.vdot(g.ravel(), g.ravel())) for g in grads))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g *= g.dtype.type(coef)
+    return total
