@@ -42,10 +42,14 @@ def set_default_dtype(dtype):
 
 
 def asarray(data, dtype=None):
-    """``data`` as an array of the backend; floats get the default dtype unless ``dtype`` is given."""
-    array = xp.asarray(data)
+    """``data`` as an array of the backend, as ``torch.tensor`` does: an array
+    keeps its dtype, Python floats (scalars, lists) get the default dtype,
+    unless ``dtype`` is given."""
     if dtype is not None:
-        return array.astype(dtype, copy=False)
+        return xp.asarray(data).astype(dtype, copy=False)
+    if isinstance(data, xp.ndarray):
+        return data
+    array = xp.asarray(data)
     if array.dtype.kind == "f" and array.dtype != _default_dtype:
         return array.astype(_default_dtype)
     return array

@@ -1,0 +1,238 @@
+"""Text in, (B, T) int64 batches out.
+
+- ``GPTDatasetV1`` cuts the token stream of a text into windows of ``max_length``
+  tokens every ``stride`` tokens (the seed's sliding window); the targets are the
+  inputs shifted one token to the right.
+- ``DataLoader`` batches a dataset like ``torch.utils.data.DataLoader`` with
+  ``num_workers=0``: same ``len``, same ``shuffle`` / ``drop_last`` meaning, a new
+  permutation per epoch drawn from numgpt's generator, and a ``state_dict`` so an
+  interrupted epoch can be resumed at the batch where it stopped.
+- ``create_dataloader_v1`` is the seed's one-call constructor.
+- ``split_text``, ``read_text`` and ``load_the_verdict`` get the seed's corpus,
+  from a path, a cache, or (once) the network.
+"""
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy
+
+from numgpt import backend
+from numgpt.tokenizer import ALLOWED_SPECIAL, get_tokenizer
+
+VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
+               "ch02/01_main-chapter-code/the-verdict.txt")
+VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
+VERDICT_FILENAME = "the-verdict.txt"
+HOME_ENV = "NUMGPT_HOME"
+DEFAULT_HOME = Path("~/.cache/numgpt")
+DOWNLOAD_TIMEOUT_S = 15
+
+
+class DataError(ValueError):
+    """A corpus that cannot be read, decoded or downloaded."""
+
+
+# ---------------------------------------------------------------- dataset
+
+
+class GPTDatasetV1:
+    """Sliding windows over the tokens of ``txt``.
+
+    Window i starts at token ``i * stride``; its input is ``max_length`` tokens
+    and its target the same span one token later. Windows are taken while a
+    full target fits, i.e. for starts in ``range(0, n_tokens - max_length, stride)``.
+    ``<|endoftext|>`` in ``txt`` is encoded as the special token (documents may be
+    joined with it), as ``text_to_token_ids`` does.
+    """
+
+    def __init__(self, txt, tokenizer, max_length, stride):
+        if max_length < 1 or stride < 1:
+            raise ValueError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
+        token_ids = backend.asarray(tokenizer.encode(txt, allowed_special=ALLOWED_SPECIAL),
+                                    dtype=backend.INDEX_DTYPE)  # (n_tokens,)
+        if len(token_ids) < max_length + 1:
+            raise ValueError(f"the text has {len(token_ids)} tokens; one window needs "
+                             f"max_length + 1 = {max_length + 1}")
+        starts = numpy.arange(0, len(token_ids) - max_length, stride)  # (N,)
+        positions = starts[:, None] + numpy.arange(max_length)  # (N, T)
+        self.input_ids = token_ids[positions]  # (N, T)
+        self.target_ids = token_ids[positions + 1]  # (N, T)
+        self.input_ids.flags.writeable = False  # __getitem__ hands out views of these rows
+        self.target_ids.flags.writeable = False
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    def __getitem__(self, idx):
+        return self.input_ids[idx], self.target_ids[idx]  # (T,), (T,)
+
+
+# ---------------------------------------------------------------- loader
+
+
+class DataLoader:
+    """Batches of ``(inputs, targets)``, each (B, T) int64, like torch's DataLoader.
+
+    Each ``iter()`` starts an epoch: with ``shuffle`` it draws a permutation from
+    ``generator`` (default: numgpt's global generator, read when the epoch starts,
+    so ``backend.manual_seed`` before iterating makes the order repeatable).
+    ``state_dict()`` records the current epoch's order and how many of its batches
+    were yielded; after ``load_state_dict`` the next ``iter()`` yields the rest of
+    that epoch, and later epochs draw fresh permutations.
+    """
+
+    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, generator=None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = generator
+        self._epoch_order = None  # (N,) permutation of the current epoch; None = in order
+        self._batches_yielded = 0
+        self._resume_pending = False
+
+    def __len__(self):
+        if self.drop_last:
+            return len(self.dataset) // self.batch_size
+        return -(-len(self.dataset) // self.batch_size)  # ceil
+
+    def _start_epoch(self):
+        if self._resume_pending and self._batches_yielded < len(self):
+            self._resume_pending = False
+            return
+        self._resume_pending = False
+        if self.shuffle:
+            generator = self.generator if self.generator is not None else backend.get_generator()
+            self._epoch_order = generator.permutation(len(self.dataset))
+        else:
+            self._epoch_order = None
+        self._batches_yielded = 0
+
+    def __iter__(self):
+        self._start_epoch()  # now, not at the first next(): the permutation is drawn when iteration starts
+        return self._batches()
+
+    def _batches(self):
+        n_items = len(self.dataset)
+        order = self._epoch_order if self._epoch_order is not None else numpy.arange(n_items)
+        while self._batches_yielded < len(self):
+            first = self._batches_yielded * self.batch_size
+            pairs = [self.dataset[int(i)] for i in order[first:first + self.batch_size]]
+            inputs = numpy.stack([pair[0] for pair in pairs]).astype(backend.INDEX_DTYPE, copy=False)
+            targets = numpy.stack([pair[1] for pair in pairs]).astype(backend.INDEX_DTYPE, copy=False)
+            self._batches_yielded += 1
+            yield inputs, targets  # (B, T), (B, T)
+
+    def state_dict(self):
+        """The position in the current epoch, as JSON-able data."""
+        order = None if self._epoch_order is None else [int(i) for i in self._epoch_order]
+        return {"epoch_order": order, "batches_yielded": self._batches_yielded}
+
+    def load_state_dict(self, state):
+        """Make the next ``iter()`` continue the epoch described by ``state``."""
+        order, yielded = state["epoch_order"], state["batches_yielded"]
+        n_items = len(self.dataset)
+        if order is not None and sorted(order) != list(range(n_items)):
+            raise ValueError(f"epoch_order is not a permutation of the {n_items} dataset items")
+        if order is None and self.shuffle:
+            raise ValueError("epoch_order is None but this loader shuffles")
+        if not 0 <= yielded <= len(self):
+            raise ValueError(f"batches_yielded must be in [0, {len(self)}], got {yielded}")
+        self._epoch_order = None if order is None else numpy.asarray(order, dtype=backend.INDEX_DTYPE)
+        self._batches_yielded = int(yielded)
+        self._resume_pending = True
+
+
+def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=True,
+                         drop_last=True, num_workers=0, tokenizer=None):
+    """The seed's constructor: ``GPTDatasetV1`` over ``txt`` in a ``DataLoader``."""
+    if num_workers != 0:
+        raise ValueError(f"num_workers={num_workers}: numgpt loads batches in the main "
+                         "process only; use num_workers=0")
+    dataset = GPTDatasetV1(txt, tokenizer if tokenizer is not None else get_tokenizer(),
+                           max_length, stride)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
+
+
+# ---------------------------------------------------------------- text
+
+
+def split_text(text, train_ratio=0.9):
+    """(train_text, val_text), split at character ``int(train_ratio * len(text))``."""
+    if not 0.0 <= train_ratio <= 1.0:
+        raise ValueError(f"train_ratio must be in [0, 1], got {train_ratio}")
+    split_idx = int(train_ratio * len(text))
+    return text[:split_idx], text[split_idx:]
+
+
+def _decode_utf8(data, source):
+    """UTF-8 bytes -> text with newlines normalised to '\\n', as Python's text mode reads files."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{source} is not UTF-8 text: byte offset {error.start} "
+                        f"({data[error.start:error.start + 1]!r}) cannot be decoded") from error
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_text(path):
+    """The UTF-8 text of the file at ``path``; DataError if it cannot be read or decoded."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from error
+    return _decode_utf8(data, path)
+
+
+def _download(url):
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError) as error:
+        raise DataError(f"download of {VERDICT_FILENAME} from {url} failed ({error}); "
+                        "pass a local copy instead: load_the_verdict(path=...) or --data PATH"
+                        ) from error
+
+
+def _write_atomically(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_the_verdict(path=None, cache_dir=None, url=VERDICT_URL):
+    """The seed's corpus, "The Verdict".
+
+    From ``path`` when given; else from ``cache_dir`` (default ``$NUMGPT_HOME`` or
+    ~/.cache/numgpt) when a copy with the right sha256 is there; else downloaded
+    from ``url``, checked against ``VERDICT_SHA256`` and cached atomically.
+    """
+    if path is not None:
+        return read_text(path)
+    if cache_dir is None:
+        cache_dir = os.environ.get(HOME_ENV) or DEFAULT_HOME
+    cached = Path(cache_dir).expanduser() / VERDICT_FILENAME
+    if cached.is_file():
+        data = cached.read_bytes()
+        if hashlib.sha256(data).hexdigest() == VERDICT_SHA256:
+            return _decode_utf8(data, cached)
+    data = _download(url)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != VERDICT_SHA256:
+        raise DataError(f"{VERDICT_FILENAME} downloaded from {url} has sha256 {actual}, "
+                        f"expected {VERDICT_SHA256}; not cached")
+    _write_atomically(cached, data)
+    return _decode_utf8(data, url)

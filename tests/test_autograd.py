@@ -1,0 +1,93 @@
+"""The tape: accumulation (the diamond), no_grad, detach, errors."""
+import numpy as np
+import pytest
+
+import numgpt
+from numgpt import ops
+from numgpt.autograd import Tensor
+
+
+def make(shape, seed=0, dtype=np.float64):
+    return Tensor(np.random.default_rng(seed).standard_normal(shape).astype(dtype), requires_grad=True)
+
+
+def test_tensor_used_twice_gets_the_sum_of_both_gradients():
+    # the residual diamond: out = linear(x) + x
+    x, w = make((3, 4)), make((4, 4), seed=1)
+    out = ops.linear(x, w) + x
+    dout = np.random.default_rng(2).standard_normal((3, 4))
+    out.backward(dout)
+    np.testing.assert_allclose(x.grad, dout @ w.data + dout, rtol=1e-12)
+    np.testing.assert_allclose(w.grad, dout.T @ x.data, rtol=1e-12)
+
+
+def test_add_of_a_tensor_to_itself_does_not_alias_the_gradient():
+    x = make((5,))
+    y = x + x            # add's backward hands the same array to both parents
+    z = y * 3.0
+    z.backward(np.ones(5))
+    np.testing.assert_array_equal(x.grad, np.full(5, 6.0))
+
+
+def test_leaf_gradients_accumulate_across_backward_calls():
+    x, w = make((2, 3)), make((3, 3), seed=1)
+    ops.linear(x, w).sum().backward()
+    first = w.grad.copy()
+    ops.linear(x, w).sum().backward()
+    np.testing.assert_allclose(w.grad, 2 * first, rtol=1e-12)
+
+
+def test_parameter_gradient_is_a_copy_not_a_view_of_an_intermediate():
+    x = make((4,))
+    y = x * 1.0
+    (y + y).backward(np.ones(4))
+    grad = x.grad
+    (x * 1.0).backward(np.ones(4))
+    assert x.grad is grad and np.array_equal(grad, np.full(4, 3.0))
+
+
+def test_no_grad_records_nothing():
+    x = make((2, 2))
+    with numgpt.no_grad():
+        y = x * 2.0
+    assert not y.requires_grad and y.is_leaf
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.backward(np.ones((2, 2)))
+    assert (x * 2.0).requires_grad  # grad mode is back on
+
+
+def test_detach_cuts_the_graph():
+    x = make((3,))
+    y = (x * 2.0).detach()
+    assert not y.requires_grad
+    np.testing.assert_array_equal(y.data, 2 * x.data)
+
+
+def test_backward_of_a_non_scalar_needs_a_gradient():
+    x = make((3,))
+    with pytest.raises(RuntimeError, match="needs a scalar"):
+        (x * 2.0).backward()
+    with pytest.raises(ValueError, match="does not match"):
+        (x * 2.0).backward(np.ones(4))
+
+
+def test_the_graph_is_freed_after_backward():
+    x = make((3,))
+    y = x * 2.0
+    y.sum().backward()
+    assert y.is_leaf
+
+
+def test_float32_stays_float32_through_the_tape():
+    x = make((2, 3), dtype=np.float32)
+    y = ((x * 0.5 + 1.0) - x).mean()
+    assert y.dtype == np.float32
+    y.backward()
+    assert x.grad.dtype == np.float32
+
+
+def test_flatten_matches_torch_semantics():
+    x = make((2, 3, 4))
+    assert x.flatten(0, 1).shape == (6, 4)
+    assert x.flatten().shape == (24,)
+    assert x.flatten(1).shape == (2, 12)

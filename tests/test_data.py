@@ -1,0 +1,340 @@
+"""Datasets, loaders and the corpus: the seed's numbers on "The Verdict",
+windows checked against the raw token stream, shuffling, resuming, and the
+download path against a local HTTP server."""
+import functools
+import hashlib
+import http.server
+import json
+import socket
+import threading
+
+import numpy
+import pytest
+
+from numgpt import backend
+from numgpt.data import (VERDICT_FILENAME, VERDICT_SHA256, DataError, DataLoader, GPTDatasetV1,
+                         create_dataloader_v1, load_the_verdict, read_text, split_text)
+
+VERDICT_N_CHARS = 20479
+CONTEXT_LENGTH = 256  # the seed's GPT_CONFIG_124M["context_length"]
+SEED_BATCH_SIZE = 2
+SEED_TRAIN_BATCHES = 9
+SEED_TRAIN_TOKENS = 4608
+SEED_VAL_TOKENS = 512
+
+
+class IndexDataset:
+    """Item i is (i, i, ..., i) and (-i, ...): a batch shows which items it holds."""
+
+    def __init__(self, n_items, length=3):
+        self.n_items, self.length = n_items, length
+
+    def __len__(self):
+        return self.n_items
+
+    def __getitem__(self, idx):
+        return numpy.full(self.length, idx, dtype=numpy.int64), numpy.full(self.length, -idx)
+
+
+def item_order(batches):
+    return [int(i) for inputs, _ in batches for i in inputs[:, 0]]
+
+
+# ---------------------------------------------------------------- the seed's corpus
+
+
+@pytest.fixture(scope="module")
+def seed_loaders(verdict_text, tokenizer):
+    train_text, val_text = split_text(verdict_text, train_ratio=0.9)
+    backend.manual_seed(123)
+    train_loader = create_dataloader_v1(train_text, batch_size=SEED_BATCH_SIZE, max_length=CONTEXT_LENGTH,
+                                        stride=CONTEXT_LENGTH, drop_last=True, shuffle=True,
+                                        num_workers=0, tokenizer=tokenizer)
+    val_loader = create_dataloader_v1(val_text, batch_size=SEED_BATCH_SIZE, max_length=CONTEXT_LENGTH,
+                                      stride=CONTEXT_LENGTH, drop_last=False, shuffle=False,
+                                      num_workers=0, tokenizer=tokenizer)
+    return train_loader, val_loader
+
+
+def test_corpus_size_and_split(verdict_text):
+    assert len(verdict_text) == VERDICT_N_CHARS
+    train_text, val_text = split_text(verdict_text, train_ratio=0.9)
+    assert len(train_text) == int(0.9 * VERDICT_N_CHARS) == 18431
+    assert train_text + val_text == verdict_text
+
+
+def test_seed_loader_shapes_and_token_counts(seed_loaders):
+    train_loader, val_loader = seed_loaders
+    train_batches, val_batches = list(train_loader), list(val_loader)
+    assert len(train_loader) == len(train_batches) == SEED_TRAIN_BATCHES
+    assert len(val_loader) == len(val_batches) == 1
+    for inputs, targets in train_batches + val_batches:
+        assert inputs.shape == targets.shape == (SEED_BATCH_SIZE, CONTEXT_LENGTH)
+        assert inputs.dtype == targets.dtype == numpy.int64
+    assert sum(inputs.size for inputs, _ in train_batches) == SEED_TRAIN_TOKENS
+    assert sum(inputs.size for inputs, _ in val_batches) == SEED_VAL_TOKENS
+
+
+@pytest.mark.parametrize("max_length, stride", [(4, 1), (4, 3), (4, 4), (5, 7), (256, 128)])
+def test_windows_match_the_raw_token_stream(verdict_text, tokenizer, max_length, stride):
+    ids = tokenizer.encode(verdict_text)
+    dataset = GPTDatasetV1(verdict_text, tokenizer, max_length, stride)
+    starts = range(0, len(ids) - max_length, stride)
+    assert len(dataset) == len(starts)
+    assert dataset.input_ids.dtype == dataset.target_ids.dtype == numpy.int64
+    for k in (0, 1, len(starts) // 2, len(starts) - 1):
+        inputs, targets = dataset[k]
+        assert inputs.tolist() == ids[starts[k]:starts[k] + max_length]
+        assert targets.tolist() == ids[starts[k] + 1:starts[k] + max_length + 1]
+    assert dataset.target_ids[-1, -1] == ids[starts[-1] + max_length]
+
+
+def test_loader_batches_hold_dataset_windows(verdict_text, tokenizer):
+    dataset = GPTDatasetV1(verdict_text, tokenizer, max_length=8, stride=8)
+    loader = DataLoader(dataset, batch_size=3, shuffle=False, drop_last=False)
+    inputs = numpy.concatenate([x for x, _ in loader])
+    targets = numpy.concatenate([y for _, y in loader])
+    numpy.testing.assert_array_equal(inputs, dataset.input_ids)
+    numpy.testing.assert_array_equal(targets[:, :-1], inputs[:, 1:])
+
+
+def test_load_the_verdict_from_a_path(verdict_path, verdict_text):
+    assert load_the_verdict(path=verdict_path) == verdict_text
+
+
+# ---------------------------------------------------------------- dataset arguments
+
+
+def test_text_too_short_names_both_numbers(tokenizer):
+    with pytest.raises(ValueError, match=r"3 tokens.*max_length \+ 1 = 4"):
+        GPTDatasetV1("Hello, world", tokenizer, max_length=3, stride=1)
+    assert len(GPTDatasetV1("Hello, world", tokenizer, max_length=2, stride=1)) == 1
+
+
+@pytest.mark.parametrize("max_length, stride", [(0, 1), (4, 0), (-1, -1)])
+def test_bad_window_arguments(tokenizer, max_length, stride):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        GPTDatasetV1("Every effort moves you forward", tokenizer, max_length, stride)
+
+
+def test_create_dataloader_rejects_workers_and_defaults_the_tokenizer():
+    with pytest.raises(ValueError, match="num_workers=2"):
+        create_dataloader_v1("Every effort moves you", num_workers=2)
+    loader = create_dataloader_v1("Every effort moves you forward", batch_size=1,
+                                  max_length=3, stride=1, shuffle=False)
+    assert [x.tolist() for x, _ in loader] == [[[6109, 3626, 6100]], [[3626, 6100, 345]]]
+
+
+# ---------------------------------------------------------------- loader
+
+
+@pytest.mark.parametrize("n_items, batch_size, drop_last, expected", [
+    (5, 2, True, 2), (5, 2, False, 3), (4, 2, True, 2), (4, 2, False, 2), (1, 2, True, 0), (1, 2, False, 1),
+])
+def test_len_as_torch(n_items, batch_size, drop_last, expected):
+    loader = DataLoader(IndexDataset(n_items), batch_size=batch_size, drop_last=drop_last)
+    batches = list(loader)
+    assert len(loader) == len(batches) == expected
+    if not drop_last and n_items % batch_size:
+        assert batches[-1][0].shape == (n_items % batch_size, 3)
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(ValueError, match="batch_size"):
+        DataLoader(IndexDataset(3), batch_size=0)
+
+
+def test_unshuffled_order_and_int64():
+    batches = list(DataLoader(IndexDataset(5), batch_size=2))
+    assert item_order(batches) == [0, 1, 2, 3, 4]
+    for inputs, targets in batches:
+        assert inputs.dtype == targets.dtype == numpy.int64
+        numpy.testing.assert_array_equal(targets, -inputs)
+
+
+def test_shuffle_follows_the_global_seed():
+    loader = DataLoader(IndexDataset(20), batch_size=3, shuffle=True)
+    backend.manual_seed(123)
+    first = item_order(loader)
+    backend.manual_seed(123)
+    again = item_order(loader)
+    backend.manual_seed(124)
+    other = item_order(loader)
+    assert first == again
+    assert other != first
+    assert sorted(first) == sorted(other) == list(range(20))  # every item once per epoch
+
+
+def test_each_epoch_draws_a_new_permutation():
+    loader = DataLoader(IndexDataset(20), batch_size=4, shuffle=True, drop_last=True)
+    backend.manual_seed(0)
+    epoch1, epoch2 = item_order(loader), item_order(loader)
+    assert epoch1 != epoch2
+    assert len(set(epoch1)) == len(epoch1) == 20
+
+
+def test_permutation_is_drawn_when_iteration_starts():
+    loader = DataLoader(IndexDataset(20), batch_size=4, shuffle=True)
+    backend.manual_seed(7)
+    expected = item_order(loader)
+    backend.manual_seed(7)
+    batches = iter(loader)
+    backend.manual_seed(8)  # too late: the order was drawn by iter()
+    assert item_order(batches) == expected
+
+
+def test_explicit_generator_leaves_the_global_one_alone():
+    backend.manual_seed(5)
+    state = backend.get_rng_state()
+    orders = [item_order(DataLoader(IndexDataset(20), batch_size=4, shuffle=True,
+                                    generator=numpy.random.default_rng(42))) for _ in range(2)]
+    assert orders[0] == orders[1]
+    assert backend.get_rng_state() == state
+
+
+def test_resume_mid_epoch_yields_exactly_the_rest():
+    dataset = IndexDataset(23)
+    backend.manual_seed(123)
+    reference = DataLoader(dataset, batch_size=4, shuffle=True, drop_last=False)
+    epoch1, epoch2 = list(reference), list(reference)
+
+    backend.manual_seed(123)
+    interrupted = DataLoader(dataset, batch_size=4, shuffle=True, drop_last=False)
+    batches = iter(interrupted)
+    done = [next(batches) for _ in range(2)]
+    loader_state = json.loads(json.dumps(interrupted.state_dict()))
+    rng_state = json.loads(json.dumps(backend.get_rng_state()))
+    assert loader_state["batches_yielded"] == 2
+    assert sorted(loader_state["epoch_order"]) == list(range(23))
+
+    backend.manual_seed(999)  # a new process: whatever the generator holds
+    resumed = DataLoader(dataset, batch_size=4, shuffle=True, drop_last=False)
+    resumed.load_state_dict(loader_state)
+    backend.set_rng_state(rng_state)
+    rest = list(resumed)
+    assert item_order(done) == item_order(epoch1[:2])
+    assert item_order(rest) == item_order(epoch1[2:])
+    assert item_order(resumed) == item_order(epoch2)  # the next epoch is fresh again
+
+
+def test_state_of_a_finished_epoch_starts_a_new_one():
+    loader = DataLoader(IndexDataset(6), batch_size=2)
+    list(loader)
+    assert loader.state_dict() == {"epoch_order": None, "batches_yielded": 3}
+    resumed = DataLoader(IndexDataset(6), batch_size=2)
+    resumed.load_state_dict(loader.state_dict())
+    assert item_order(resumed) == [0, 1, 2, 3, 4, 5]
+
+
+def test_unshuffled_resume():
+    loader = DataLoader(IndexDataset(7), batch_size=2)
+    loader.load_state_dict({"epoch_order": None, "batches_yielded": 2})
+    assert item_order(loader) == [4, 5, 6]
+    assert item_order(loader) == list(range(7))
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"epoch_order": [0, 1, 1], "batches_yielded": 0}, "permutation"),
+    ({"epoch_order": [0, 1], "batches_yielded": 0}, "permutation"),
+    ({"epoch_order": None, "batches_yielded": 0}, "shuffles"),
+    ({"epoch_order": [2, 0, 1], "batches_yielded": 3}, "batches_yielded"),
+])
+def test_bad_state_is_rejected(state, message):
+    loader = DataLoader(IndexDataset(3), batch_size=2, shuffle=True)
+    with pytest.raises(ValueError, match=message):
+        loader.load_state_dict(state)
+
+
+# ---------------------------------------------------------------- reading text
+
+
+def test_read_text_missing_file(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(DataError, match="nope.txt") as raised:
+        read_text(missing)
+    assert isinstance(raised.value, ValueError)
+
+
+def test_read_text_non_utf8_names_the_byte_offset(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf".encode() + b"\xe9 au lait")
+    with pytest.raises(DataError, match=r"latin1\.txt.*byte offset 3"):
+        read_text(path)
+
+
+def test_read_text_normalises_newlines_like_text_mode(tmp_path):
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(b"one\r\ntwo\rthree\n")
+    assert read_text(path) == "one\ntwo\nthree\n"
+
+
+def test_split_text_rejects_bad_ratio():
+    with pytest.raises(ValueError, match="train_ratio"):
+        split_text("abc", train_ratio=1.5)
+
+
+# ---------------------------------------------------------------- download
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server_url(tmp_path_factory, verdict_path, monkeypatch):
+    """A local HTTP server with the corpus (good.txt) and a one-byte-off copy (bad.txt)."""
+    root = tmp_path_factory.mktemp("served")
+    data = verdict_path.read_bytes()
+    (root / "good.txt").write_bytes(data)
+    (root / "bad.txt").write_bytes(data[:-1] + b"?")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def dead_url():
+    """A URL on a local port nobody listens on: downloads fail at once, as offline."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/the-verdict.txt"
+
+
+def test_download_is_verified_and_cached(server_url, dead_url, tmp_path, verdict_text):
+    text = load_the_verdict(cache_dir=tmp_path, url=f"{server_url}/good.txt")
+    assert text == verdict_text
+    cached = tmp_path / VERDICT_FILENAME
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == VERDICT_SHA256
+    assert sorted(p.name for p in tmp_path.iterdir()) == [VERDICT_FILENAME]  # no temp file left
+    assert load_the_verdict(cache_dir=tmp_path, url=dead_url) == verdict_text  # served from the cache
+
+
+def test_wrong_checksum_is_rejected_and_not_cached(server_url, tmp_path):
+    with pytest.raises(DataError, match=f"sha256.*expected {VERDICT_SHA256}"):
+        load_the_verdict(cache_dir=tmp_path, url=f"{server_url}/bad.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_cache_is_downloaded_again(server_url, tmp_path, verdict_text):
+    (tmp_path / VERDICT_FILENAME).write_text("not the verdict")
+    assert load_the_verdict(cache_dir=tmp_path, url=f"{server_url}/good.txt") == verdict_text
+    assert (tmp_path / VERDICT_FILENAME).read_text(encoding="utf-8") == verdict_text
+
+
+def test_offline_without_cache_says_what_to_do(dead_url, tmp_path):
+    with pytest.raises(DataError, match=r"download.*failed.*--data"):
+        load_the_verdict(cache_dir=tmp_path, url=dead_url)
+
+
+def test_cache_dir_defaults_to_numgpt_home(monkeypatch, tmp_path, verdict_path, verdict_text, dead_url):
+    monkeypatch.setenv("NUMGPT_HOME", str(tmp_path))
+    (tmp_path / VERDICT_FILENAME).write_bytes(verdict_path.read_bytes())
+    assert load_the_verdict(url=dead_url) == verdict_text

@@ -1,0 +1,155 @@
+"""Every op against float64 central differences (random upstream gradient),
+float32 in gives float32 out, and the checker itself rejects broken backwards."""
+import numpy as np
+import pytest
+
+import numgpt
+from numgpt import ops
+from numgpt.autograd import Tensor, record
+
+# float64 gradcheck tolerances (numgpt.gradcheck defaults, stated here once)
+GRAD_EPS, GRAD_ATOL, GRAD_RTOL = 1e-6, 1e-5, 1e-3
+
+
+def rand(shape, seed, scale=1.0, dtype=np.float64):
+    return Tensor((np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype), requires_grad=True)
+
+
+def check(fn, *inputs):
+    result = numgpt.gradcheck(fn, inputs, eps=GRAD_EPS, atol=GRAD_ATOL, rtol=GRAD_RTOL)
+    print(result.describe())
+    assert result.ok
+
+
+def seeded_dropout_attention(qkv):
+    numgpt.manual_seed(7)  # the same mask for every evaluation
+    return ops.causal_attention(qkv, 2, dropout_p=0.3, training=True)
+
+
+def seeded_dropout(x):
+    numgpt.manual_seed(7)
+    return ops.dropout(x, 0.4, training=True)
+
+
+IDX = np.array([[0, 3, 3, 1], [4, 0, 2, 3]])
+TARGETS = np.array([1, 0, -100, 4, 2, 2])
+
+OP_CASES = {
+    "linear": (lambda x, w, b: ops.linear(x, w, b), [(2, 3, 4), (5, 4), (5,)]),
+    "linear_nobias": (lambda x, w: ops.linear(x, w), [(3, 4), (2, 4)]),
+    "embedding": (lambda w: ops.embedding(IDX, w), [(5, 3)]),
+    "layer_norm": (lambda x, w, b: ops.layer_norm(x, w, b), [(2, 3, 6), (6,), (6,)]),
+    "gelu": (ops.gelu, [(3, 7)]),
+    "dropout": (seeded_dropout, [(4, 5)]),
+    "attention": (lambda qkv: ops.causal_attention(qkv, 2), [(2, 5, 12)]),
+    "attention_dropout": (seeded_dropout_attention, [(2, 5, 12)]),
+    "cross_entropy": (lambda z: ops.cross_entropy(z, TARGETS), [(6, 5)]),
+    "add_broadcast": (lambda a, b: a + b, [(2, 3, 4), (3, 4)]),
+    "mul_broadcast": (lambda a, b: a * b, [(2, 3, 4), (1, 4)]),
+    "reshape_transpose": (lambda x: x.reshape(3, 2, 4).transpose(0, 2) * 1.5, [(6, 4)]),
+    "getitem": (lambda x: x[:, -1, :], [(2, 3, 4)]),
+    "concat": (lambda a, b: ops.concat([a, b]), [(2, 3), (4, 3)]),
+    "mean": (lambda x: x.mean(), [(3, 4)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OP_CASES))
+def test_op_gradient_matches_central_differences(name):
+    fn, shapes = OP_CASES[name]
+    check(fn, *[rand(shape, seed) for seed, shape in enumerate(shapes)])
+
+
+@pytest.mark.parametrize("name", sorted(OP_CASES))
+def test_op_keeps_float32(name):
+    fn, shapes = OP_CASES[name]
+    inputs = [rand(shape, seed, dtype=np.float32) for seed, shape in enumerate(shapes)]
+    out = fn(*inputs)
+    assert out.dtype == np.float32
+    out.backward(np.ones(out.shape, dtype=np.float32))
+    for t in inputs:
+        assert t.grad.dtype == np.float32, name
+
+
+def test_cross_entropy_matches_the_definition():
+    logits = np.random.default_rng(0).standard_normal((6, 5))
+    loss = ops.cross_entropy(Tensor(logits), TARGETS).item()
+    keep = TARGETS != -100
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -log_probs[keep, TARGETS[keep]].mean()
+    assert abs(loss - expected) < 1e-12
+
+
+def test_cross_entropy_stays_finite_for_huge_logits():
+    logits = Tensor(np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]], dtype=np.float32), requires_grad=True)
+    loss = ops.cross_entropy(logits, np.array([0, 2]))
+    loss.backward()
+    assert np.isfinite(loss.item()) and np.all(np.isfinite(logits.grad))
+    assert abs(loss.item() - np.log(2) / 2) < 1e-6
+
+
+def test_attention_is_causal():
+    qkv = rand((1, 6, 12), 0)
+    out = ops.causal_attention(qkv, 2).data
+    changed = qkv.data.copy()
+    changed[0, 4:] += 10.0          # perturb the future of position 3
+    out2 = ops.causal_attention(Tensor(changed), 2).data
+    np.testing.assert_array_equal(out[0, :4], out2[0, :4])
+    assert not np.allclose(out[0, 4:], out2[0, 4:])
+
+
+def test_dropout_is_inverted_and_seeded():
+    x = Tensor(np.ones((200, 100), dtype=np.float32))
+    numgpt.manual_seed(1)
+    a = ops.dropout(x, 0.25, training=True).data
+    numgpt.manual_seed(1)
+    b = ops.dropout(x, 0.25, training=True).data
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((a == 0).mean() - 0.25) < 0.01
+    assert ops.dropout(x, 0.25, training=False) is x
+
+
+def square_with_backward(backward):
+    def op(x):
+        return record(x.data ** 2, (x,), lambda dout: (backward(dout, x.data),))
+    return op
+
+
+def softmax_with_backward(backward):
+    def op(x):
+        e = np.exp(x.data - x.data.max(axis=-1, keepdims=True))
+        s = e / e.sum(axis=-1, keepdims=True)
+        return record(s, (x,), lambda dout: (backward(dout, s),))
+    return op
+
+
+def test_checker_accepts_a_correct_backward():
+    correct = softmax_with_backward(lambda dout, s: s * (dout - (dout * s).sum(axis=-1, keepdims=True)))
+    assert numgpt.gradcheck(correct, [rand((3, 4), 0)]).ok
+
+
+def test_checker_rejects_a_broken_backward():
+    off_by_factor = square_with_backward(lambda dout, x: dout * x)      # should be 2 x dout
+    with pytest.raises(numgpt.GradcheckError, match="FAILED"):
+        numgpt.gradcheck(off_by_factor, [rand((3, 4), 0)])
+
+
+def test_checker_rejects_a_softmax_backward_that_a_sum_would_hide():
+    # sum(softmax(x)) is constant, so a zero gradient looks right under .sum();
+    # the random upstream gradient exposes it
+    zero = softmax_with_backward(lambda dout, s: np.zeros_like(s))
+    result = numgpt.gradcheck(zero, [rand((3, 4), 0)], raise_exception=False)
+    print(result.describe())
+    assert not result.ok
+
+
+def test_checker_rejects_a_bad_step_size():
+    # float64 central differences with h = 1e-14 are swamped by rounding
+    gelu_like = lambda x: ops.gelu(x) * 1e3
+    result = numgpt.gradcheck(gelu_like, [rand((4,), 0)], eps=1e-14, raise_exception=False)
+    assert not result.ok
+
+
+def test_checker_needs_float64():
+    with pytest.raises(TypeError, match="float64"):
+        numgpt.gradcheck(ops.gelu, [rand((3,), 0, dtype=np.float32)])
