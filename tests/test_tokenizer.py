@@ -6,6 +6,8 @@ import shutil
 import numpy
 import pytest
 
+from numgpt.autograd import Tensor
+
 from numgpt import tokenizer as tokenizer_module
 from numgpt.tokenizer import (ENCODER_JSON, FILE_SHA256, TOKENIZER_DIR_ENV, VOCAB_BPE,
                               find_tokenizer_dir, get_tokenizer, text_to_token_ids,
@@ -93,12 +95,8 @@ def test_the_verdict_is_5145_tokens_and_round_trips(tokenizer, verdict_text):
 
 
 def test_token_ids_to_text_accepts_lists_vectors_and_tensors(tokenizer):
-    class TensorLike:  # what numgpt's Tensor offers: the array in .data
-        def __init__(self, data):
-            self.data = data
-
     ids = [6109, 3626, 6100, 345]
-    for form in (ids, [ids], numpy.array(ids), numpy.array([ids]), TensorLike(numpy.array([ids]))):
+    for form in (ids, [ids], numpy.array(ids), numpy.array([ids]), Tensor(numpy.array([ids]))):
         assert token_ids_to_text(form, tokenizer) == "Every effort moves you"
     with pytest.raises(ValueError, match=r"\(2, 4\)"):
         token_ids_to_text(numpy.array([ids, ids]), tokenizer)
