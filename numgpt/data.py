@@ -77,12 +77,14 @@ class GPTDatasetV1:
 class DataLoader:
     """Batches of ``(inputs, targets)``, each (B, T) int64, like torch's DataLoader.
 
-    Each ``iter()`` starts an epoch: with ``shuffle`` it draws a permutation from
-    ``generator`` (default: numgpt's global generator, read when the epoch starts,
-    so ``backend.manual_seed`` before iterating makes the order repeatable).
-    ``state_dict()`` records the current epoch's order and how many of its batches
-    were yielded; after ``load_state_dict`` the next ``iter()`` yields the rest of
-    that epoch, and later epochs draw fresh permutations.
+    Each ``iter()`` starts an epoch with an iterator of its own (so the seed's
+    evaluation, which iterates ``train_loader`` in the middle of a training
+    epoch, leaves the training epoch alone). With ``shuffle`` the iterator
+    draws a permutation from ``generator`` (default: numgpt's global generator,
+    read when iteration starts, so ``backend.manual_seed`` before iterating
+    makes the order repeatable). An iterator's ``state_dict()`` records its
+    order and how many batches it yielded; after ``loader.load_state_dict(s)``
+    the next ``iter()`` yields the rest of that epoch instead of a new one.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, generator=None):
@@ -93,49 +95,25 @@ class DataLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.generator = generator
-        self._epoch_order = None  # (N,) permutation of the current epoch; None = in order
-        self._batches_yielded = 0
-        self._resume_pending = False
+        self._resume = None  # (order or None, batches yielded) for the next iter()
 
     def __len__(self):
         if self.drop_last:
             return len(self.dataset) // self.batch_size
         return -(-len(self.dataset) // self.batch_size)  # ceil
 
-    def _start_epoch(self):
-        if self._resume_pending and self._batches_yielded < len(self):
-            self._resume_pending = False
-            return
-        self._resume_pending = False
-        if self.shuffle:
-            generator = self.generator if self.generator is not None else backend.get_generator()
-            self._epoch_order = generator.permutation(len(self.dataset))
-        else:
-            self._epoch_order = None
-        self._batches_yielded = 0
-
     def __iter__(self):
-        self._start_epoch()  # now, not at the first next(): the permutation is drawn when iteration starts
-        return self._batches()
-
-    def _batches(self):
-        n_items = len(self.dataset)
-        order = self._epoch_order if self._epoch_order is not None else numpy.arange(n_items)
-        while self._batches_yielded < len(self):
-            first = self._batches_yielded * self.batch_size
-            pairs = [self.dataset[int(i)] for i in order[first:first + self.batch_size]]
-            inputs = numpy.stack([pair[0] for pair in pairs]).astype(backend.INDEX_DTYPE, copy=False)
-            targets = numpy.stack([pair[1] for pair in pairs]).astype(backend.INDEX_DTYPE, copy=False)
-            self._batches_yielded += 1
-            yield inputs, targets  # (B, T), (B, T)
-
-    def state_dict(self):
-        """The position in the current epoch, as JSON-able data."""
-        order = None if self._epoch_order is None else [int(i) for i in self._epoch_order]
-        return {"epoch_order": order, "batches_yielded": self._batches_yielded}
+        if self._resume is not None:
+            (order, yielded), self._resume = self._resume, None
+            return LoaderIterator(self, order, yielded)
+        order = None
+        if self.shuffle:  # drawn now, not at the first next()
+            generator = self.generator if self.generator is not None else backend.get_generator()
+            order = generator.permutation(len(self.dataset))
+        return LoaderIterator(self, order, 0)
 
     def load_state_dict(self, state):
-        """Make the next ``iter()`` continue the epoch described by ``state``."""
+        """Make the next ``iter()`` continue the epoch an iterator's ``state_dict()`` described."""
         order, yielded = state["epoch_order"], state["batches_yielded"]
         n_items = len(self.dataset)
         if order is not None and sorted(order) != list(range(n_items)):
@@ -144,9 +122,36 @@ class DataLoader:
             raise ValueError("epoch_order is None but this loader shuffles")
         if not 0 <= yielded <= len(self):
             raise ValueError(f"batches_yielded must be in [0, {len(self)}], got {yielded}")
-        self._epoch_order = None if order is None else numpy.asarray(order, dtype=backend.INDEX_DTYPE)
-        self._batches_yielded = int(yielded)
-        self._resume_pending = True
+        order = None if order is None else numpy.asarray(order, dtype=backend.INDEX_DTYPE)
+        self._resume = (order, int(yielded))
+
+
+class LoaderIterator:
+    """One epoch of a DataLoader: its order and its position."""
+
+    def __init__(self, loader, order, batches_yielded):
+        self.loader = loader
+        self.order = order                  # (N,) permutation, or None for the dataset's order
+        self.batches_yielded = batches_yielded
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        loader = self.loader
+        if self.batches_yielded >= len(loader):
+            raise StopIteration
+        first = self.batches_yielded * loader.batch_size
+        last = min(first + loader.batch_size, len(loader.dataset))
+        items = numpy.arange(first, last) if self.order is None else self.order[first:last]
+        self.batches_yielded += 1
+        inputs, targets = loader.dataset[items]     # a batch of windows at once: (B, T), (B, T)
+        return inputs, targets
+
+    def state_dict(self):
+        """This epoch's order and position, as JSON-able data."""
+        order = None if self.order is None else [int(i) for i in self.order]
+        return {"epoch_order": order, "batches_yielded": self.batches_yielded}
 
 
 def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=True,

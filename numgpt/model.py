@@ -8,6 +8,7 @@ import numpy
 
 from numgpt import ops
 from numgpt.autograd import array_of
+from numgpt.ops.attention import LayerKVCache
 from numgpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, Sequential
 
 GPT_CONFIG_124M = {
@@ -81,12 +82,17 @@ class MultiHeadAttention(Module):
         self.W_value = Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = Linear(d_out, d_out)
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
+        """x (B, T, C) -> (B, T, C); with ``kv_cache`` (a LayerKVCache), the
+        T new positions attend to the cached ones too (inference only)."""
         projections = (self.W_query, self.W_key, self.W_value)
         weight = ops.concat([p.weight for p in projections])                      # 3 x (C, C) -> (3C, C)
         bias = ops.concat([p.bias for p in projections]) if self.W_query.bias is not None else None
         qkv = ops.linear(x, weight, bias)                                          # (B, T, C) -> (B, T, 3C)
-        context = ops.causal_attention(qkv, self.num_heads, self.dropout, self.training)  # -> (B, T, C)
+        if kv_cache is None:
+            context = ops.causal_attention(qkv, self.num_heads, self.dropout, self.training)  # -> (B, T, C)
+        else:
+            context = ops.cached_attention(qkv, self.num_heads, kv_cache)                    # -> (B, T, C)
         return self.out_proj(context)                                              # (B, T, C)
 
 
@@ -114,8 +120,8 @@ class TransformerBlock(Module):
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_shortcut = Dropout(cfg["drop_rate"])
 
-    def forward(self, x):                                        # x (B, T, C)
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))      # shortcut around attention
+    def forward(self, x, kv_cache=None):                         # x (B, T, C)
+        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache))  # shortcut around attention
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))       # shortcut around the MLP
         return x
 
@@ -140,17 +146,29 @@ class GPTModel(Module):
         if cfg.get("tie_weights", False):
             self.out_head.weight = self.tok_emb.weight
 
-    def forward(self, in_idx):
+    def new_kv_cache(self, batch_size, max_len=None):
+        """Empty per-layer key/value buffers for ``forward(idx, kv_cache=...)``."""
+        C, NH = self.cfg["emb_dim"], self.cfg["n_heads"]
+        max_len = max_len or self.cfg["context_length"]
+        dtype = self.tok_emb.weight.dtype
+        return [LayerKVCache(batch_size, NH, max_len, C // NH, dtype) for _ in range(self.cfg["n_layers"])]
+
+    def forward(self, in_idx, kv_cache=None):
+        """Token ids (B, T) -> logits (B, T, V). With ``kv_cache`` (from
+        ``new_kv_cache``), in_idx holds only the new positions, placed after
+        the cached ones (inference under no_grad)."""
         in_idx = array_of(in_idx)
         if in_idx.ndim != 2:
             raise ValueError(f"GPTModel expects token ids of shape (batch, tokens), got shape {in_idx.shape}")
         B, T = in_idx.shape
-        if T > self.cfg["context_length"]:
-            raise ValueError(f"input has {T} tokens, more than context_length {self.cfg['context_length']}: "
+        start = 0 if kv_cache is None else kv_cache[0].length
+        if start + T > self.cfg["context_length"]:
+            raise ValueError(f"input has {start + T} tokens, more than context_length {self.cfg['context_length']}: "
                              f"crop it to the last {self.cfg['context_length']}")
         tok_embeds = self.tok_emb(in_idx)                                        # (B, T) -> (B, T, C)
-        pos_embeds = self.pos_emb(numpy.arange(T))                              # (T,) -> (T, C)
+        pos_embeds = self.pos_emb(numpy.arange(start, start + T))               # (T,) -> (T, C)
         x = self.drop_emb(tok_embeds + pos_embeds)                              # (B, T, C)
-        x = self.trf_blocks(x)                                                  # (B, T, C)
+        for i, block in enumerate(self.trf_blocks):
+            x = block(x, None if kv_cache is None else kv_cache[i])             # (B, T, C)
         x = self.final_norm(x)
         return self.out_head(x)                                                 # (B, T, C) -> (B, T, V)

@@ -32,8 +32,9 @@ class IndexDataset:
     def __len__(self):
         return self.n_items
 
-    def __getitem__(self, idx):
-        return numpy.full(self.length, idx, dtype=numpy.int64), numpy.full(self.length, -idx)
+    def __getitem__(self, items):  # items: an array of indices, as DataLoader asks
+        inputs = numpy.repeat(numpy.asarray(items, dtype=numpy.int64)[:, None], self.length, axis=1)
+        return inputs, -inputs
 
 
 def item_order(batches):
@@ -202,8 +203,10 @@ def test_resume_mid_epoch_yields_exactly_the_rest():
     interrupted = DataLoader(dataset, batch_size=4, shuffle=True, drop_last=False)
     batches = iter(interrupted)
     done = [next(batches) for _ in range(2)]
-    loader_state = json.loads(json.dumps(interrupted.state_dict()))
+    loader_state = json.loads(json.dumps(batches.state_dict()))
     rng_state = json.loads(json.dumps(backend.get_rng_state()))
+    list(interrupted)  # an evaluation pass in the middle of the epoch leaves the epoch alone
+    assert item_order([next(batches)]) == item_order(epoch1[2:3])
     assert loader_state["batches_yielded"] == 2
     assert sorted(loader_state["epoch_order"]) == list(range(23))
 
@@ -217,12 +220,14 @@ def test_resume_mid_epoch_yields_exactly_the_rest():
     assert item_order(resumed) == item_order(epoch2)  # the next epoch is fresh again
 
 
-def test_state_of_a_finished_epoch_starts_a_new_one():
+def test_resuming_a_finished_epoch_yields_nothing_then_a_new_epoch():
     loader = DataLoader(IndexDataset(6), batch_size=2)
-    list(loader)
-    assert loader.state_dict() == {"epoch_order": None, "batches_yielded": 3}
+    batches = iter(loader)
+    list(batches)
+    assert batches.state_dict() == {"epoch_order": None, "batches_yielded": 3}
     resumed = DataLoader(IndexDataset(6), batch_size=2)
-    resumed.load_state_dict(loader.state_dict())
+    resumed.load_state_dict(batches.state_dict())
+    assert item_order(resumed) == []
     assert item_order(resumed) == [0, 1, 2, 3, 4, 5]
 
 

@@ -85,3 +85,50 @@ def causal_attention(qkv, n_heads, dropout_p=0.0, training=False):
     out, cache = backend.dispatch(attention_forward)(qkv.data, n_heads, mask)
     backward = backend.dispatch(attention_backward)
     return record(out, (qkv,), lambda dout: (backward(dout, cache),))
+
+
+# ---------------------------------------------------------------- inference with a KV cache
+class LayerKVCache:
+    """One layer's keys and values of the positions seen so far.
+
+    Shapes: keys, values (B, NH, L, HS), L the longest sequence the cache holds;
+    positions [0, length) are filled.
+    """
+
+    def __init__(self, batch, n_heads, max_len, head_dim, dtype):
+        self.keys = numpy.empty((batch, n_heads, max_len, head_dim), dtype=dtype)
+        self.values = numpy.empty((batch, n_heads, max_len, head_dim), dtype=dtype)
+        self.length = 0
+
+
+def cached_attention_forward(qkv, n_heads, cache):
+    """Attention of Tn new positions over the cached ones and themselves, causal.
+
+    Inference only (no backward). qkv (B, Tn, 3C) -> out (B, Tn, C); appends
+    the new keys and values to ``cache``.
+    """
+    B, Tn, C3 = qkv.shape
+    start, end = cache.length, cache.length + Tn
+    if end > cache.keys.shape[2]:
+        raise ValueError(f"KV cache holds {cache.keys.shape[2]} positions, {end} were asked for")
+    q, k, v = split_heads(qkv, n_heads)                            # 3 x (B, NH, Tn, HS)
+    cache.keys[:, :, start:end] = k
+    cache.values[:, :, start:end] = v
+    cache.length = end
+    keys, values = cache.keys[:, :, :end], cache.values[:, :, :end]
+    scale = qkv.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+    scores = (q @ keys.swapaxes(-1, -2)) * scale                   # (B, NH, Tn, end)
+    future = numpy.arange(end)[None, :] > numpy.arange(start, end)[:, None]   # (Tn, end)
+    scores[..., future] = -numpy.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    att = numpy.exp(scores)
+    att /= att.sum(axis=-1, keepdims=True)
+    y = att @ values                                               # (B, NH, Tn, HS)
+    return y.transpose(0, 2, 1, 3).reshape(B, Tn, C3 // 3)         # (B, Tn, C)
+
+
+def cached_attention(qkv, n_heads, cache):
+    """The tape wrapper: refuses to run where a gradient is wanted."""
+    if qkv.requires_grad:
+        raise RuntimeError("attention with a KV cache is for inference: run it under numgpt.no_grad()")
+    return record(cached_attention_forward(qkv.data, n_heads, cache), (qkv,), None)
