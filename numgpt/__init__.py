@@ -4,9 +4,17 @@ Dimension names used in shape comments throughout:
     B   batch size              T   tokens in a sequence (<= context_length)
     C   channels (emb_dim)      NH  attention heads      HS  head size, C / NH
     V   vocabulary size         N   rows of a flattened batch, B * T
+
+The public API keeps the seed's names: GPTModel, GPT_CONFIG_124M,
+GPTDatasetV1, create_dataloader_v1, calc_loss_batch, calc_loss_loader,
+train_model_simple, generate_text_simple, generate, plot_losses, ...
 """
 from numgpt.autograd import Tensor, enable_grad, is_grad_enabled, no_grad
 from numgpt.backend import get_default_dtype, get_rng_state, manual_seed, set_default_dtype, set_rng_state
+from numgpt.checkpoint import (Checkpoint, CheckpointError, CheckpointManager, build_model, load_checkpoint,
+                               restore, save_checkpoint)
+from numgpt.data import DataLoader, GPTDatasetV1, create_dataloader_v1, load_the_verdict, read_text, split_text
+from numgpt.generate import generate, generate_text_simple
 from numgpt.gradcheck import GradcheckError, gradcheck
 from numgpt.model import (GPT_CONFIG_124M, PRESETS, FeedForward, GPTModel, MultiHeadAttention, TransformerBlock,
                           gpt2_config)
@@ -14,5 +22,10 @@ from numgpt.nn import (GELU, Dropout, Embedding, LayerNorm, Linear, Module, Para
                        StateDictError)
 from numgpt.ops import cross_entropy
 from numgpt.optim import AdamW, clip_grad_norm_
+from numgpt.plot import plot_losses
+from numgpt.pretrained import export_hf, load_gpt2
+from numgpt.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
+from numgpt.train import (TrainState, calc_loss_batch, calc_loss_loader, evaluate_model, generate_and_print_sample,
+                          perplexity, train_model_simple)
 
 __version__ = "0.1.0"

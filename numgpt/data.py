@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy
 
 from numgpt import backend
-from numgpt.tokenizer import ALLOWED_SPECIAL, get_tokenizer
+from numgpt.tokenizer import get_tokenizer
 
 VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
                "ch02/01_main-chapter-code/the-verdict.txt")
@@ -45,14 +45,16 @@ class GPTDatasetV1:
     Window i starts at token ``i * stride``; its input is ``max_length`` tokens
     and its target the same span one token later. Windows are taken while a
     full target fits, i.e. for starts in ``range(0, n_tokens - max_length, stride)``.
-    ``<|endoftext|>`` in ``txt`` is encoded as the special token (documents may be
-    joined with it), as ``text_to_token_ids`` does.
+    A literal ``<|endoftext|>`` in ``txt`` is encoded as ordinary text (a corpus
+    that quotes it is not split by it); pass
+    ``allowed_special={"<|endoftext|>"}`` for documents joined with the token.
+    (Prompts follow the seed's rule instead: ``text_to_token_ids`` allows it.)
     """
 
-    def __init__(self, txt, tokenizer, max_length, stride):
+    def __init__(self, txt, tokenizer, max_length, stride, allowed_special=()):
         if max_length < 1 or stride < 1:
             raise ValueError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
-        token_ids = backend.asarray(tokenizer.encode(txt, allowed_special=ALLOWED_SPECIAL),
+        token_ids = backend.asarray(tokenizer.encode(txt, allowed_special=set(allowed_special), disallowed_special=()),
                                     dtype=backend.INDEX_DTYPE)  # (n_tokens,)
         if len(token_ids) < max_length + 1:
             raise ValueError(f"the text has {len(token_ids)} tokens; one window needs "
@@ -155,13 +157,13 @@ class LoaderIterator:
 
 
 def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=True,
-                         drop_last=True, num_workers=0, tokenizer=None):
+                         drop_last=True, num_workers=0, tokenizer=None, allowed_special=()):
     """The seed's constructor: ``GPTDatasetV1`` over ``txt`` in a ``DataLoader``."""
     if num_workers != 0:
         raise ValueError(f"num_workers={num_workers}: numgpt loads batches in the main "
                          "process only; use num_workers=0")
     dataset = GPTDatasetV1(txt, tokenizer if tokenizer is not None else get_tokenizer(),
-                           max_length, stride)
+                           max_length, stride, allowed_special)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
 
 

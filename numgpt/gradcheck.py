@@ -90,3 +90,70 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exceptio
     if raise_exception and not result.ok:
         raise GradcheckError(result.describe())
     return result
+
+
+# ---------------------------------------------------------------- the op suite
+# Each case: a function of float64 tensors and the shapes of its inputs, small
+# enough that central differences over every element take milliseconds.
+_IDX = numpy.array([[0, 3, 3, 1], [4, 0, 2, 3]])          # repeats: the embedding backward must add
+_TARGETS = numpy.array([1, 0, -100, 4, 2, 2])             # one ignored target
+
+
+def _seeded(fn):
+    """fn with numgpt's generator reset first: dropout draws the same mask on every call."""
+    from numgpt.backend import manual_seed
+
+    def call(*args):
+        manual_seed(7)
+        return fn(*args)
+    return call
+
+
+def op_cases():
+    """name -> (function of tensors, input shapes): one case per op numgpt differentiates."""
+    from numgpt import ops
+    return {
+        "linear": (lambda x, w, b: ops.linear(x, w, b), [(2, 3, 4), (5, 4), (5,)]),
+        "linear_nobias": (lambda x, w: ops.linear(x, w), [(3, 4), (2, 4)]),
+        "embedding": (lambda w: ops.embedding(_IDX, w), [(5, 3)]),
+        "layer_norm": (lambda x, w, b: ops.layer_norm(x, w, b), [(2, 3, 6), (6,), (6,)]),
+        "gelu": (ops.gelu, [(3, 7)]),
+        "dropout": (_seeded(lambda x: ops.dropout(x, 0.4, training=True)), [(4, 5)]),
+        "attention": (lambda qkv: ops.causal_attention(qkv, 2), [(2, 5, 12)]),
+        "attention_dropout": (_seeded(lambda qkv: ops.causal_attention(qkv, 2, 0.3, training=True)),
+                              [(2, 5, 12)]),
+        "cross_entropy": (lambda z: ops.cross_entropy(z, _TARGETS), [(6, 5)]),
+        "add_broadcast": (lambda a, b: a + b, [(2, 3, 4), (3, 4)]),
+        "mul_broadcast": (lambda a, b: a * b, [(2, 3, 4), (1, 4)]),
+        "reshape_transpose": (lambda x: x.reshape(3, 2, 4).transpose(0, 2) * 1.5, [(6, 4)]),
+        "getitem": (lambda x: x[:, -1, :], [(2, 3, 4)]),
+        "concat": (lambda a, b: ops.concat([a, b]), [(2, 3), (4, 3)]),
+        "mean": (lambda x: x.mean(), [(3, 4)]),
+    }
+
+
+def case_inputs(shapes, dtype=numpy.float64):
+    """Random inputs that require grad, one per shape (seeded by position)."""
+    from numgpt.autograd import Tensor
+    return [Tensor(numpy.random.default_rng(seed).standard_normal(shape).astype(dtype), requires_grad=True)
+            for seed, shape in enumerate(shapes)]
+
+
+def check_op(name, **tolerances):
+    fn, shapes = op_cases()[name]
+    return gradcheck(fn, case_inputs(shapes), raise_exception=False, **tolerances)
+
+
+TINY_MODEL = {"vocab_size": 7, "context_length": 4, "emb_dim": 4, "n_heads": 2, "n_layers": 2,
+              "drop_rate": 0.0, "qkv_bias": True}
+
+
+def check_model(cfg=None, **tolerances):
+    """Every parameter of a tiny GPTModel (float64, dropout off) against central differences."""
+    from numgpt.backend import manual_seed
+    from numgpt.model import GPTModel
+    manual_seed(3)
+    cfg = dict(TINY_MODEL if cfg is None else cfg)
+    model = GPTModel(cfg).to(dtype=numpy.float64).eval()
+    idx = numpy.random.default_rng(0).integers(0, cfg["vocab_size"], size=(2, cfg["context_length"]))
+    return gradcheck(lambda *_: model(idx), model.parameters(), raise_exception=False, **tolerances)

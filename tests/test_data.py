@@ -343,3 +343,13 @@ def test_cache_dir_defaults_to_numgpt_home(monkeypatch, tmp_path, verdict_path, 
     monkeypatch.setenv("NUMGPT_HOME", str(tmp_path))
     (tmp_path / VERDICT_FILENAME).write_bytes(verdict_path.read_bytes())
     assert load_the_verdict(url=dead_url) == verdict_text
+
+
+# ---------------------------------------------------------------- special tokens
+def test_a_literal_endoftext_in_training_text_is_ordinary_text_by_default(tokenizer):
+    text = "one two three <|endoftext|> four five six seven eight"
+    plain = GPTDatasetV1(text, tokenizer, max_length=4, stride=4)
+    assert 50256 not in plain.input_ids and 50256 not in plain.target_ids
+    assert tokenizer.decode(list(plain.input_ids[0]) + list(plain.input_ids[1])).startswith("one two three <|")
+    special = GPTDatasetV1(text, tokenizer, max_length=4, stride=4, allowed_special={"<|endoftext|>"})
+    assert 50256 in numpy.concatenate([special.input_ids.ravel(), special.target_ids.ravel()])

@@ -6,6 +6,7 @@ import pytest
 import numgpt
 from numgpt import ops
 from numgpt.autograd import Tensor, record
+from numgpt.gradcheck import case_inputs, op_cases
 
 # float64 gradcheck tolerances (numgpt.gradcheck defaults, stated here once)
 GRAD_EPS, GRAD_ATOL, GRAD_RTOL = 1e-6, 1e-5, 1e-3
@@ -21,53 +22,27 @@ def check(fn, *inputs):
     assert result.ok
 
 
-def seeded_dropout_attention(qkv):
-    numgpt.manual_seed(7)  # the same mask for every evaluation
-    return ops.causal_attention(qkv, 2, dropout_p=0.3, training=True)
-
-
-def seeded_dropout(x):
-    numgpt.manual_seed(7)
-    return ops.dropout(x, 0.4, training=True)
-
-
-IDX = np.array([[0, 3, 3, 1], [4, 0, 2, 3]])
-TARGETS = np.array([1, 0, -100, 4, 2, 2])
-
-OP_CASES = {
-    "linear": (lambda x, w, b: ops.linear(x, w, b), [(2, 3, 4), (5, 4), (5,)]),
-    "linear_nobias": (lambda x, w: ops.linear(x, w), [(3, 4), (2, 4)]),
-    "embedding": (lambda w: ops.embedding(IDX, w), [(5, 3)]),
-    "layer_norm": (lambda x, w, b: ops.layer_norm(x, w, b), [(2, 3, 6), (6,), (6,)]),
-    "gelu": (ops.gelu, [(3, 7)]),
-    "dropout": (seeded_dropout, [(4, 5)]),
-    "attention": (lambda qkv: ops.causal_attention(qkv, 2), [(2, 5, 12)]),
-    "attention_dropout": (seeded_dropout_attention, [(2, 5, 12)]),
-    "cross_entropy": (lambda z: ops.cross_entropy(z, TARGETS), [(6, 5)]),
-    "add_broadcast": (lambda a, b: a + b, [(2, 3, 4), (3, 4)]),
-    "mul_broadcast": (lambda a, b: a * b, [(2, 3, 4), (1, 4)]),
-    "reshape_transpose": (lambda x: x.reshape(3, 2, 4).transpose(0, 2) * 1.5, [(6, 4)]),
-    "getitem": (lambda x: x[:, -1, :], [(2, 3, 4)]),
-    "concat": (lambda a, b: ops.concat([a, b]), [(2, 3), (4, 3)]),
-    "mean": (lambda x: x.mean(), [(3, 4)]),
-}
+OP_CASES = op_cases()
 
 
 @pytest.mark.parametrize("name", sorted(OP_CASES))
 def test_op_gradient_matches_central_differences(name):
     fn, shapes = OP_CASES[name]
-    check(fn, *[rand(shape, seed) for seed, shape in enumerate(shapes)])
+    check(fn, *case_inputs(shapes))
 
 
 @pytest.mark.parametrize("name", sorted(OP_CASES))
 def test_op_keeps_float32(name):
     fn, shapes = OP_CASES[name]
-    inputs = [rand(shape, seed, dtype=np.float32) for seed, shape in enumerate(shapes)]
+    inputs = case_inputs(shapes, dtype=np.float32)
     out = fn(*inputs)
     assert out.dtype == np.float32
     out.backward(np.ones(out.shape, dtype=np.float32))
     for t in inputs:
         assert t.grad.dtype == np.float32, name
+
+
+TARGETS = np.array([1, 0, -100, 4, 2, 2])
 
 
 def test_cross_entropy_matches_the_definition():

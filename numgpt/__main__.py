@@ -1,0 +1,6 @@
+"""``python -m numgpt``: the numgpt command."""
+import sys
+
+from numgpt.cli import main
+
+sys.exit(main())

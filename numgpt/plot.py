@@ -1,0 +1,31 @@
+"""The seed's loss plot, saved to a file (PDF, PNG or SVG by extension), headless."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+PLOT_FORMATS = (".pdf", ".png", ".svg")
+
+
+def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path="loss-plot.pdf"):
+    """Training and validation loss against epochs, with a second x-axis of tokens seen."""
+    path = Path(path)
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise ValueError(f"plot file {path} must end in one of {', '.join(PLOT_FORMATS)}")
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_losses, label="Training loss")
+    ax1.plot(epochs_seen, val_losses, linestyle="-.", label="Validation loss")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel("Loss")
+    ax1.legend(loc="upper right")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2 = ax1.twiny()                                  # the same losses against tokens seen
+    ax2.plot(tokens_seen, train_losses, alpha=0)       # invisible: only aligns the ticks
+    ax2.set_xlabel("Tokens seen")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
