@@ -23,7 +23,8 @@ from numgpt.nn import (GELU, Dropout, Embedding, LayerNorm, Linear, Module, Para
 from numgpt.ops import cross_entropy
 from numgpt.optim import AdamW, clip_grad_norm_
 from numgpt.plot import plot_losses
-from numgpt.pretrained import export_hf, load_gpt2
+from numgpt.download import DownloadError, download_gpt2
+from numgpt.pretrained import WeightsError, export_hf, load_gpt2
 from numgpt.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
 from numgpt.train import (TrainState, calc_loss_batch, calc_loss_loader, evaluate_model, generate_and_print_sample,
                           perplexity, train_model_simple)

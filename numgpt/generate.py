@@ -33,17 +33,21 @@ def next_token_logits(model, idx, context_size, use_cache=True):
     window = min(context_size, model.cfg["context_length"])
     idx_cond = idx[:, -window:]
     cache = model.new_kv_cache(idx.shape[0], window) if use_cache else None
-    with no_grad():
-        logits = model(idx_cond, kv_cache=cache).data[:, -1, :]              # (B, T, V) -> (B, V)
-        while True:
-            next_ids = yield logits
-            idx_cond = numpy.concatenate([idx_cond, next_ids], axis=1)[:, -window:]   # (B, <= window)
-            if cache is not None and cache[0].length < window:
-                logits = model(next_ids, kv_cache=cache).data[:, -1, :]       # one new position
-            else:
-                if cache is not None:                                          # window full: rebuild
-                    cache = model.new_kv_cache(idx.shape[0], window)
-                logits = model(idx_cond, kv_cache=cache).data[:, -1, :]
+
+    def last_logits(ids):
+        with no_grad():  # only around the model: the caller's grad mode is left alone between yields
+            return model(ids, kv_cache=cache).data[:, -1, :]                  # (B, T, V) -> (B, V)
+
+    logits = last_logits(idx_cond)
+    while True:
+        next_ids = yield logits
+        idx_cond = numpy.concatenate([idx_cond, next_ids], axis=1)[:, -window:]   # (B, <= window)
+        if cache is not None and cache[0].length < window:
+            logits = last_logits(next_ids)                                     # one new position
+        else:
+            if cache is not None:                                              # window full: rebuild
+                cache = model.new_kv_cache(idx.shape[0], window)
+            logits = last_logits(idx_cond)
 
 
 def sample_next(logits, temperature=0.0, top_k=None, generator=None):

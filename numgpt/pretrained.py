@@ -1,0 +1,362 @@
+"""GPT-2 weights in the Hugging Face layout: ``load_gpt2`` reads them into a
+GPTModel, ``export_hf`` writes a GPTModel out in that layout.
+
+The Hugging Face names meet numgpt's only here, in ``BLOCK_TABLE`` and
+``TOP_TABLE``. Hugging Face's GPT-2 stores its linear layers as Conv1D, weight
+(in, out), where numgpt's Linear holds (out, in): those entries are
+transposed. ``c_attn`` holds query, key and value in one (C, 3C) weight and
+(3C,) bias: transposed to (3C, C) it splits into W_query, W_key, W_value along
+axis 0, and export concatenates them back.
+
+Loading reads one tensor at a time with ``safetensors.safe_open`` and copies
+it into the model's parameter in place, so no second copy of the model is
+ever held: the peak is the model plus its largest tensor (wte).
+"""
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy
+from safetensors import safe_open
+
+from numgpt.download import canonical_size, download_gpt2
+from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
+from numgpt.nn import LayerNorm
+
+
+class WeightsError(ValueError):
+    """A weights file that does not fit; the message names the file and every problem."""
+
+
+class Entry(NamedTuple):
+    hf: str            # Hugging Face name ({i} = block index)
+    numgpt: tuple      # numgpt names; several = the HF tensor is their concatenation along numgpt's axis 0
+    conv1d: bool       # stored (in, out): transpose to numgpt's (out, in)
+
+
+_QKV = ("att.W_query", "att.W_key", "att.W_value")
+
+BLOCK_TABLE = (        # per block: h.{i}.<hf> <-> trf_blocks.{i}.<numgpt>
+    Entry("ln_1.weight", ("norm1.scale",), False),
+    Entry("ln_1.bias", ("norm1.shift",), False),
+    Entry("attn.c_attn.weight", tuple(f"{n}.weight" for n in _QKV), True),     # (C, 3C) -> 3 x (C, C)
+    Entry("attn.c_attn.bias", tuple(f"{n}.bias" for n in _QKV), False),        # (3C,) -> 3 x (C,)
+    Entry("attn.c_proj.weight", ("att.out_proj.weight",), True),
+    Entry("attn.c_proj.bias", ("att.out_proj.bias",), False),
+    Entry("ln_2.weight", ("norm2.scale",), False),
+    Entry("ln_2.bias", ("norm2.shift",), False),
+    Entry("mlp.c_fc.weight", ("ff.layers.0.weight",), True),                  # (C, 4C) -> (4C, C)
+    Entry("mlp.c_fc.bias", ("ff.layers.0.bias",), False),
+    Entry("mlp.c_proj.weight", ("ff.layers.2.weight",), True),                # (4C, C) -> (C, 4C)
+    Entry("mlp.c_proj.bias", ("ff.layers.2.bias",), False),
+)
+TOP_TABLE = (
+    Entry("wte.weight", ("tok_emb.weight",), False),                          # (V, C)
+    Entry("wpe.weight", ("pos_emb.weight",), False),                          # (context, C)
+    Entry("ln_f.weight", ("final_norm.scale",), False),
+    Entry("ln_f.bias", ("final_norm.shift",), False),
+)
+LM_HEAD = Entry("lm_head.weight", ("out_head.weight",), False)                # (V, C), only when untied
+
+HF_PREFIX = "transformer."
+IGNORED = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")   # HF's causal-mask buffers
+BLOCK_NAME = re.compile(r"^h\.(\d+)\.")
+
+# emb_dim -> n_heads of OpenAI's four sizes, to infer a config without config.json
+HEADS_BY_EMB_DIM = {size["emb_dim"]: size["n_heads"] for size in GPT2_SIZES.values()}
+FLOAT_DTYPES = ("F16", "F32", "F64")                                 # copied into float32 or float64 parameters
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+def weight_table(n_layers, tied):
+    """Every Entry of a model with ``n_layers`` blocks, block names filled in."""
+    table = list(TOP_TABLE) if tied else list(TOP_TABLE) + [LM_HEAD]
+    for i in range(n_layers):
+        table += [Entry(f"h.{i}.{e.hf}", tuple(f"trf_blocks.{i}.{n}" for n in e.numgpt), e.conv1d)
+                  for e in BLOCK_TABLE]
+    return table
+
+
+def hf_shape(entry, arrays):
+    """The shape of ``entry``'s HF tensor, from the numgpt arrays (or parameters) it holds."""
+    shapes = [arrays[name].shape for name in entry.numgpt]
+    shape = (sum(s[0] for s in shapes),) + shapes[0][1:]                      # concatenated along axis 0
+    return shape[::-1] if entry.conv1d else shape
+
+
+# ---------------------------------------------------------------- loading
+
+def load_gpt2(source, cache_dir=None):
+    """A GPTModel (eval mode) holding GPT-2 weights in the Hugging Face layout.
+
+    ``source`` is a size name ('gpt2-124m', '355m', ... : loaded from the cache,
+    downloaded first when missing, see ``numgpt.download``), a directory with
+    model.safetensors (and config.json, when present) or a .safetensors file.
+    The config comes from config.json when there is one, else from the tensor
+    shapes: vocab_size and emb_dim from wte, context_length from wpe, n_layers
+    from the h.{i} blocks, n_heads from GPT-2's sizes by emb_dim. qkv_bias is
+    True, drop_rate 0.0; the head is tied to wte unless the file holds
+    lm_head.weight. Every missing, extra, misshapen or non-finite tensor is
+    reported in one WeightsError.
+    """
+    weights_path, config_path = _resolve(source, cache_dir)
+    with safe_open(str(weights_path), framework="numpy") as f:
+        names = {}                                                # HF name without prefix -> key in the file
+        for key in f.keys():
+            names[key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key] = key
+        hf_cfg = _read_json(config_path, weights_path) if config_path is not None else None
+        cfg = _gpt_config(hf_cfg, names, f, weights_path)
+        model = GPTModel(cfg)
+        if hf_cfg is not None and "layer_norm_epsilon" in hf_cfg:
+            for module in model.modules():
+                if isinstance(module, LayerNorm):
+                    module.eps = float(hf_cfg["layer_norm_epsilon"])
+        params = dict(model.named_parameters())                   # a tied head is listed once, as tok_emb
+
+        table = weight_table(cfg["n_layers"], cfg["tie_weights"])
+        expected = {entry.hf for entry in table}
+        problems = [f"missing: {e.hf} (expected shape {hf_shape(e, params)})" for e in table if e.hf not in names]
+        problems += [f"unexpected: {names[name]} {tuple(f.get_slice(names[name]).get_shape())}"
+                     for name in names if name not in expected and not IGNORED.match(name)]
+        for entry in table:
+            if entry.hf not in names:
+                continue
+            problem = _copy_in(f, names[entry.hf], entry, params)
+            if problem:
+                problems.append(problem)
+    if problems:
+        raise WeightsError(f"{weights_path} does not hold GPT-2 weights for {_describe(cfg)} "
+                           f"({len(problems)} problems):\n  " + "\n  ".join(problems))
+    return model.eval()
+
+
+def _copy_in(f, key, entry, params):
+    """Copy one HF tensor into its numgpt parameter(s) in place; a problem string, or None."""
+    expected = hf_shape(entry, params)
+    view = f.get_slice(key)
+    shape, dtype = tuple(view.get_shape()), view.get_dtype()
+    if shape != expected:
+        return f"misshapen: {key}: expected {expected}, got {shape}"
+    if dtype not in FLOAT_DTYPES:
+        return f"unsupported dtype: {key} is {dtype} (expected one of {', '.join(FLOAT_DTYPES)})"
+    tensor = f.get_tensor(key)                                      # the one tensor held besides the model
+    if tensor.size and not (numpy.isfinite(tensor.min()) and numpy.isfinite(tensor.max())):
+        return f"not finite: {key} holds {int(numpy.isnan(tensor).sum())} NaN and {int(numpy.isinf(tensor).sum())} Inf"
+    value = tensor.T if entry.conv1d else tensor                   # Conv1D (in, out) -> (out, in), a view
+    start = 0
+    for name in entry.numgpt:                                       # split along numgpt's axis 0
+        param = params[name]
+        param.data[...] = value[start:start + param.shape[0]]       # copies and casts in place
+        start += param.shape[0]
+    return None
+
+
+def _resolve(source, cache_dir):
+    """(model.safetensors path, config.json path or None) for a size name, directory or file."""
+    path = Path(source).expanduser() if isinstance(source, (str, os.PathLike)) else None
+    if path is None:
+        raise TypeError(f"load_gpt2 source must be a size name or a path, got {type(source).__name__}")
+    if path.is_dir():
+        weights, config = path / "model.safetensors", path / "config.json"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} has no model.safetensors (the Hugging Face GPT-2 layout)")
+        return weights, config if config.is_file() else None
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path} is not a .safetensors file")
+        return path, None
+    size = canonical_size(str(source))
+    if size is not None:
+        directory = download_gpt2(size, cache_dir=cache_dir)
+        return directory / "model.safetensors", directory / "config.json"
+    raise FileNotFoundError(f"{source!r} is neither a GPT-2 size ({', '.join(GPT2_SIZES)}, or 124m ...) "
+                            "nor an existing directory or .safetensors file")
+
+
+def _read_json(path, weights_path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path} (the config of {weights_path}) is not valid JSON: {error}") from error
+
+
+def _gpt_config(hf_cfg, names, f, weights_path):
+    """numgpt's config dict, from a HF GPT2Config dict or, without one, from the tensor shapes."""
+    tied = "lm_head.weight" not in names
+    if hf_cfg is not None:
+        problems = [f"lacks {key}" for key in ("n_embd", "n_layer", "n_head", "vocab_size") if key not in hf_cfg]
+        activation = hf_cfg.get("activation_function", "gelu_new")
+        if activation not in GELU_TANH:
+            problems.append(f"activation_function {activation!r}: numgpt's GELU is the tanh form ('gelu_new')")
+        n_inner = hf_cfg.get("n_inner")
+        if n_inner is not None and n_inner != 4 * hf_cfg.get("n_embd", 0):
+            problems.append(f"n_inner {n_inner}: numgpt's MLP is 4 * n_embd wide")
+        if problems:
+            raise WeightsError(f"config.json beside {weights_path} does not describe a GPT-2 numgpt can build: "
+                               + "; ".join(problems))
+        if hf_cfg.get("tie_word_embeddings", True) is False:
+            tied = False                                            # then lm_head.weight must be there
+        dims = dict(vocab_size=hf_cfg["vocab_size"], emb_dim=hf_cfg["n_embd"], n_heads=hf_cfg["n_head"],
+                    n_layers=hf_cfg["n_layer"],
+                    context_length=hf_cfg.get("n_positions", hf_cfg.get("n_ctx", 1024)))
+    else:
+        dims = _infer_dims(names, f, weights_path)
+    return dict(GPT_CONFIG_124M, **dims, drop_rate=0.0, qkv_bias=True, tie_weights=tied)
+
+
+def _infer_dims(names, f, weights_path):
+    problems = [f"missing: {name}" for name in ("wte.weight", "wpe.weight") if name not in names]
+    if problems:
+        raise WeightsError(f"{weights_path}: cannot infer the config from the shapes ({'; '.join(problems)}); "
+                           "is it a GPT-2 file? Put a config.json beside model.safetensors")
+    V, C = f.get_slice(names["wte.weight"]).get_shape()                       # (V, C)
+    context = f.get_slice(names["wpe.weight"]).get_shape()[0]                 # (context, C)
+    blocks = {int(m.group(1)) for m in map(BLOCK_NAME.match, names) if m}
+    if not blocks:
+        raise WeightsError(f"{weights_path}: no transformer blocks (h.0.*) in the file; is it a GPT-2 file?")
+    if C not in HEADS_BY_EMB_DIM:
+        raise WeightsError(f"{weights_path}: emb_dim {C} is not one of GPT-2's sizes "
+                           f"({', '.join(map(str, HEADS_BY_EMB_DIM))}), so n_heads is unknown: put a config.json "
+                           "(Hugging Face GPT2Config: n_embd, n_layer, n_head, n_positions, vocab_size) beside "
+                           "model.safetensors and load the directory")
+    return dict(vocab_size=V, emb_dim=C, n_heads=HEADS_BY_EMB_DIM[C], context_length=context,
+                n_layers=max(blocks) + 1)
+
+
+def _describe(cfg):
+    return (f"vocab_size {cfg['vocab_size']}, emb_dim {cfg['emb_dim']}, n_layers {cfg['n_layers']}, "
+            f"n_heads {cfg['n_heads']}, context_length {cfg['context_length']}, "
+            f"{'tied head' if cfg['tie_weights'] else 'untied head (lm_head.weight)'}")
+
+
+# ---------------------------------------------------------------- export
+
+def is_tied(model):
+    return model.out_head.weight is model.tok_emb.weight
+
+
+def export_hf(model, directory):
+    """Write ``model`` as Hugging Face GPT-2: model.safetensors and config.json in ``directory``.
+
+    Keys carry the ``transformer.`` prefix, as GPT2LMHeadModel.save_pretrained
+    writes them; Linear weights are written in Conv1D (in, out) layout and
+    W_query/W_key/W_value concatenated into c_attn. ``lm_head.weight`` is
+    written only when the head is untied (config tie_word_embeddings false).
+    GPT-2's layout always has c_attn.bias: a model built with qkv_bias False is
+    written with zero query/key/value biases, which compute the same thing.
+    The causal-mask buffers (attn.bias) are not written; transformers does not
+    need them. Tensors are written one at a time, each file atomically.
+    Returns the directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg, tied = model.cfg, is_tied(model)
+    arrays = {name: param.data for name, param in model.named_parameters()}
+    dtype = arrays["tok_emb.weight"].dtype
+    for i in range(cfg["n_layers"]):                                # qkv_bias False: zero biases
+        for name in _QKV:
+            arrays.setdefault(f"trf_blocks.{i}.{name}.bias", numpy.zeros(cfg["emb_dim"], dtype))
+
+    def hf_tensor(entry):
+        parts = [arrays[name] for name in entry.numgpt]
+        value = parts[0] if len(parts) == 1 else numpy.concatenate(parts, axis=0)   # 3 x (C, C) -> (3C, C)
+        return value.T if entry.conv1d else value                                   # (out, in) -> (in, out)
+
+    table = [e if e is LM_HEAD else e._replace(hf=HF_PREFIX + e.hf) for e in weight_table(cfg["n_layers"], tied)]
+    header = {entry.hf: (hf_shape(entry, arrays), dtype) for entry in table}
+    _atomic_write(directory / "model.safetensors",
+                  lambda fh: write_safetensors(fh, header, map(hf_tensor, table), metadata={"format": "pt"}))
+    config = hf_config(model)
+    _atomic_write(directory / "config.json",
+                  lambda fh: fh.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")))
+    return directory
+
+
+def hf_config(model):
+    """The Hugging Face GPT2Config dict of ``model``."""
+    cfg = model.cfg
+    config = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "vocab_size": cfg["vocab_size"],
+        "n_positions": cfg["context_length"],
+        "n_ctx": cfg["context_length"],
+        "n_embd": cfg["emb_dim"],
+        "n_layer": cfg["n_layers"],
+        "n_head": cfg["n_heads"],
+        "n_inner": None,
+        "layer_norm_epsilon": model.final_norm.eps,
+        "embd_pdrop": cfg["drop_rate"],
+        "attn_pdrop": cfg["drop_rate"],
+        "resid_pdrop": cfg["drop_rate"],
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": is_tied(model),
+        "torch_dtype": numpy.dtype(model.tok_emb.weight.dtype).name,
+    }
+    if cfg["vocab_size"] > 50256:                                   # GPT-2's <|endoftext|>
+        config.update(bos_token_id=50256, eos_token_id=50256)
+    return config
+
+
+SAFETENSORS_DTYPES = {numpy.dtype(numpy.float16): "F16", numpy.dtype(numpy.float32): "F32",
+                      numpy.dtype(numpy.float64): "F64"}
+
+
+def write_safetensors(fh, header, arrays, metadata=None):
+    """Stream a safetensors file: ``header`` is name -> (shape, dtype) in file order,
+    ``arrays`` yields the arrays in that order (each written, then dropped).
+
+    The format: an 8-byte little-endian header length, a JSON header
+    (name -> dtype, shape, data_offsets), padded with spaces to 8 bytes, then
+    the tensors' bytes, contiguous, little-endian, C order.
+    """
+    entries, offset = {}, 0
+    for name, (shape, dtype) in header.items():
+        dtype = numpy.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        entries[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                         "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        entries["__metadata__"] = metadata
+    text = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    fh.write(len(text).to_bytes(8, "little"))
+    fh.write(text)
+    for (name, (shape, dtype)), array in zip(header.items(), arrays, strict=True):
+        array = numpy.ascontiguousarray(array, dtype=numpy.dtype(dtype).newbyteorder("<"))
+        if array.shape != tuple(shape):
+            raise ValueError(f"write_safetensors: {name} has shape {array.shape}, the header says {tuple(shape)}")
+        fh.write(memoryview(array).cast("B"))
+
+
+def _atomic_write(path, write):
+    """Write ``path`` through a temporary file in its directory, fsync'd, then os.replace'd over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:                                                            # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,317 @@
+"""Reading files that may come from strangers: safetensors and JSON, validated
+before anything is trusted, and nothing ever unpickled.
+
+A safetensors file is ``[8-byte little-endian header length N][N bytes of JSON
+header][data section]``. The header maps each tensor name to
+``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
+start of the data section) plus an optional ``"__metadata__"`` dict of strings.
+``parse_safetensors`` checks every field of it — header size, JSON syntax,
+duplicate keys, dtype, shape, offsets, that the spans tile the data section
+exactly — before it makes a single array, and every failure is an
+``UnsafeFileError`` that names the file, the tensor and a short ``reason`` code.
+Memory stays bounded by the file size: the file is read once, and each tensor
+is a view of those bytes copied into an array of its own.
+
+PyTorch's ``.pt`` / ``.pth`` / ``.bin`` / ``.pkl`` files are zip archives or
+pickles, and ``.npy`` files may hold pickled objects; loading any of them can
+run arbitrary code, so ``sniff_format`` recognises them by their first bytes and
+``refuse_pickle`` raises ``PickleFormatError`` with the way to convert them.
+"""
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy
+
+MAX_HEADER_BYTES = 100 * 2**20
+MAX_JSON_BYTES = 100 * 2**20
+
+# safetensors dtype -> little-endian NumPy dtype; BF16 is widened to float32 on load
+SAFETENSORS_DTYPES = {
+    "BOOL": numpy.dtype("bool"), "U8": numpy.dtype("u1"), "I8": numpy.dtype("i1"),
+    "U16": numpy.dtype("<u2"), "I16": numpy.dtype("<i2"), "F16": numpy.dtype("<f2"), "BF16": numpy.dtype("<u2"),
+    "U32": numpy.dtype("<u4"), "I32": numpy.dtype("<i4"), "F32": numpy.dtype("<f4"),
+    "U64": numpy.dtype("<u8"), "I64": numpy.dtype("<i8"), "F64": numpy.dtype("<f8"),
+}
+TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
+
+ZIP_MAGIC = b"PK\x03\x04"          # torch.save since 1.6, .npz
+PICKLE_PROTO_MAGIC = b"\x80"       # pickle protocol >= 2 (older torch.save, .pkl)
+NPY_MAGIC = b"\x93NUMPY"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib")
+
+CONVERT_HINT = ("numgpt does not load pickle-based formats (PyTorch .pt/.pth/.bin, .pkl, .npy/.npz with objects): "
+                "unpickling can run arbitrary code. Convert the weights to safetensors where you trust the file, "
+                "e.g. `safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')`, "
+                "or load them with numgpt.pretrained from Hugging Face's model.safetensors.")
+
+
+class UnsafeFileError(ValueError):
+    """A file numgpt refuses to load; ``path``, ``tensor`` (or None) and a short ``reason`` code."""
+
+    def __init__(self, path, reason, message, tensor=None):
+        self.path, self.reason, self.tensor = str(path), reason, tensor
+        where = f"{path}" + (f", tensor {tensor!r}" if tensor is not None else "")
+        super().__init__(f"{where}: {message}")
+
+
+class PickleFormatError(UnsafeFileError):
+    """A pickle, zip (torch.save) or .npy file: refused without being opened as one."""
+
+
+class NonFiniteError(UnsafeFileError):
+    """Arrays holding NaN or Inf; ``tensors`` lists every one of them."""
+
+
+# ---------------------------------------------------------------- format sniffing
+
+def sniff_format(head, suffix=""):
+    """'safetensors', 'zip', 'pickle', 'npy' or 'unknown' from a file's first bytes (at least 9 of them)
+    and, when the bytes are ambiguous, its suffix.
+
+    A safetensors header length can start with the byte 0x80, so a file counts as
+    safetensors first when its length field is plausible and its header opens with '{'.
+    """
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head.startswith(PICKLE_PROTO_MAGIC) or suffix.lower() in (".pkl", ".pickle"):
+        return "pickle"
+    return "unknown"
+
+
+def refuse_pickle(path, kind):
+    """Raise PickleFormatError for a file recognised as ``kind`` ('zip', 'pickle', 'npy')."""
+    what = {"zip": "a zip archive (a PyTorch torch.save file or .npz)", "pickle": "a pickle",
+            "npy": "a NumPy .npy file"}[kind]
+    raise PickleFormatError(path, "pickle-format", f"this is {what}. {CONVERT_HINT}")
+
+
+def check_not_pickle(path):
+    """Raise PickleFormatError if the file at ``path`` looks like a pickle, zip or .npy file."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    kind = sniff_format(head, Path(path).suffix)
+    if kind in ("zip", "pickle", "npy"):
+        refuse_pickle(path, kind)
+
+
+# ---------------------------------------------------------------- JSON
+
+def _reject_duplicates(path):
+    def hook(pairs):
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                raise UnsafeFileError(path, "duplicate-key", f"duplicate key {key!r} in a JSON object")
+            seen[key] = value
+        return seen
+    return hook
+
+
+def _reject_constant(path):
+    def hook(name):
+        raise UnsafeFileError(path, "non-finite-json", f"JSON holds {name}, which is not valid JSON")
+    return hook
+
+
+def parse_json(data, path, allow_nan=False):
+    """Decode ``data`` (bytes) as strict UTF-8 JSON; duplicate keys and (unless allowed) NaN/Infinity refused."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnsafeFileError(path, "not-utf8", f"not UTF-8 text (invalid byte at offset {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicates(path),
+                          parse_constant=None if allow_nan else _reject_constant(path))
+    except json.JSONDecodeError as exc:
+        raise UnsafeFileError(path, "not-json", f"not valid JSON: {exc.msg} at line {exc.lineno} "
+                                                f"column {exc.colno}") from None
+    except RecursionError:
+        raise UnsafeFileError(path, "not-json", "JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        if isinstance(exc, UnsafeFileError):
+            raise
+        raise UnsafeFileError(path, "not-json", f"not valid JSON: {exc}") from None
+
+
+def read_json(path, max_bytes=MAX_JSON_BYTES, allow_nan=False):
+    """The JSON value in ``path``; a file larger than ``max_bytes``, non-UTF-8 text, a syntax
+    error, duplicate keys or NaN/Infinity (unless ``allow_nan``) raise UnsafeFileError."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise UnsafeFileError(path, "too-large", f"JSON file of {size} bytes exceeds the limit of {max_bytes}")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnsafeFileError(path, "too-large", f"JSON file grew past the limit of {max_bytes} bytes while read")
+    return parse_json(data, path, allow_nan=allow_nan)
+
+
+# ---------------------------------------------------------------- safetensors
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_entry(path, name, entry, data_len):
+    """(dtype, shape, begin, end) of one header entry, every field checked."""
+    if not isinstance(entry, dict):
+        raise UnsafeFileError(path, "bad-entry", f"header entry is {type(entry).__name__}, not an object", name)
+    extra = sorted(set(entry) - set(TENSOR_FIELDS))
+    missing = [field for field in TENSOR_FIELDS if field not in entry]
+    if missing or extra:
+        raise UnsafeFileError(path, "bad-entry", f"header entry has missing fields {missing} / unknown fields "
+                                                 f"{extra}; expected exactly {list(TENSOR_FIELDS)}", name)
+    dtype = entry["dtype"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise UnsafeFileError(path, "unknown-dtype", f"unknown or unsupported dtype {dtype!r}; numgpt reads "
+                                                     f"{', '.join(SAFETENSORS_DTYPES)}", name)
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise UnsafeFileError(path, "bad-shape", f"shape {shape!r} is not a list of non-negative integers", name)
+    offsets = entry["data_offsets"]
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len):
+        raise UnsafeFileError(path, "bad-offsets", f"data_offsets {offsets!r} is not [begin, end] with "
+                                                   f"0 <= begin <= end <= {data_len} (the data section's size)", name)
+    begin, end = offsets
+    expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+    if end - begin != expected:
+        raise UnsafeFileError(path, "size-mismatch", f"span of {end - begin} bytes does not match shape {shape} x "
+                                                     f"{dtype} = {expected} bytes", name)
+    return dtype, tuple(shape), begin, end
+
+
+def parse_safetensors(data, path, max_header_bytes=MAX_HEADER_BYTES, copy=True):
+    """(name -> array, metadata) from the bytes of a safetensors file, validated; see the module docstring.
+
+    With ``copy=True`` every array owns its memory; with ``copy=False`` the arrays are views of
+    ``data`` (pass a bytearray for writable ones), so that loading takes no more memory than the file.
+    """
+    kind = sniff_format(bytes(data[:16]), Path(str(path)).suffix)
+    if kind in ("zip", "pickle", "npy"):
+        refuse_pickle(path, kind)
+    if len(data) < 8:
+        raise UnsafeFileError(path, "truncated", f"file of {len(data)} bytes is shorter than the 8-byte header length")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > max_header_bytes:
+        raise UnsafeFileError(path, "header-too-large", f"header length {header_len} exceeds the limit of "
+                                                        f"{max_header_bytes} bytes")
+    if header_len > len(data) - 8:
+        raise UnsafeFileError(path, "header-too-large", f"header length {header_len} is larger than the file "
+                                                        f"({len(data)} bytes)")
+    header = parse_json(bytes(data[8:8 + header_len]), path)
+    if not isinstance(header, dict):
+        raise UnsafeFileError(path, "not-object", f"header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise UnsafeFileError(path, "bad-metadata", "__metadata__ is not an object of strings")
+    data_start = 8 + header_len
+    data_len = len(data) - data_start
+    entries = {name: _check_entry(path, name, entry, data_len) for name, entry in header.items()}
+    # the spans must tile the data section: sorted by start, each begins where the last ended
+    position, previous = 0, None
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: (item[1][2], item[1][3])):
+        if begin < position:
+            raise UnsafeFileError(path, "overlap", f"bytes [{begin}, {end}) overlap tensor {previous!r} "
+                                                   f"(ends at {position})", name)
+        if begin > position:
+            raise UnsafeFileError(path, "gap", f"bytes [{position}, {begin}) before this tensor belong to "
+                                               f"no tensor", name)
+        position, previous = end, name
+    if position != data_len:
+        raise UnsafeFileError(path, "gap", f"the last {data_len - position} bytes of the data section belong to "
+                                           f"no tensor")
+    arrays = {}
+    for name, (dtype, shape, begin, end) in entries.items():
+        raw = numpy.frombuffer(data, dtype=SAFETENSORS_DTYPES[dtype], count=math.prod(shape),
+                               offset=data_start + begin).reshape(shape)
+        if dtype == "BOOL" and raw.view(numpy.uint8).max(initial=0) > 1:
+            raise UnsafeFileError(path, "bad-bool", "BOOL tensor holds bytes other than 0 and 1", name)
+        if dtype == "BF16":  # the upper half of a float32
+            arrays[name] = (raw.astype(numpy.uint32) << 16).view(numpy.float32)
+        elif copy or not raw.dtype.isnative:
+            arrays[name] = raw.astype(raw.dtype.newbyteorder("="), copy=True)  # an owned, native array
+        else:
+            arrays[name] = raw
+    return arrays, metadata
+
+
+def read_bytes(path):
+    """The file's bytes as a bytearray, read once into a buffer of the file's size."""
+    with open(path, "rb") as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        del data[f.readinto(data):]
+    return data
+
+
+def read_safetensors(path, max_header_bytes=MAX_HEADER_BYTES, copy=True):
+    """(name -> array, metadata dict) of the safetensors file at ``path``, validated first.
+    ``copy=False`` returns writable views of one buffer the size of the file (see parse_safetensors)."""
+    return parse_safetensors(read_bytes(path), path, max_header_bytes, copy=copy)
+
+
+def check_finite(arrays, path):
+    """Raise NonFiniteError naming every float array in ``arrays`` (name -> array) that holds NaN or Inf."""
+    bad = []
+    for name, array in arrays.items():
+        array = numpy.asarray(array)
+        if array.dtype.kind in "fc" and not numpy.isfinite(array).all():
+            bad.append(f"{name} ({int(numpy.isnan(array).sum())} NaN, {int(numpy.isinf(array).sum())} Inf)")
+    if bad:
+        error = NonFiniteError(path, "non-finite", f"non-finite values in {len(bad)} tensor(s): " + ", ".join(bad))
+        error.tensors = [entry.split(" (")[0] for entry in bad]
+        raise error
+
+
+# ---------------------------------------------------------------- writing
+
+def fsync_path(path):
+    """fsync a file or directory by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_safetensors(path, arrays, metadata=None):
+    """Write ``arrays`` (name -> array) with string ``metadata`` to ``path`` atomically: a temporary
+    file beside it, fsynced, renamed into place. Arrays must not share memory (store a tie once)."""
+    path = Path(path)
+    metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+    arrays = {name: numpy.asarray(array, order="C") for name, array in arrays.items()}  # keeps 0-d arrays 0-d
+    names = list(arrays)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if numpy.may_share_memory(arrays[first], arrays[second]):
+                raise ValueError(f"{path}: tensors {first!r} and {second!r} share memory; store a tied weight once")
+    from safetensors.numpy import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_path(path.parent)

@@ -1,0 +1,142 @@
+"""The seed's flow on a small model: loss falls, log lines and samples print,
+the plot is a real file, checkpoints reload, and training continued from a
+checkpoint equals uninterrupted training bit for bit."""
+import io
+import re
+
+import numpy as np
+import pytest
+
+import numgpt
+from numgpt.train import TrainState, estimate_training_bytes
+
+SMALL = dict(numgpt.GPT_CONFIG_124M, emb_dim=32, n_heads=2, n_layers=2, context_length=128, drop_rate=0.1)
+LOG_LINE = re.compile(r"^Ep \d+ \(Step \d{6}\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}$")
+
+
+def loaders(text, tokenizer, batch_size=2, context=128):
+    train_text, val_text = numgpt.split_text(text, 0.9)
+    train = numgpt.create_dataloader_v1(train_text, batch_size=batch_size, max_length=context, stride=context,
+                                        drop_last=True, shuffle=True, tokenizer=tokenizer)
+    val = numgpt.create_dataloader_v1(val_text, batch_size=batch_size, max_length=context, stride=context,
+                                      drop_last=False, shuffle=False, tokenizer=tokenizer)
+    return train, val
+
+
+def fresh_run(seed=123, lr=4e-3):
+    """The seed's model and optimizer at a small size (which wants a larger lr than the seed's 4e-4)."""
+    numgpt.manual_seed(seed)
+    model = numgpt.GPTModel(SMALL)
+    return model, numgpt.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+
+
+def test_the_seeds_flow(verdict_text, tokenizer, tmp_path):
+    train_loader, val_loader = loaders(verdict_text[:8000], tokenizer, context=64)   # 14 steps per epoch
+    model, optimizer = fresh_run()
+    out = io.StringIO()
+    train_losses, val_losses, tokens_seen = numgpt.train_model_simple(
+        model, train_loader, val_loader, optimizer, "cpu", num_epochs=2, eval_freq=5, eval_iter=2,
+        start_context="Every effort moves you", tokenizer=tokenizer, file=out)
+    lines = out.getvalue().splitlines()
+    print("\n".join(lines))
+    logs = [line for line in lines if line.startswith("Ep ")]
+    samples = [line for line in lines if line.startswith("Every effort moves you")]
+    assert logs and all(LOG_LINE.match(line) for line in logs)
+    assert logs[0].startswith("Ep 1 (Step 000000)")
+    assert len(samples) == 2                                   # one per epoch
+    steps = 2 * len(train_loader)
+    assert len(train_losses) == len(val_losses) == len(tokens_seen) == (steps - 1) // 5 + 1
+    assert tokens_seen[-1] == 2 * 64 * (5 * (len(train_losses) - 1) + 1)
+    assert train_losses[-1] < train_losses[0] - 1.0            # it learns
+
+    for name in ("loss.pdf", "loss.png"):
+        path = numgpt.plot_losses(np.linspace(0, 2, len(train_losses)), tokens_seen, train_losses, val_losses,
+                                  tmp_path / name)
+        head = path.read_bytes()[:8]
+        assert head.startswith(b"%PDF") if name.endswith("pdf") else head == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    assert matplotlib.image.imread(tmp_path / "loss.png").shape[:2] == (300, 500)   # figsize 5x3 at 100 dpi
+    with pytest.raises(ValueError, match="must end in"):
+        numgpt.plot_losses([0], [0], [1.0], [1.0], tmp_path / "loss.jpg2")
+
+    numgpt.save_checkpoint(tmp_path / "ckpt", model, optimizer)
+    reloaded = numgpt.build_model(numgpt.load_checkpoint(tmp_path / "ckpt"))
+    idx = numgpt.text_to_token_ids("Every effort moves you", tokenizer)
+    model.eval(), reloaded.eval()
+    np.testing.assert_array_equal(model(idx).data, reloaded(idx).data)
+
+
+STEPS_PER_EPOCH = 6
+
+
+@pytest.mark.parametrize("stop_after", [3, STEPS_PER_EPOCH, STEPS_PER_EPOCH + 1])  # mid-epoch 1, its last step,
+def test_resumed_training_equals_uninterrupted_training(verdict_text, tokenizer, tmp_path, stop_after):  # epoch 2
+    kwargs = dict(device="cpu", num_epochs=2, eval_freq=4, eval_iter=1, start_context="Every",
+                  tokenizer=tokenizer, file=io.StringIO())
+    text = verdict_text[:8000]                                  # 1,800 train tokens: 6 batches of 4 x 64
+    train_loader, val_loader = loaders(text, tokenizer, batch_size=4, context=64)
+    assert len(train_loader) == STEPS_PER_EPOCH
+    model, optimizer = fresh_run()
+    def checkpoint_at_stop(state):
+        if state.global_step + 1 == stop_after:
+            numgpt.save_checkpoint(tmp_path / "ckpt", model, optimizer, rng_state=numgpt.get_rng_state(),
+                                   train_state=state.to_dict())
+
+    full = numgpt.train_model_simple(model, train_loader, val_loader, optimizer, on_step=checkpoint_at_stop,
+                                     **kwargs)
+
+    # a new "process": fresh objects, a scrambled generator, everything from the checkpoint
+    train_loader, val_loader = loaders(text, tokenizer, batch_size=4, context=64)
+    resumed_model, resumed_optimizer = fresh_run(seed=999)
+    checkpoint = numgpt.load_checkpoint(tmp_path / "ckpt")
+    numgpt.restore(checkpoint, resumed_model, resumed_optimizer, require=("rng_state", "train_state"))
+    state = TrainState.from_dict(checkpoint.state["train_state"])
+    assert state.global_step + 1 == stop_after
+    resumed = numgpt.train_model_simple(resumed_model, train_loader, val_loader, resumed_optimizer, state=state,
+                                        **kwargs)
+
+    assert resumed == full                                      # losses and tokens seen, exactly
+    for (name, a), (_, b) in zip(model.named_parameters(), resumed_model.named_parameters()):
+        assert np.array_equal(a.data, b.data), name
+    for a, b in zip(optimizer.state_dict()["state"].values(), resumed_optimizer.state_dict()["state"].values()):
+        assert a["step"] == b["step"] == 2 * STEPS_PER_EPOCH
+        assert np.array_equal(a["exp_avg"], b["exp_avg"]) and np.array_equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+def test_train_state_without_a_field_refuses_to_resume():
+    data = TrainState().to_dict()
+    del data["loader_state"]
+    with pytest.raises(ValueError, match="lacks loader_state"):
+        TrainState.from_dict(data)
+
+
+def test_calc_loss_loader_caps_batches_and_is_nan_when_empty(verdict_text, tokenizer):
+    train_loader, _ = loaders(verdict_text, tokenizer)
+    model, _ = fresh_run()
+    model.eval()
+    with numgpt.no_grad():
+        numgpt.manual_seed(0)       # the loader shuffles: the same order for both passes
+        first = numgpt.calc_loss_batch(*next(iter(train_loader)), model, "cpu").item()
+        numgpt.manual_seed(0)
+        assert numgpt.calc_loss_loader(train_loader, model, "cpu", num_batches=1) == pytest.approx(first)
+        assert np.isfinite(numgpt.calc_loss_loader(train_loader, model, "cpu", num_batches=10_000))
+    empty = numgpt.DataLoader(train_loader.dataset, batch_size=10_000, drop_last=True)
+    assert np.isnan(numgpt.calc_loss_loader(empty, model, "cpu"))
+
+
+def test_the_seeds_initial_loss(verdict_text, tokenizer):
+    # the seed: "Training loss: 10.98758347829183, Validation loss: 10.98110580444336" for the untrained
+    # GPT_CONFIG_124M; an untrained model's loss sits near ln(50257) = 10.825 plus the init's spread
+    train_loader, val_loader = loaders(verdict_text, tokenizer, context=256)
+    numgpt.manual_seed(123)
+    model = numgpt.GPTModel(numgpt.GPT_CONFIG_124M).eval()
+    with numgpt.no_grad():
+        val_loss = numgpt.calc_loss_loader(val_loader, model, "cpu")
+    print(f"untrained 124M val loss {val_loss:.4f} (seed: 10.981)")
+    assert abs(val_loss - 10.98) < 0.05
+
+
+def test_memory_estimate_is_in_the_right_range():
+    # PyTorch measured 4.6 GB peak for the seed's step; weights + grads + AdamW alone are 2.6 GB
+    needed = estimate_training_bytes(numgpt.GPT_CONFIG_124M, 2, 256)
+    assert 2.6e9 < needed < 6e9
