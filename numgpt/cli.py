@@ -16,6 +16,7 @@ import numpy
 
 from numgpt import backend
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 SEED_START_CONTEXT = "Every effort moves you"
@@ -110,7 +111,7 @@ def cmd_train(args):
     from numgpt.optim import AdamW
     from numgpt.plot import plot_losses
     from numgpt.tokenizer import get_tokenizer
-    from numgpt.train import TrainState, train_model_simple
+    from numgpt.train import NonFiniteTraining, TrainState, train_model_simple
 
     out = Path(args.out)
     text = read_text(args.data) if args.data else load_the_verdict()
@@ -171,9 +172,15 @@ def cmd_train(args):
             train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=args.epochs,
                                eval_freq=args.eval_freq, eval_iter=args.eval_iter, start_context=args.start_context,
                                tokenizer=tokenizer, max_steps=args.max_steps, grad_clip=args.grad_clip,
-                               on_step=after_step, on_epoch_end=after_step, state=state)
+                               on_step=after_step, on_epoch_end=after_step, state=state,
+                               max_skipped_steps=args.max_skipped_steps)
         except Stopped as stopped:
             return EXIT_SIGNAL[stopped.signum]
+        except NonFiniteTraining as exc:
+            latest = manager.latest()
+            kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved"
+            print(f"numgpt train: error: {exc}; {kept}", file=sys.stderr)
+            return EXIT_FAILURE
     minutes = (time.time() - start_time) / 60
     print(f"Training completed in {minutes:.2f} minutes.")
     save()
@@ -199,14 +206,20 @@ def _write_run_report(out, state, num_epochs):
 
 # ---------------------------------------------------------------- generate / eval
 def _load_model(args):
-    """The model a command names: --checkpoint DIR (a run or one checkpoint) or --gpt2 SIZE."""
+    """The model a command names: --checkpoint (a run directory or one checkpoint)
+    or --gpt2 (a size name, a directory or a .safetensors file)."""
     if getattr(args, "gpt2", None):
         from numgpt.pretrained import load_gpt2
-        return load_gpt2(args.gpt2 if args.gpt2.startswith("gpt2") else f"gpt2-{args.gpt2}")
+        return load_gpt2(args.gpt2)
     from numgpt.checkpoint import CheckpointManager, build_model, is_committed, load_checkpoint
+    from numgpt.safe_io import check_not_pickle
     path = Path(args.checkpoint)
     if not path.exists():
         raise UsageError(f"checkpoint {path} does not exist")
+    if path.is_file():
+        check_not_pickle(path)
+        raise UsageError(f"checkpoint {path} is a file: expected a numgpt checkpoint or run directory "
+                         f"(for GPT-2 weights in a .safetensors file, use --gpt2)")
     if not is_committed(path):
         latest = CheckpointManager(path / "checkpoints").latest() or CheckpointManager(path).latest()
         if latest is None:
@@ -263,7 +276,7 @@ def cmd_gradcheck(args):
 # ---------------------------------------------------------------- GPT-2 weights
 def cmd_download(args):
     from numgpt.download import download_gpt2
-    directory = download_gpt2(args.size if args.size.startswith("gpt2") else f"gpt2-{args.size}")
+    directory = download_gpt2(args.size)
     print(f"GPT-2 weights in {directory}")
     return 0
 
@@ -296,6 +309,8 @@ def build_parser():
     train.add_argument("--weight-decay", type=_non_negative_float, default=0.1)
     train.add_argument("--drop-rate", type=_non_negative_float)
     train.add_argument("--grad-clip", type=_non_negative_float, help="clip the global gradient norm to this")
+    train.add_argument("--max-skipped-steps", type=_positive_int, default=5,
+                       help="stop after this many consecutive steps with a non-finite loss or gradient")
     train.add_argument("--eval-freq", type=_positive_int, default=5)
     train.add_argument("--eval-iter", type=_positive_int, default=5)
     train.add_argument("--train-ratio", type=float, default=0.9)
@@ -311,7 +326,8 @@ def build_parser():
     def add_model_source(p):
         source = p.add_mutually_exclusive_group(required=True)
         source.add_argument("--checkpoint", help="a run directory (its newest checkpoint) or one checkpoint")
-        source.add_argument("--gpt2", help="OpenAI's GPT-2 weights: 124m, 355m, 774m, 1558m")
+        source.add_argument("--gpt2", help="OpenAI's GPT-2 weights: 124m, 355m, 774m, 1558m (downloaded once), "
+                                           "or a directory / .safetensors file in the Hugging Face layout")
 
     gen = sub.add_parser("generate", help="continue a prompt")
     add_model_source(gen)

@@ -111,15 +111,21 @@ class AdamW:
         self.state = new_state
 
 
-def clip_grad_norm_(parameters, max_norm):
-    """Scale gradients in place so that their global L2 norm is at most max_norm;
-    returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``)."""
+def grad_norm(parameters):
+    """The global L2 norm of the gradients (inf or nan when any gradient is)."""
     grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return 0.0
-    total = math.sqrt(sum(float(numpy.vdot(g.ravel(), g.ravel())) for g in grads))
+    return math.sqrt(sum(float(numpy.vdot(g.ravel(), g.ravel())) for g in grads))
+
+
+def clip_grad_norm_(parameters, max_norm, total_norm=None):
+    """Scale gradients in place so that their global L2 norm is at most max_norm;
+    returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``).
+    ``total_norm`` may pass a norm already computed for these gradients."""
+    parameters = list(parameters)
+    total = grad_norm(parameters) if total_norm is None else total_norm
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
-        for g in grads:
-            g *= g.dtype.type(coef)
+        for p in parameters:
+            if p.grad is not None:
+                p.grad *= p.grad.dtype.type(coef)
     return total

@@ -6,6 +6,7 @@ keyword arguments (all optional) serve long runs: a step limit, gradient
 clipping, a progress bar, a callback after every step (checkpoints), and a
 ``TrainState`` to resume from.
 """
+import hashlib
 import math
 import sys
 import time
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from numgpt.autograd import no_grad
 from numgpt.generate import generate_text_simple
 from numgpt.ops import cross_entropy
-from numgpt.optim import clip_grad_norm_
+from numgpt.optim import clip_grad_norm_, grad_norm
 from numgpt.tokenizer import text_to_token_ids, token_ids_to_text
 
 
@@ -70,6 +71,18 @@ def _write(line, file=None):
     tqdm.write(line, file=file or sys.stdout)
 
 
+class NonFiniteTraining(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+def chain_digest(digest, input_batch, target_batch):
+    """Extend a hex digest with one batch: equal digests mean equal batch sequences."""
+    h = hashlib.sha256(digest.encode())
+    h.update(numpy.ascontiguousarray(input_batch, dtype=numpy.int64).tobytes())
+    h.update(numpy.ascontiguousarray(target_batch, dtype=numpy.int64).tobytes())
+    return h.hexdigest()
+
+
 @dataclass
 class TrainState:
     """Where a run stands: enough, with the model, optimizer, loader and RNG
@@ -81,6 +94,8 @@ class TrainState:
     val_losses: list = field(default_factory=list)
     track_tokens_seen: list = field(default_factory=list)
     loader_state: dict = None            # the training epoch's position (DataLoader iterator state)
+    batches_digest: str = ""             # sha256 chained over every batch's token ids, in order
+    skipped_steps: int = 0               # consecutive steps whose loss or gradient was not finite
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -106,13 +121,16 @@ def estimate_training_bytes(cfg, batch_size, context_length, dtype_bytes=4):
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                        start_context, tokenizer, *, max_steps=None, grad_clip=None, progress=None,
-                       on_step=None, on_epoch_end=None, state=None, file=None):
+                       on_step=None, on_epoch_end=None, state=None, max_skipped_steps=5, file=None):
     """The seed's loop: per batch zero_grad, loss, backward, step; evaluate every
     ``eval_freq`` steps; a greedy sample after each epoch.
 
     Returns (train_losses, val_losses, track_tokens_seen). Extra options:
     max_steps stops after that many steps in all; grad_clip clips the global
-    gradient norm; progress shows a tqdm bar (default: when stdout is a
+    gradient norm (and the log line shows the norm before clipping); a step
+    whose loss or gradient is not finite updates nothing (weights and AdamW
+    moments stay) and is logged, and after ``max_skipped_steps`` such steps in
+    a row NonFiniteTraining is raised; progress shows a tqdm bar (default: when stdout is a
     terminal); on_step(state) runs after every step (state.loader_state holds
     the epoch's position) and on_epoch_end(state) after each epoch's sample;
     state resumes a run.
@@ -135,12 +153,24 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                 optimizer.zero_grad()
                 loss = calc_loss_batch(input_batch, target_batch, model, device)
                 loss.backward()
-                if grad_clip is not None:
-                    clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
+                norm = grad_norm(model.parameters())
                 state.tokens_seen += input_batch.size
                 state.global_step += 1
                 state.loader_state = batches.state_dict()
+                state.batches_digest = chain_digest(state.batches_digest, input_batch, target_batch)
+                if math.isfinite(loss.item()) and math.isfinite(norm):
+                    state.skipped_steps = 0
+                    if grad_clip is not None:
+                        clip_grad_norm_(model.parameters(), grad_clip, total_norm=norm)
+                    optimizer.step()
+                else:
+                    state.skipped_steps += 1
+                    _write(f"Ep {state.epoch + 1} (Step {state.global_step:06d}): loss {loss.item():.3f}, "
+                           f"gradient norm {norm:.3f}: not finite, update skipped "
+                           f"({state.skipped_steps} in a row)", file)
+                    if state.skipped_steps >= max_skipped_steps:
+                        raise NonFiniteTraining(f"{state.skipped_steps} consecutive steps had a non-finite loss "
+                                                f"or gradient (last: step {state.global_step}); stopping")
                 rate = (state.tokens_seen - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}")
                 bar.update(1)
@@ -150,8 +180,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                     state.train_losses.append(train_loss)
                     state.val_losses.append(val_loss)
                     state.track_tokens_seen.append(state.tokens_seen)
+                    clipped = f" (grad norm {norm:.3f} before clipping)" if grad_clip is not None else ""
                     _write(f"Ep {state.epoch + 1} (Step {state.global_step:06d}): "
-                           f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}", file)
+                           f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}{clipped}", file)
                 if on_step is not None:
                     on_step(state)
             generate_and_print_sample(model, tokenizer, device, start_context, file=file)

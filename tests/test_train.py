@@ -140,3 +140,39 @@ def test_memory_estimate_is_in_the_right_range():
     # PyTorch measured 4.6 GB peak for the seed's step; weights + grads + AdamW alone are 2.6 GB
     needed = estimate_training_bytes(numgpt.GPT_CONFIG_124M, 2, 256)
     assert 2.6e9 < needed < 6e9
+
+
+def test_non_finite_steps_update_nothing_and_stop_the_run(verdict_text, tokenizer):
+    train_loader, val_loader = loaders(verdict_text[:8000], tokenizer, context=64)
+    model, optimizer = fresh_run()
+    out = io.StringIO()
+    numgpt.train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=1, eval_freq=100,
+                              eval_iter=1, start_context="Every", tokenizer=tokenizer, max_steps=2, file=out)
+    before = {name: p.data.copy() for name, p in model.named_parameters()}
+    moments = {k: (v["exp_avg"].copy(), v["exp_avg_sq"].copy()) for k, v in optimizer.state_dict()["state"].items()}
+    model.final_norm.scale.data[0] = np.inf              # every later forward gives a non-finite loss
+    before["final_norm.scale"][0] = np.inf
+    state = TrainState()
+    with pytest.raises(numgpt.train.NonFiniteTraining, match="3 consecutive steps"):
+        numgpt.train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=1, eval_freq=100,
+                                  eval_iter=1, start_context="Every", tokenizer=tokenizer, state=state,
+                                  max_skipped_steps=3, file=out)
+    assert out.getvalue().count("update skipped") == 3
+    for name, p in model.named_parameters():
+        assert np.array_equal(p.data, before[name]), name
+    for k, v in optimizer.state_dict()["state"].items():
+        assert np.array_equal(v["exp_avg"], moments[k][0]) and np.array_equal(v["exp_avg_sq"], moments[k][1])
+        assert v["step"] == 2
+
+
+def test_grad_clip_clips_to_max_norm_and_logs_the_norm_before(verdict_text, tokenizer):
+    train_loader, val_loader = loaders(verdict_text[:8000], tokenizer, context=64)
+    model, optimizer = fresh_run()
+    out = io.StringIO()
+    numgpt.train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=1, eval_freq=1,
+                              eval_iter=1, start_context="Every", tokenizer=tokenizer, max_steps=1,
+                              grad_clip=0.5, file=out)
+    logged = float(re.search(r"grad norm (\d+\.\d+) before clipping", out.getvalue()).group(1))
+    clipped = numgpt.optim.grad_norm(model.parameters())
+    print(f"norm before {logged}, after {clipped}")
+    assert logged > 0.5 and abs(clipped - 0.5) < 1e-5

@@ -1,0 +1,206 @@
+"""The numgpt command, run as a real subprocess: training, generation,
+evaluation, exact resume across processes, signals, and bad input (exit 2,
+one line on stderr, no traceback)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from numgpt.checkpoint import CheckpointManager, load_checkpoint
+from numgpt.gradcheck import op_cases
+
+# The tiny preset on the seed's corpus in windows of 64 tokens, batches of 8: 9 steps per epoch.
+TINY_RUN = ["--preset", "tiny", "--context-length", "64", "--batch-size", "8", "--eval-freq", "4", "--eval-iter", "1"]
+STEPS_PER_EPOCH = 9
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def numgpt_cli(*args, timeout=300, check=None):
+    result = subprocess.run([sys.executable, "-m", "numgpt", *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout, env=ENV)
+    if check is not None:
+        assert result.returncode == check, result.stderr
+    return result
+
+
+def assert_usage_error(result, *fragments):
+    """Exit status 2 and exactly one line on stderr, naming what was wrong."""
+    print(result.stderr)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, verdict_path):
+    """One short training run shared by the generate/eval tests."""
+    out = tmp_path_factory.mktemp("run")
+    result = numgpt_cli("train", "--data", verdict_path, "--out", out, *TINY_RUN, "--max-steps", "4", check=0)
+    return out, result
+
+
+def test_train_writes_log_lines_checkpoint_plot_and_losses(tiny_run):
+    out, result = tiny_run
+    print(result.stdout)
+    assert "Ep 1 (Step 000000): Train loss" in result.stdout and "Ep 1 (Step 000004)" not in result.stdout
+    assert "Training completed in" in result.stdout
+    assert (out / "loss-plot.pdf").read_bytes().startswith(b"%PDF")
+    losses = json.loads((out / "losses.json").read_text())
+    assert len(losses["train_losses"]) == 1 and losses["total_tokens"] == 4 * 8 * 64
+    assert CheckpointManager(out / "checkpoints").latest().name == "step-00000004"
+
+
+def test_generate_eval_and_export_from_the_run(tiny_run, verdict_path, tmp_path):
+    out, _ = tiny_run
+    gen = numgpt_cli("generate", "--checkpoint", out, "--prompt", "Every effort moves you", "--temperature", "1.4",
+                     "--top-k", "25", "--max-new-tokens", "5", check=0)
+    assert gen.stdout.startswith("Every effort moves you")
+    again = numgpt_cli("generate", "--checkpoint", out, "--prompt", "Every effort moves you", "--temperature",
+                       "1.4", "--top-k", "25", "--max-new-tokens", "5", check=0)
+    assert again.stdout == gen.stdout                                     # --seed 123 by default
+    ev = numgpt_cli("eval", "--checkpoint", out, "--data", verdict_path, check=0)
+    loss, ppl = (float(x) for x in ev.stdout.replace(",", "").split()[1:4:2])
+    assert 5 < loss < 11.5 and abs(ppl - np.exp(loss)) / ppl < 1e-3
+    numgpt_cli("export", "--checkpoint", out, "--out", tmp_path / "hf", check=0)
+    from_hf = numgpt_cli("generate", "--gpt2", tmp_path / "hf", "--prompt", "Every effort moves you",
+                         "--max-new-tokens", "5", check=0)
+    greedy = numgpt_cli("generate", "--checkpoint", out, "--prompt", "Every effort moves you",
+                        "--max-new-tokens", "5", check=0)
+    assert from_hf.stdout == greedy.stdout                                # the exported weights, exactly
+
+
+def test_console_script_and_gradcheck():
+    script = shutil.which("numgpt")
+    assert script is not None, "the numgpt console script is not installed (pip install -e .)"
+    result = subprocess.run([script, "gradcheck"], capture_output=True, text=True, timeout=300)
+    print(result.stdout)
+    assert result.returncode == 0
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(op_cases()) + 1
+    assert all(" ok " in line for line in lines) and lines[-1].startswith("model")
+    one = numgpt_cli("gradcheck", "layer_norm", check=0)
+    assert one.stdout.startswith("layer_norm") and len(one.stdout.strip().splitlines()) == 1
+    assert_usage_error(numgpt_cli("gradcheck", "softmaxx"), "unknown op 'softmaxx'")
+
+
+def final_checkpoint(out):
+    return load_checkpoint(CheckpointManager(out / "checkpoints").latest())
+
+
+@pytest.mark.parametrize("stop_after", [5, STEPS_PER_EPOCH + 1])   # before and after the epoch boundary
+def test_resume_in_a_new_process_is_bit_exact(verdict_path, tmp_path, stop_after):
+    total = STEPS_PER_EPOCH + 3
+    numgpt_cli("train", "--data", verdict_path, "--out", tmp_path / "full", *TINY_RUN, "--max-steps", total, check=0)
+    numgpt_cli("train", "--data", verdict_path, "--out", tmp_path / "cut", *TINY_RUN, "--max-steps", stop_after,
+               check=0)
+    resumed = numgpt_cli("train", "--data", verdict_path, "--out", tmp_path / "cut", *TINY_RUN, "--max-steps",
+                         total, "--resume", check=0)
+    assert "Resuming from" in resumed.stdout
+    full, cut = final_checkpoint(tmp_path / "full"), final_checkpoint(tmp_path / "cut")
+    for name, array in full.model_state.items():
+        assert np.array_equal(array, cut.model_state[name]), name
+    for index, moments in full.optimizer_state["state"].items():
+        other = cut.optimizer_state["state"][index]
+        assert moments["step"] == other["step"] == total
+        assert np.array_equal(moments["exp_avg"], other["exp_avg"])
+        assert np.array_equal(moments["exp_avg_sq"], other["exp_avg_sq"])
+    a, b = full.state["train_state"], cut.state["train_state"]
+    for field in ("global_step", "tokens_seen", "train_losses", "val_losses", "batches_digest", "loader_state"):
+        assert a[field] == b[field], field
+    assert a["global_step"] == total - 1
+
+
+def start_training(verdict_path, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "numgpt", "train", "--data", str(verdict_path), "--out", str(out),
+                             *TINY_RUN, "--epochs", "50", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+
+
+def wait_for_line(process, fragment, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if fragment in line:
+            return line
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError(f"no line with {fragment!r}: {process.stderr.read()}")
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_finishes_the_step_saves_and_exits(verdict_path, tmp_path, signum, status):
+    process = start_training(verdict_path, tmp_path)
+    wait_for_line(process, "Ep 1 (Step 000004)")
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    print(stdout, stderr)
+    assert process.returncode == status
+    assert "Saved checkpoint" in stdout
+    checkpoint = final_checkpoint(tmp_path)
+    assert checkpoint.state["train_state"]["global_step"] >= 4
+    resumed = numgpt_cli("train", "--data", verdict_path, "--out", tmp_path, *TINY_RUN, "--epochs", "50",
+                         "--max-steps", checkpoint.state["train_state"]["global_step"] + 2, "--resume", check=0)
+    assert "Resuming from" in resumed.stdout
+
+
+def test_a_second_sigint_exits_at_once_and_keeps_the_last_checkpoint(verdict_path, tmp_path):
+    process = start_training(verdict_path, tmp_path, "--checkpoint-every", "2")
+    wait_for_line(process, "Saved checkpoint")
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert process.returncode == 130
+    CheckpointManager(tmp_path / "checkpoints").clean_stale()
+    assert final_checkpoint(tmp_path).state["train_state"]["global_step"] >= 1
+
+
+def test_bad_input_exits_2_with_one_line(verdict_path, tmp_path):
+    run = ["train", "--out", tmp_path / "run", *TINY_RUN]
+    assert_usage_error(numgpt_cli(*run, "--data", tmp_path / "missing.txt"), "missing.txt", "No such file")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Caf\u00e9 ok".encode("utf-8") + b" na\xefve")
+    assert_usage_error(numgpt_cli(*run, "--data", bad), "latin1.txt", "byte offset 11")
+    short = tmp_path / "short.txt"
+    short.write_text("Every effort moves you. " * 20)
+    assert_usage_error(numgpt_cli(*run, "--data", short), "tokens", "65")
+    assert_usage_error(numgpt_cli(*run, "--data", verdict_path, "--batch-size", "0"), "--batch-size")
+    assert_usage_error(numgpt_cli("train", "--out", tmp_path / "big", "--data", verdict_path, "--batch-size",
+                                  "100000"), "GiB", "smaller --batch-size")
+    prompt = ["generate", "--checkpoint", tmp_path, "--prompt", "x"]
+    assert_usage_error(numgpt_cli(*prompt, "--temperature", "-1"), "--temperature")
+    assert_usage_error(numgpt_cli(*prompt, "--top-k", "0"), "--top-k")
+    assert_usage_error(numgpt_cli(*prompt), "no committed checkpoint")
+    torch_file = tmp_path / "model.pt"
+    torch_file.write_bytes(b"PK\x03\x04" + bytes(60))
+    assert_usage_error(numgpt_cli("generate", "--checkpoint", torch_file, "--prompt", "x"), "model.pt", "pickle")
+
+
+def test_resuming_with_another_architecture_names_the_field(tiny_run, verdict_path, tmp_path):
+    out, _ = tiny_run
+    shutil.copytree(out, tmp_path / "run")
+    result = numgpt_cli("train", "--data", verdict_path, "--out", tmp_path / "run", *TINY_RUN, "--preset", "small",
+                        "--resume")
+    assert_usage_error(result, "emb_dim", "64", "256")
+
+
+def test_the_seed_port_runs(verdict_path, tmp_path):
+    """examples/seed_port.py: the seed's code with mechanical changes only, at a smoke-test size."""
+    shutil.copyfile(verdict_path, tmp_path / "the-verdict.txt")     # the seed reads it from the working directory
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "seed_port.py")
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env=dict(ENV, SEED_PORT_SMOKE="1"))
+    print(result.stdout[-3000:], result.stderr[-3000:])
+    assert result.returncode == 0
+    for expected in ("Output text:", "Training tokens: 4608", "Validation tokens: 512", "Ep 1 (Step 000000)",
+                     "Training completed in"):
+        assert expected in result.stdout
+    assert (tmp_path / "loss-plot.pdf").is_file() and (tmp_path / "model_and_optimizer").is_dir()
