@@ -204,3 +204,17 @@ def test_the_seed_port_runs(verdict_path, tmp_path):
                      "Training completed in"):
         assert expected in result.stdout
     assert (tmp_path / "loss-plot.pdf").is_file() and (tmp_path / "model_and_optimizer").is_dir()
+
+
+def test_a_gpt2_layout_directory_generates_and_continues_pretraining(verdict_path, tmp_path):
+    from test_pretrained import hf_config, hf_tensors, write_model_dir
+    dims = dict(V=50257, C=8, L=2, ctx=64)
+    weights = write_model_dir(tmp_path / "gpt2", hf_tensors(**dims), hf_config(**dims), prefix="transformer.")
+    gen = numgpt_cli("generate", "--gpt2", weights, "--prompt", "Every effort moves you", "--max-new-tokens", "5",
+                     check=0)
+    assert gen.stdout.startswith("Every effort moves you")
+    numgpt_cli("train", "--init", weights, "--data", verdict_path, "--out", tmp_path / "run", "--batch-size", "8",
+               "--context-length", "64", "--max-steps", "3", "--eval-freq", "2", "--eval-iter", "1", check=0)
+    checkpoint = final_checkpoint(tmp_path / "run")
+    assert checkpoint.config["tie_weights"] is True and checkpoint.config["emb_dim"] == 8
+    assert checkpoint.state["train_state"]["global_step"] == 2

@@ -1,0 +1,27 @@
+"""The README's example runs, and its test command is the one .ci/run runs."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_blocks(markdown):
+    return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
+
+
+def test_the_readme_example_runs():
+    example = python_blocks((ROOT / "README.md").read_text())[0]
+    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0
+    loss = float(re.search(r"loss after one epoch: (\d+\.\d+)", result.stdout).group(1))
+    assert loss < 10.0
+    assert result.stdout.strip().splitlines()[-1].startswith("Every effort moves you")
+
+
+def test_ci_runs_the_readme_test_command():
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"pip install -e '\.\[test\]' && (python -m pytest.*)", readme).group(1).strip()
+    assert command in ci
