@@ -199,9 +199,8 @@ def _write_run_report(out, state, num_epochs):
     report = {"train_losses": state.train_losses, "val_losses": state.val_losses,
               "tokens_seen": state.track_tokens_seen, "epochs_seen": _epochs_axis(state, num_epochs).tolist(),
               "global_step": state.global_step, "total_tokens": state.tokens_seen}
-    tmp = out / ".losses.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out / "losses.json")
+    from numgpt.safe_io import atomic_write
+    atomic_write(out / "losses.json", lambda fh: fh.write(json.dumps(report, indent=1).encode("utf-8")))
 
 
 # ---------------------------------------------------------------- generate / eval

@@ -13,7 +13,6 @@
 """
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy
 
 from numgpt import backend
+from numgpt.safe_io import atomic_write
 from numgpt.tokenizer import get_tokenizer
 
 VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
@@ -207,19 +207,6 @@ def _download(url):
                         ) from error
 
 
-def _write_atomically(path, data):
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def load_the_verdict(path=None, cache_dir=None, url=VERDICT_URL):
     """The seed's corpus, "The Verdict".
 
@@ -241,5 +228,6 @@ def load_the_verdict(path=None, cache_dir=None, url=VERDICT_URL):
     if actual != VERDICT_SHA256:
         raise DataError(f"{VERDICT_FILENAME} downloaded from {url} has sha256 {actual}, "
                         f"expected {VERDICT_SHA256}; not cached")
-    _write_atomically(cached, data)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(cached, lambda fh: fh.write(data))
     return _decode_utf8(data, url)

@@ -13,10 +13,8 @@ it into the model's parameter in place, so no second copy of the model is
 ever held: the peak is the model plus its largest tensor (wte).
 """
 import json
-import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,6 +24,7 @@ from safetensors import safe_open
 from numgpt.download import canonical_size, download_gpt2
 from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
 from numgpt.nn import LayerNorm
+from numgpt.safe_io import atomic_write, stream_safetensors
 
 
 class WeightsError(ValueError):
@@ -269,11 +268,11 @@ def export_hf(model, directory):
 
     table = [e if e is LM_HEAD else e._replace(hf=HF_PREFIX + e.hf) for e in weight_table(cfg["n_layers"], tied)]
     header = {entry.hf: (hf_shape(entry, arrays), dtype) for entry in table}
-    _atomic_write(directory / "model.safetensors",
-                  lambda fh: write_safetensors(fh, header, map(hf_tensor, table), metadata={"format": "pt"}))
+    atomic_write(directory / "model.safetensors",
+                 lambda fh: stream_safetensors(fh, header, map(hf_tensor, table), metadata={"format": "pt"}))
     config = hf_config(model)
-    _atomic_write(directory / "config.json",
-                  lambda fh: fh.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")))
+    atomic_write(directory / "config.json",
+                 lambda fh: fh.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")))
     return directory
 
 
@@ -305,58 +304,3 @@ def hf_config(model):
     if cfg["vocab_size"] > 50256:                                   # GPT-2's <|endoftext|>
         config.update(bos_token_id=50256, eos_token_id=50256)
     return config
-
-
-SAFETENSORS_DTYPES = {numpy.dtype(numpy.float16): "F16", numpy.dtype(numpy.float32): "F32",
-                      numpy.dtype(numpy.float64): "F64"}
-
-
-def write_safetensors(fh, header, arrays, metadata=None):
-    """Stream a safetensors file: ``header`` is name -> (shape, dtype) in file order,
-    ``arrays`` yields the arrays in that order (each written, then dropped).
-
-    The format: an 8-byte little-endian header length, a JSON header
-    (name -> dtype, shape, data_offsets), padded with spaces to 8 bytes, then
-    the tensors' bytes, contiguous, little-endian, C order.
-    """
-    entries, offset = {}, 0
-    for name, (shape, dtype) in header.items():
-        dtype = numpy.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        entries[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
-                         "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    if metadata:
-        entries["__metadata__"] = metadata
-    text = json.dumps(entries, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    fh.write(len(text).to_bytes(8, "little"))
-    fh.write(text)
-    for (name, (shape, dtype)), array in zip(header.items(), arrays, strict=True):
-        array = numpy.ascontiguousarray(array, dtype=numpy.dtype(dtype).newbyteorder("<"))
-        if array.shape != tuple(shape):
-            raise ValueError(f"write_safetensors: {name} has shape {array.shape}, the header says {tuple(shape)}")
-        fh.write(memoryview(array).cast("B"))
-
-
-def _atomic_write(path, write):
-    """Write ``path`` through a temporary file in its directory, fsync'd, then os.replace'd over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:                                                            # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

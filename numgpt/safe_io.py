@@ -290,28 +290,67 @@ def sha256_file(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def write_safetensors(path, arrays, metadata=None):
-    """Write ``arrays`` (name -> array) with string ``metadata`` to ``path`` atomically: a temporary
-    file beside it, fsynced, renamed into place. Arrays must not share memory (store a tie once)."""
+def atomic_write(path, write):
+    """Write ``path`` through ``write(fh)`` on a temporary file in the same
+    directory, flushed and fsynced, renamed over ``path``, the directory fsynced:
+    a reader sees the old file or the whole new one, never a part."""
     path = Path(path)
-    metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-    arrays = {name: numpy.asarray(array, order="C") for name, array in arrays.items()}  # keeps 0-d arrays 0-d
-    names = list(arrays)
-    for i, first in enumerate(names):
-        for second in names[i + 1:]:
-            if numpy.may_share_memory(arrays[first], arrays[second]):
-                raise ValueError(f"{path}: tensors {first!r} and {second!r} share memory; store a tied weight once")
-    from safetensors.numpy import save_file
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        save_file(arrays, tmp, metadata=metadata)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
-        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     fsync_path(path.parent)
+
+
+_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items() if name != "BF16"}
+
+
+def stream_safetensors(fh, header, arrays, metadata=None):
+    """Write a safetensors file to ``fh`` one tensor at a time: ``header`` is
+    name -> (shape, dtype) in file order, ``arrays`` yields the arrays in that
+    order (each is made contiguous, written and dropped: no copy of the whole).
+
+    The format: an 8-byte little-endian header length, a JSON header
+    (name -> dtype, shape, data_offsets, and string __metadata__), padded with
+    spaces to 8 bytes, then the tensors' bytes, little-endian, C order.
+    """
+    entries, offset = {}, 0
+    for name, (shape, dtype) in header.items():
+        dtype = numpy.dtype(dtype).newbyteorder("<") if numpy.dtype(dtype).itemsize > 1 else numpy.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        entries[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        entries["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    text = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    fh.write(len(text).to_bytes(8, "little"))
+    fh.write(text)
+    for (name, (shape, dtype)), array in zip(header.items(), arrays, strict=True):
+        array = numpy.asarray(array, dtype=numpy.dtype(dtype).newbyteorder("<"), order="C")   # 0-d stays 0-d
+        if array.shape != tuple(shape):
+            raise ValueError(f"stream_safetensors: {name} has shape {array.shape}, the header says {tuple(shape)}")
+        fh.write(memoryview(array.reshape(-1)).cast("B"))
+
+
+def write_safetensors(path, arrays, metadata=None):
+    """Write ``arrays`` (name -> array) with string ``metadata`` to ``path``
+    atomically. Arrays must not share memory (store a tied weight once)."""
+    path = Path(path)
+    arrays = {name: numpy.asarray(array) for name, array in arrays.items()}
+    names = list(arrays)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if numpy.may_share_memory(arrays[first], arrays[second]):
+                raise ValueError(f"{path}: tensors {first!r} and {second!r} share memory; store a tied weight once")
+    header = {name: (array.shape, array.dtype) for name, array in arrays.items()}
+    atomic_write(path, lambda fh: stream_safetensors(fh, header, arrays.values(), metadata))
+

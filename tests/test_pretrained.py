@@ -339,7 +339,7 @@ def test_export_is_atomic(tmp_path, monkeypatch):
         fh.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(pretrained, "write_safetensors", fail)
+    monkeypatch.setattr(pretrained, "stream_safetensors", fail)
     with pytest.raises(OSError, match="disk full"):
         export_hf(tiny_model(True, seed=1), tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before
