@@ -181,12 +181,13 @@ class Tensor:
 
         order = _topological_order(self)
         grads = {id(self): gradient}
+        leaves = {}                                   # id -> (leaf, its summed gradient in this pass)
         for node in reversed(order):
             dout = grads.pop(id(node), None)
             if dout is None:
                 continue
             if node._backward is None:
-                _accumulate_leaf(node, dout)
+                leaves[id(node)] = (node, dout)
                 continue
             parent_grads = node._backward(dout)
             for parent, grad in zip(node._parents, parent_grads):
@@ -196,15 +197,41 @@ class Tensor:
                 # out of place: a grad array may be shared by two parents (add's backward)
                 grads[key] = grad if key not in grads else grads[key] + grad
             node._parents, node._backward = (), None
+        _accumulate_leaves(leaves.values(), gradient)
 
 
-def _accumulate_leaf(leaf, grad):
-    if grad.shape != leaf.shape:
-        raise RuntimeError(f"internal error: gradient of shape {grad.shape} for a leaf of shape {leaf.shape}")
-    if leaf.grad is None:
-        leaf.grad = backend.xp.array(grad, dtype=leaf.dtype, copy=True)
-    else:
-        leaf.grad += grad
+def _owner(array):
+    """The array that owns ``array``'s memory."""
+    while isinstance(array.base, numpy.ndarray):
+        array = array.base
+    return array
+
+
+def _accumulate_leaves(leaf_grads, gradient):
+    """Add each leaf's gradient of this pass into ``.grad`` (accumulating, as PyTorch).
+
+    A leaf without a gradient yet takes the array itself, without a copy, when
+    nothing else can write to it: writeable, contiguous, of the leaf's dtype,
+    not the caller's ``gradient`` and overlapping no other leaf's array (views
+    of one buffer in disjoint rows, like the split of the fused QKV gradient,
+    are fine). Anything else is copied.
+    """
+    leaf_grads = list(leaf_grads)
+    by_owner = {}
+    for _, grad in leaf_grads:
+        by_owner.setdefault(id(_owner(grad)), []).append(grad)
+    for leaf, grad in leaf_grads:
+        if grad.shape != leaf.shape:
+            raise RuntimeError(f"internal error: gradient of shape {grad.shape} for a leaf of shape {leaf.shape}")
+        if leaf.grad is not None:
+            leaf.grad += grad
+            continue
+        siblings = by_owner[id(_owner(grad))]
+        ownable = (grad.flags.writeable and grad.flags.c_contiguous and grad.dtype == leaf.dtype
+                   and _owner(grad) is not _owner(gradient)
+                   and sum(other is grad for other in siblings) == 1
+                   and not any(other is not grad and numpy.may_share_memory(grad, other) for other in siblings))
+        leaf.grad = grad if ownable else backend.xp.array(grad, dtype=leaf.dtype, copy=True)
 
 
 def _topological_order(root):

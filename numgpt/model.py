@@ -80,6 +80,11 @@ class MultiHeadAttention(Module):
         self.W_query = Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = Linear(d_in, d_out, bias=qkv_bias)
+        # one (3C, C) buffer behind the three weights (one (3C,) behind their biases): the fused
+        # projection in forward() reads it as is, with no per-step concatenation
+        ops.share_buffer([self.W_query.weight, self.W_key.weight, self.W_value.weight])
+        if qkv_bias:
+            ops.share_buffer([self.W_query.bias, self.W_key.bias, self.W_value.bias])
         self.out_proj = Linear(d_out, d_out)
 
     def forward(self, x, kv_cache=None):

@@ -91,3 +91,32 @@ def test_flatten_matches_torch_semantics():
     assert x.flatten(0, 1).shape == (6, 4)
     assert x.flatten().shape == (24,)
     assert x.flatten(1).shape == (2, 12)
+
+
+def test_two_leaves_never_share_a_gradient_array():
+    # add hands the same dout to both parents: each leaf must own its own copy
+    a, b = make((3,)), make((3,), seed=1)
+    ((a + b) * 1.0).backward(np.ones(3))   # a fresh dout, handed by add to both
+    assert not np.shares_memory(a.grad, b.grad)
+    (a * 2.0).backward(np.ones(3))
+    np.testing.assert_array_equal(a.grad, 3.0)
+    np.testing.assert_array_equal(b.grad, 1.0)
+
+
+def test_the_callers_gradient_is_never_owned_by_a_leaf():
+    x = make((3,))
+    upstream = np.ones(3)
+    (x * 1.0).backward(upstream)       # mul's backward makes a new array: fine to own
+    y = make((3,))
+    y.backward(upstream)               # backward on a leaf: its grad must not alias the caller's array
+    y.grad += 1.0
+    np.testing.assert_array_equal(upstream, 1.0)
+
+
+def test_split_views_of_one_gradient_are_owned_without_copies():
+    parts = [make((2, 3), seed=i) for i in range(3)]
+    from numgpt.ops import concat
+    concat(parts).backward(np.arange(18.0).reshape(6, 3))
+    owners = {id(p.grad.base) for p in parts}
+    assert len(owners) == 1                          # three disjoint views of one array, not three copies
+    np.testing.assert_array_equal(parts[2].grad, np.arange(12.0, 18.0).reshape(2, 3))

@@ -142,6 +142,7 @@ def test_memory_estimate_is_in_the_right_range():
     assert 2.6e9 < needed < 6e9
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the poisoned forward
 def test_non_finite_steps_update_nothing_and_stop_the_run(verdict_text, tokenizer):
     train_loader, val_loader = loaders(verdict_text[:8000], tokenizer, context=64)
     model, optimizer = fresh_run()

@@ -9,7 +9,7 @@ from numgpt.ops.embedding import embedding
 from numgpt.ops.gelu import gelu
 from numgpt.ops.layer_norm import layer_norm
 from numgpt.ops.linear import linear
-from numgpt.ops.shape import concat, getitem, reshape, transpose
+from numgpt.ops.shape import concat, getitem, reshape, share_buffer, transpose
 
 __all__ = ["add", "cached_attention", "causal_attention", "concat", "cross_entropy", "dropout", "embedding", "gelu",
-           "getitem", "layer_norm", "linear", "mul", "reshape", "sum_all", "transpose"]
+           "getitem", "layer_norm", "linear", "mul", "reshape", "share_buffer", "sum_all", "transpose"]

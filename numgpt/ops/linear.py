@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy
 
 from numgpt.autograd import record
+from numgpt.ops.scratch import reusable
 
 
 class LinearCache(NamedTuple):
@@ -20,7 +21,8 @@ class LinearCache(NamedTuple):
 def linear_forward(x, weight, bias=None):
     lead = x.shape[:-1]
     x2d = x.reshape(-1, x.shape[-1])             # (..., IN) -> (N, IN)
-    out = x2d @ weight.T                         # (N, IN) @ (IN, OUT) -> (N, OUT)
+    out = numpy.matmul(x2d, weight.T, out=reusable("linear.out", (x2d.shape[0], weight.shape[0]),
+                                                   numpy.result_type(x2d, weight)))  # (N, IN) @ (IN, OUT) -> (N, OUT)
     if bias is not None:
         out += bias                              # (N, OUT) + (OUT,)
     return out.reshape(lead + (weight.shape[0],)), LinearCache(x2d, weight, bias is not None)
@@ -31,7 +33,8 @@ def linear_backward(dout, cache):
     dout2d = dout.reshape(-1, weight.shape[0])   # (..., OUT) -> (N, OUT)
     # out = x2d @ weight.T
     dx = (dout2d @ weight).reshape(dout.shape[:-1] + (weight.shape[1],))   # (N, OUT) @ (OUT, IN) -> (..., IN)
-    dweight = dout2d.T @ x2d                                               # (OUT, N) @ (N, IN) -> (OUT, IN)
+    dweight = numpy.matmul(dout2d.T, x2d, out=reusable("linear.dweight", weight.shape,
+                                                       numpy.result_type(dout2d, x2d)))  # (OUT, N) @ (N, IN) -> (OUT, IN)
     # out += bias
     dbias = dout2d.sum(axis=0) if has_bias else None                       # (N, OUT) -> (OUT,)
     return dx, dweight, dbias

@@ -1,0 +1,403 @@
+"""numgpt against PyTorch on the seed's training step, in one run.
+
+    python benchmarks/bench_step.py --out benchmarks/results.md
+    python benchmarks/bench_step.py --scale --out benchmarks/results.md   # + step time by context and batch
+
+The step is the seed's: GPT_CONFIG_124M (context 256, 12 layers, 768 wide,
+dropout 0.1, untied head), batch 2 x 256 random tokens, zero_grad, forward,
+mean cross-entropy, backward, AdamW(lr 4e-4, weight_decay 0.1).
+
+How it measures:
+- numgpt and PyTorch each run in their own process and stay resident; the
+  parent asks them for one step at a time, alternating, so that both see the
+  same machine load; each side's peak memory is its own ru_maxrss.
+- PyTorch is ``llms_from_scratch.ch04.GPTModel`` with torch.set_num_threads(2),
+  run by the interpreter ``--torch-python`` (default /work/refenv/bin/python);
+  without it, numgpt runs alone.
+- Before anything is timed, a separate process runs one step from the same
+  seed with the numba kernels and with the NumPy path and checks that both
+  losses (before and after the AdamW update) agree.
+- FLOPs per step, counted analytically (dense attention, as PyTorch computes it):
+      6 * P_mm * B*T  +  12 * L * B * T^2 * C,
+  P_mm = L * 12 * C^2 + C * V, the weights of every matrix product (biases,
+  LayerNorm and the embedding lookups excluded); 394 GFLOP for the seed's step.
+- The sgemm ceiling is the best of a few (4096 x 4096) @ (4096 x 4096) float32
+  NumPy products, measured in the same run.
+- Kernel compile time: the kernels compiled into an empty cache directory
+  (first run) and loaded from it (later runs), each in a fresh process.
+- Generation: greedy, 50 new tokens after a 4-token prompt, 124M shape, eval
+  mode: numgpt's generate_text_simple (KV cache) against the seed's cache-less
+  torch loop (``llms_from_scratch.ch04.generate_text_simple``).
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+DEFAULT_TORCH_PYTHON = "/work/refenv/bin/python"
+CONFIG = {"vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
+          "drop_rate": 0.1, "qkv_bias": False}
+BATCH, SEQ = 2, 256
+LR, WEIGHT_DECAY = 4e-4, 0.1
+SEED = 123
+GEN_NEW_TOKENS, GEN_PROMPT = 50, [6109, 3626, 6100, 345]     # "Every effort moves you"
+SCALE_CONTEXTS, SCALE_BATCHES = (256, 512, 1024), (1, 2, 4, 8)
+AGREEMENT_RTOL = 1e-4                                        # numba vs NumPy loss, float32
+
+
+def step_flops(cfg, batch, seq):
+    """6 * P_mm * tokens + 12 * L * B * T^2 * C (see the module docstring)."""
+    C, L, V = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
+    p_mm = L * 12 * C * C + C * V
+    return 6 * p_mm * batch * seq + 12 * L * batch * seq * seq * C
+
+
+def batch_of(cfg, batch, seq, seed=0):
+    import numpy
+    rng = numpy.random.default_rng(seed)
+    return (rng.integers(0, cfg["vocab_size"], (batch, seq)), rng.integers(0, cfg["vocab_size"], (batch, seq)))
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------ the two sides (child processes)
+
+class NumgptSide:
+    def __init__(self, cfg, batch, seq):
+        import numgpt
+        from numgpt.model import GPTModel
+        numgpt.manual_seed(SEED)
+        self.numgpt = numgpt
+        self.model = GPTModel(cfg)
+        self.model.train()
+        self.optimizer = numgpt.AdamW(self.model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        self.x, self.y = batch_of(cfg, batch, seq)
+        self.cfg = cfg
+
+    def step(self):
+        start = time.perf_counter()
+        self.optimizer.zero_grad()
+        logits = self.model(self.x)
+        loss = self.numgpt.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.y.reshape(-1))
+        loss.backward()
+        self.optimizer.step()
+        return time.perf_counter() - start, loss.item()
+
+    def generate(self):
+        import numpy
+        from numgpt.generate import generate_text_simple
+        self.model.eval()
+        idx = numpy.array([GEN_PROMPT])
+        start = time.perf_counter()
+        out = generate_text_simple(self.model, idx, GEN_NEW_TOKENS, self.cfg["context_length"])
+        seconds = time.perf_counter() - start
+        self.model.train()
+        return GEN_NEW_TOKENS / seconds, [int(t) for t in out[0, -GEN_NEW_TOKENS:]]
+
+
+class TorchSide:
+    def __init__(self, cfg, batch, seq):
+        import torch
+        from llms_from_scratch.ch04 import GPTModel
+        torch.set_num_threads(2)
+        torch.manual_seed(SEED)
+        self.torch = torch
+        self.model = GPTModel(cfg)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        x, y = batch_of(cfg, batch, seq)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.cfg = cfg
+
+    def step(self):
+        start = time.perf_counter()
+        self.optimizer.zero_grad()
+        logits = self.model(self.x)
+        loss = self.torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.y.flatten())
+        loss.backward()
+        self.optimizer.step()
+        return time.perf_counter() - start, loss.item()
+
+    def generate(self):
+        from llms_from_scratch.ch04 import generate_text_simple
+        self.model.eval()
+        idx = self.torch.tensor([GEN_PROMPT])
+        start = time.perf_counter()
+        with self.torch.no_grad():
+            out = generate_text_simple(self.model, idx, GEN_NEW_TOKENS, self.cfg["context_length"])
+        seconds = time.perf_counter() - start
+        self.model.train()
+        return GEN_NEW_TOKENS / seconds, out[0, -GEN_NEW_TOKENS:].tolist()
+
+
+def serve(side_name, cfg, batch, seq):
+    """Child loop: one JSON line per command read from stdin."""
+    side = (NumgptSide if side_name == "numgpt" else TorchSide)(cfg, batch, seq)
+    print(json.dumps({"ready": True, "peak_mb": peak_mb()}), flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "step":
+            seconds, loss = side.step()
+            reply = {"seconds": seconds, "loss": loss}
+        elif command == "generate":
+            tokens_per_s, tokens = side.generate()
+            reply = {"tokens_per_s": tokens_per_s, "tokens": tokens}
+        elif command == "exit":
+            print(json.dumps({"peak_mb": peak_mb()}), flush=True)
+            return
+        else:
+            reply = {"error": f"unknown command {command!r}"}
+        print(json.dumps(reply), flush=True)
+
+
+def check_agreement(cfg, batch, seq):
+    """One step from the same seed in numba and in NumPy mode: the losses before and after AdamW."""
+    from numgpt import backend
+    results = {}
+    for mode in ("numba", "numpy"):
+        backend.set_kernel_mode(mode)
+        side = NumgptSide(cfg, batch, seq)
+        _, before = side.step()
+        _, after = side.step()
+        results[mode] = (before, after)
+        del side
+    (nb0, nb1), (np0, np1) = results["numba"], results["numpy"]
+    worst = max(abs(nb0 - np0) / abs(np0), abs(nb1 - np1) / abs(np1))
+    print(json.dumps({"numba": results["numba"], "numpy": results["numpy"], "worst_rel": worst,
+                      "ok": worst <= AGREEMENT_RTOL}), flush=True)
+
+
+def compile_time():
+    """Seconds to get every float32 kernel ready (compile or cache load), in this process."""
+    from numgpt import kernels
+    print(json.dumps({"seconds": kernels.warm_up()}), flush=True)
+
+
+def scale_child(context, batch, steps, budget_bytes):
+    """numgpt's median step time at one context length and batch size (one process each, so the peak is its own)."""
+    from numgpt.train import estimate_training_bytes
+    cfg = dict(CONFIG, context_length=context)
+    estimate = estimate_training_bytes(cfg, batch, context)
+    if estimate > budget_bytes:
+        print(json.dumps({"batch": batch, "skipped": f"estimated {estimate / 2**30:.1f} GiB"}), flush=True)
+        return
+    side = NumgptSide(cfg, batch, context)
+    side.step()                                                     # warm-up
+    times = [side.step()[0] for _ in range(steps)]
+    print(json.dumps({"batch": batch, "seconds": statistics.median(times), "peak_mb": peak_mb()}), flush=True)
+
+
+# ------------------------------------------------------------------ the parent
+
+class Child:
+    def __init__(self, argv, env=None):
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=env, bufsize=1)
+        self.first = self.read()
+
+    def read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"child {self.process.args} ended (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def ask(self, command):
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self):
+        reply = self.ask("exit")
+        self.process.wait()
+        return reply
+
+
+def run_json(argv, env=None):
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def sgemm_ceiling(n=4096, repeats=3):
+    import numpy
+    rng = numpy.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=numpy.float32)
+    b = rng.standard_normal((n, n), dtype=numpy.float32)
+    out = a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        numpy.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def machine_description(torch_version):
+    import numba
+    import numpy
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
+    blas = numpy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    return (f"{cpu} ({simd}), {os.cpu_count()} cores, {platform.system()} {platform.machine()}; Python "
+            f"{platform.python_version()}, NumPy {numpy.__version__} ({blas.get('name', '?')} "
+            f"{blas.get('version', '')}), numba {numba.__version__}, torch {torch_version or 'not installed'}")
+
+
+def torch_version_of(python):
+    if not python or not Path(python).exists():
+        return None
+    try:
+        out = subprocess.run([python, "-c", "import torch, llms_from_scratch; print(torch.__version__)"],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, help="write the Markdown report here (and print it)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per side (after one warm-up step)")
+    parser.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON)
+    parser.add_argument("--scale", action="store_true", help="also time numgpt at context 256/512/1024, batch 1..8")
+    parser.add_argument("--scale-budget-gib", type=float, default=12.0,
+                        help="skip scale configurations whose estimated memory exceeds this")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--context", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child in ("numgpt", "torch"):
+        return serve(args.child, CONFIG, BATCH, SEQ)
+    if args.child == "check":
+        return check_agreement(CONFIG, BATCH, SEQ)
+    if args.child == "compile":
+        return compile_time()
+    if args.child == "scale":
+        return scale_child(args.context, args.batch, max(1, args.steps), args.scale_budget_gib * 2 ** 30)
+
+    me = [sys.executable, str(HERE)]
+    load_before = os.getloadavg()
+    torch_version = torch_version_of(args.torch_python)
+
+    # 1. kernel compile time: an empty cache, then the cache it filled
+    with tempfile.TemporaryDirectory() as cache_dir:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+        first = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
+        cached = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
+    print(f"kernel compile: {first:.1f} s first run, {cached:.2f} s from cache", file=sys.stderr)
+
+    # 2. numba and NumPy agree before anything is timed
+    check = run_json(me + ["--child", "check"])[-1]
+    print(f"numba vs NumPy losses: {check}", file=sys.stderr)
+    if not check["ok"]:
+        sys.exit(f"numba and NumPy paths disagree on the step's loss: {check}")
+
+    # 3. the machine's sgemm ceiling
+    ceiling = sgemm_ceiling()
+
+    # 4. alternate steps
+    sides = {"numgpt": Child(me + ["--child", "numgpt"])}
+    if torch_version:
+        sides["PyTorch"] = Child([args.torch_python, str(HERE), "--child", "torch"])
+    times = {name: [] for name in sides}
+    losses = {name: [] for name in sides}
+    for i in range(args.steps + 1):
+        for name, child in sides.items():
+            reply = child.ask("step")
+            if i > 0:                                               # step 0 warms up
+                times[name].append(reply["seconds"])
+            losses[name].append(reply["loss"])
+            print(f"step {i} {name}: {reply['seconds'] * 1e3:.0f} ms, loss {reply['loss']:.4f}", file=sys.stderr)
+    generation = {name: child.ask("generate") for name, child in sides.items()}
+    peaks = {name: child.close()["peak_mb"] for name, child in sides.items()}
+    ceiling = max(ceiling, sgemm_ceiling())
+
+    # 5. scale
+    scale_rows = []
+    if args.scale:
+        for context in SCALE_CONTEXTS:
+            for batch in SCALE_BATCHES:
+                reply = run_json(me + ["--child", "scale", "--context", str(context), "--batch", str(batch),
+                                       "--steps", "1", "--scale-budget-gib", str(args.scale_budget_gib)])[-1]
+                scale_rows.append((context, reply))
+                print(f"scale T={context}: {reply}", file=sys.stderr)
+
+    report = render(args, torch_version, first, cached, check, ceiling, times, peaks, generation, scale_rows,
+                    load_before, os.getloadavg())
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+
+
+def render(args, torch_version, first, cached, check, ceiling, times, peaks, generation, scale_rows,
+           load_before, load_after):
+    flops = step_flops(CONFIG, BATCH, SEQ)
+    tokens = BATCH * SEQ
+    lines = [f"# numgpt vs PyTorch: the seed's training step",
+             "",
+             f"Machine: {machine_description(torch_version)}.",
+             f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after: the machine is shared, "
+             f"so the steps alternate and only the ratio in one run is meaningful.",
+             "",
+             f"Step: GPT_CONFIG_124M, batch {BATCH} x {SEQ}, dropout 0.1, AdamW; {args.steps} timed steps per side "
+             f"(after one warm-up), alternating. FLOPs per step {flops / 1e9:.0f} G "
+             f"(6 * P_mm * B*T + 12 * L * B * T^2 * C). sgemm ceiling {ceiling:.0f} GFLOP/s "
+             f"(best 4096^3 float32 NumPy matmul, this run).",
+             "",
+             "| side | median ms/step | tokens/s | GFLOP/s | of sgemm ceiling | peak memory |",
+             "|---|---|---|---|---|---|"]
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, median in medians.items():
+        lines.append(f"| {name} | {median * 1e3:.0f} | {tokens / median:.0f} | {flops / median / 1e9:.0f} | "
+                     f"{flops / median / 1e9 / ceiling:.0%} | {peaks[name] / 1024:.2f} GB |")
+    if "PyTorch" in medians:
+        lines += ["", f"**numgpt / PyTorch: time {medians['numgpt'] / medians['PyTorch']:.2f}, "
+                      f"peak memory {peaks['numgpt'] / peaks['PyTorch']:.2f}** (targets: <= 0.6 and <= 0.75)."]
+    lines += ["", "Per-step times (ms): " + "; ".join(
+        f"{name} " + ", ".join(f"{t * 1e3:.0f}" for t in ts) for name, ts in times.items()),
+        "",
+        f"Kernels: numba vs NumPy losses agree before timing (worst relative difference {check['worst_rel']:.1e}); "
+        f"compile {first:.1f} s on a first run, {cached:.2f} s from the cache (targets 15 s and 3 s).",
+        "",
+        f"Greedy generation, 124M shape, {GEN_NEW_TOKENS} new tokens after a {len(GEN_PROMPT)}-token prompt:",
+        "",
+        "| side | tokens/s |",
+        "|---|---|"]
+    labels = {"numgpt": "numgpt generate_text_simple (KV cache)",
+              "PyTorch": "PyTorch, the seed's generate_text_simple (no cache)"}
+    for name, reply in generation.items():
+        lines.append(f"| {labels[name]} | {reply['tokens_per_s']:.1f} |")
+    lines.append("")
+    lines.append("Hugging Face transformers is not installed in the reference environment: no row for it.")
+    if scale_rows:
+        lines += ["", "## Scale (numgpt, one timed step after a warm-up; report only)", "",
+                  "| context | batch | ms/step | tokens/s | peak memory |", "|---|---|---|---|---|"]
+        for context, reply in scale_rows:
+            if "skipped" in reply:
+                lines.append(f"| {context} | {reply['batch']} | skipped: {reply['skipped']} | | |")
+            else:
+                lines.append(f"| {context} | {reply['batch']} | {reply['seconds'] * 1e3:.0f} | "
+                             f"{reply['batch'] * context / reply['seconds']:.0f} | {reply['peak_mb'] / 1024:.2f} GB |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
