@@ -98,6 +98,7 @@ class NumgptSide:
         from numgpt.generate import generate_text_simple
         self.model.eval()
         idx = numpy.array([GEN_PROMPT])
+        generate_text_simple(self.model, idx, 5, self.cfg["context_length"])          # warm-up
         start = time.perf_counter()
         out = generate_text_simple(self.model, idx, GEN_NEW_TOKENS, self.cfg["context_length"])
         seconds = time.perf_counter() - start
@@ -138,6 +139,26 @@ class TorchSide:
         seconds = time.perf_counter() - start
         self.model.train()
         return GEN_NEW_TOKENS / seconds, out[0, -GEN_NEW_TOKENS:].tolist()
+
+
+def hf_generate(cfg):
+    """Greedy generation with Hugging Face transformers' GPT2LMHeadModel and its KV
+    cache, at the seed's 124M shape (run by the torch interpreter, in its own process)."""
+    import torch
+    import transformers
+    torch.set_num_threads(2)
+    torch.manual_seed(SEED)
+    config = transformers.GPT2Config(vocab_size=cfg["vocab_size"], n_positions=cfg["context_length"],
+                                     n_embd=cfg["emb_dim"], n_layer=cfg["n_layers"], n_head=cfg["n_heads"])
+    model = transformers.GPT2LMHeadModel(config).eval()
+    idx = torch.tensor([GEN_PROMPT])
+    options = dict(do_sample=False, use_cache=True, pad_token_id=cfg["vocab_size"] - 1)
+    with torch.no_grad():
+        model.generate(idx, max_new_tokens=5, min_new_tokens=5, **options)              # warm-up
+        start = time.perf_counter()
+        model.generate(idx, max_new_tokens=GEN_NEW_TOKENS, min_new_tokens=GEN_NEW_TOKENS, **options)
+        seconds = time.perf_counter() - start
+    print(json.dumps({"tokens_per_s": GEN_NEW_TOKENS / seconds, "version": transformers.__version__}), flush=True)
 
 
 def serve(side_name, cfg, batch, seq):
@@ -290,6 +311,8 @@ def main():
         return check_agreement(CONFIG, BATCH, SEQ)
     if args.child == "compile":
         return compile_time()
+    if args.child == "hf-generate":
+        return hf_generate(CONFIG)
     if args.child == "scale":
         return scale_child(args.context, args.batch, max(1, args.steps), args.scale_budget_gib * 2 ** 30)
 
@@ -329,6 +352,11 @@ def main():
     generation = {name: child.ask("generate") for name, child in sides.items()}
     peaks = {name: child.close()["peak_mb"] for name, child in sides.items()}
     ceiling = max(ceiling, sgemm_ceiling())
+    if torch_version:
+        try:
+            generation["transformers"] = run_json([args.torch_python, str(HERE), "--child", "hf-generate"])[-1]
+        except subprocess.CalledProcessError as error:
+            print(f"no Hugging Face row: {error.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
 
     # 5. scale
     scale_rows = []
@@ -351,7 +379,7 @@ def render(args, torch_version, first, cached, check, ceiling, times, peaks, gen
            load_before, load_after):
     flops = step_flops(CONFIG, BATCH, SEQ)
     tokens = BATCH * SEQ
-    lines = [f"# numgpt vs PyTorch: the seed's training step",
+    lines = ["# numgpt vs PyTorch: the seed's training step",
              "",
              f"Machine: {machine_description(torch_version)}.",
              f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after: the machine is shared, "
@@ -382,11 +410,17 @@ def render(args, torch_version, first, cached, check, ceiling, times, peaks, gen
         "| side | tokens/s |",
         "|---|---|"]
     labels = {"numgpt": "numgpt generate_text_simple (KV cache)",
-              "PyTorch": "PyTorch, the seed's generate_text_simple (no cache)"}
+              "PyTorch": "PyTorch, the seed's generate_text_simple (no cache)",
+              "transformers": "Hugging Face transformers GPT2LMHeadModel.generate (KV cache)"}
     for name, reply in generation.items():
-        lines.append(f"| {labels[name]} | {reply['tokens_per_s']:.1f} |")
+        version = f" {reply['version']}" if "version" in reply else ""
+        lines.append(f"| {labels[name]}{version} | {reply['tokens_per_s']:.1f} |")
     lines.append("")
-    lines.append("Hugging Face transformers is not installed in the reference environment: no row for it.")
+    if "transformers" in generation:
+        ratio = generation["numgpt"]["tokens_per_s"] / generation["transformers"]["tokens_per_s"]
+        lines.append(f"**numgpt / transformers generation: {ratio:.2f}x** (target >= 1.5).")
+    else:
+        lines.append("Hugging Face transformers is not installed in the reference environment: no row for it.")
     if scale_rows:
         lines += ["", "## Scale (numgpt, one timed step after a warm-up; report only)", "",
                   "| context | batch | ms/step | tokens/s | peak memory |", "|---|---|---|---|---|"]

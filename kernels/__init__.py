@@ -29,6 +29,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 from numgpt.kernels import adamw, attention, cross_entropy, embedding, gelu, layer_norm
+from numgpt.ops.dropout import DropoutMask
 from numgpt.ops.embedding import embedding_forward
 
 NUMBA_TWINS = {
@@ -75,7 +76,7 @@ def warm_up(dtype=numpy.float32):
     B, T, NH, HS, V = 1, 3, 2, 2, 5
     C = NH * HS
     qkv = rng.standard_normal((B, T, 3 * C)).astype(dtype)
-    mask = numpy.ones((B, NH, T, T), dtype=dtype)
+    mask = DropoutMask(numpy.ones((B, NH, T, T), dtype=bool), 1.0)
     for m in (None, mask):
         out, cache = attention.attention_forward(qkv, NH, m)
         attention.attention_backward(out, cache)

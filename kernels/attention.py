@@ -1,146 +1,119 @@
-"""numba twin of numgpt.ops.attention: the causal attention core, one
-(batch, head) pair per prange iteration, reading queries, keys and values
-straight from the fused (B, T, 3C) projection.
+"""numba twin of numgpt.ops.attention: the four products of attention go to
+BLAS (batched over B x NH on contiguous per-head copies), and one numba pass
+per direction does what NumPy needs many temporaries for: scale, causal mask,
+softmax and dropout forward, and their gradient backward.
 
-Shapes: qkv (B, T, 3C); per head q, k, v (T, HS) are strided views of it;
-att and mask (B, NH, T, T); out and dout (B, T, C).
+Shapes: qkv (B, T, 3C); heads (3, B, NH, T, HS) contiguous; scores, att,
+dropped (B, NH, T, T); out and dout (B, T, C).
 
-Causal: row t touches columns t2 <= t only; the future half of ``att`` is
-written as zeros, as the NumPy twin's softmax leaves it. The dot products over
-HS are laid out as axpy loops over t2 (on a transposed copy of k or v, (HS, T))
-so that they vectorise without reassociating sums: no fastmath, and each
-element is summed in a fixed order. Accumulators are in the input dtype.
+Causal: row t reads columns t2 <= t only and writes zeros beyond, as the
+NumPy twin's softmax leaves them. One prange iteration is one row of one head
+(independent rows: the same result on every run); no fastmath, so -inf and
+NaN behave as in NumPy. Sums are in the input dtype.
 """
 import numpy
 from numba import njit, prange
 
 from numgpt.ops.attention import AttentionCache
 
+_NO_KEEP = numpy.ones((1, 1, 1, 1), dtype=numpy.bool_)   # stand-in when there is no dropout (never read)
+
 
 @njit(parallel=True, cache=True)
-def _attention_forward(qkv, n_heads, mask, has_mask, scale, att, out):
+def _softmax_forward(scores, scale, keep, keep_scale, has_mask, att, dropped):
+    B, NH, T, _ = scores.shape
+    zero = scores.dtype.type(0)
+    for row in prange(B * NH * T):
+        b, h, t = row // (NH * T), (row // T) % NH, row % T
+        s, a, d = scores[b, h, t], att[b, h, t], dropped[b, h, t]
+        # 2.-3. scale, causal: columns t2 <= t
+        rowmax = s[0] * scale
+        for t2 in range(1, t + 1):
+            if s[t2] * scale > rowmax:
+                rowmax = s[t2] * scale
+        # 4. softmax (a NaN score makes the total, so the row, NaN)
+        total = zero
+        for t2 in range(t + 1):
+            a[t2] = numpy.exp(s[t2] * scale - rowmax)
+            total += a[t2]
+        for t2 in range(t + 1):
+            a[t2] = a[t2] / total
+        for t2 in range(t + 1, T):
+            a[t2] = zero
+        # 5. dropout on the weights
+        for t2 in range(T):
+            d[t2] = (a[t2] * keep_scale if keep[b, h, t, t2] else zero) if has_mask else a[t2]
+
+
+@njit(parallel=True, cache=True)
+def _softmax_backward(ddropped, att, keep, keep_scale, has_mask, scale, dscores):
+    B, NH, T, _ = att.shape
+    zero = att.dtype.type(0)
+    for row in prange(B * NH * T):
+        b, h, t = row // (NH * T), (row // T) % NH, row % T
+        g, a, ds = ddropped[b, h, t], att[b, h, t], dscores[b, h, t]
+        # 5. dropped = att * keep * keep_scale
+        if has_mask:
+            for t2 in range(t + 1):
+                g[t2] = g[t2] * keep_scale if keep[b, h, t, t2] else zero
+        # 4. att = softmax: dscores = att * (datt - sum(datt * att)); 2. times scale
+        total = zero
+        for t2 in range(t + 1):
+            total += g[t2] * a[t2]
+        for t2 in range(t + 1):
+            ds[t2] = a[t2] * (g[t2] - total) * scale
+        # 3. the masked future: constants
+        for t2 in range(t + 1, T):
+            ds[t2] = zero
+
+
+def _heads(qkv, n_heads):
+    """(B, T, 3C) -> contiguous (3, B, NH, T, HS): queries, keys, values per head."""
     B, T, C3 = qkv.shape
-    C = C3 // 3
-    HS = C // n_heads
-    zero = qkv.dtype.type(0)
-    for bh in prange(B * n_heads):
-        b, h = bh // n_heads, bh % n_heads
-        q = numpy.ascontiguousarray(qkv[b, :, h * HS:(h + 1) * HS])   # (T, HS), contiguous copies so
-        v = numpy.ascontiguousarray(qkv[b, :, 2 * C + h * HS:2 * C + (h + 1) * HS])  # that loops vectorise
-        kT = numpy.ascontiguousarray(qkv[b, :, C + h * HS:C + (h + 1) * HS].T)  # (HS, T)
-        row = numpy.empty(T, dtype=qkv.dtype)                          # (T,) scores of query t
-        y = numpy.empty(HS, dtype=qkv.dtype)                           # (HS,)
-        for t in range(T):
-            # 2. scores = q @ k^T * scale, causal: t2 <= t only
-            for t2 in range(t + 1):
-                row[t2] = zero
-            for d in range(HS):
-                qd = q[t, d]
-                for t2 in range(t + 1):
-                    row[t2] += qd * kT[d, t2]
-            # 3.-4. softmax over the visible columns (a NaN score makes the total, so the row, NaN)
-            for t2 in range(t + 1):
-                row[t2] *= scale
-            rowmax = row[0]
-            for t2 in range(1, t + 1):
-                if row[t2] > rowmax:
-                    rowmax = row[t2]
-            total = zero
-            for t2 in range(t + 1):
-                row[t2] = numpy.exp(row[t2] - rowmax)
-                total += row[t2]
-            for t2 in range(t + 1):
-                att[b, h, t, t2] = row[t2] / total
-            for t2 in range(t + 1, T):
-                att[b, h, t, t2] = zero
-            # 5.-6. y = (att * mask) @ v
-            for d in range(HS):
-                y[d] = zero
-            for t2 in range(t + 1):
-                a = att[b, h, t, t2] * mask[b, h, t, t2] if has_mask else att[b, h, t, t2]
-                for d in range(HS):
-                    y[d] += a * v[t2, d]
-            # 7. merge heads: out[b, t, h*HS:(h+1)*HS] = y
-            for d in range(HS):
-                out[b, t, h * HS + d] = y[d]
+    return numpy.ascontiguousarray(qkv.reshape(B, T, 3, n_heads, C3 // (3 * n_heads)).transpose(2, 0, 3, 1, 4))
+
+
+def _mask_args(mask, dtype):
+    if mask is None:
+        return _NO_KEEP, dtype.type(1), False
+    return mask.keep, dtype.type(mask.scale), True
 
 
 def attention_forward(qkv, n_heads, mask=None):
     B, T, C3 = qkv.shape
-    qkv = numpy.ascontiguousarray(qkv)
-    HS = C3 // (3 * n_heads)
-    scale = qkv.dtype.type(1.0 / numpy.sqrt(HS))
-    att = numpy.empty((B, n_heads, T, T), dtype=qkv.dtype)             # (B, NH, T, T)
-    out = numpy.empty((B, T, C3 // 3), dtype=qkv.dtype)                # (B, T, C)
-    mask_arg = _as_mask(mask, qkv.dtype)
-    _attention_forward(qkv, n_heads, mask_arg, mask is not None, scale, att, out)
+    q, k, v = _heads(qkv, n_heads)                                     # 1. 3 x (B, NH, T, HS)
+    scale = qkv.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+    scores = q @ k.swapaxes(-1, -2)                                    # 2. (B, NH, T, T), BLAS
+    att, dropped = numpy.empty_like(scores), numpy.empty_like(scores)
+    _softmax_forward(scores, scale, *_mask_args(mask, qkv.dtype), att, dropped)   # 3.-5.
+    y = dropped @ v                                                    # 6. (B, NH, T, HS), BLAS
+    out = y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)               # 7. (B, T, C) (a copy)
     return out, AttentionCache(qkv, att, mask, n_heads)
-
-
-@njit(parallel=True, cache=True)
-def _attention_backward(dout, qkv, att, mask, has_mask, n_heads, scale, dqkv):
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    HS = C // n_heads
-    zero = qkv.dtype.type(0)
-    for bh in prange(B * n_heads):
-        b, h = bh // n_heads, bh % n_heads
-        q = numpy.ascontiguousarray(qkv[b, :, h * HS:(h + 1) * HS])   # (T, HS), contiguous copies
-        k = numpy.ascontiguousarray(qkv[b, :, C + h * HS:C + (h + 1) * HS])
-        vT = numpy.ascontiguousarray(qkv[b, :, 2 * C + h * HS:2 * C + (h + 1) * HS].T)  # (HS, T)
-        dy = numpy.ascontiguousarray(dout[b, :, h * HS:(h + 1) * HS])  # (T, HS)
-        dq = numpy.zeros((T, HS), dtype=qkv.dtype)
-        dk = numpy.zeros((T, HS), dtype=qkv.dtype)
-        dv = numpy.zeros((T, HS), dtype=qkv.dtype)
-        drow = numpy.empty(T, dtype=qkv.dtype)                         # (T,) d scores of query t
-        for t in range(T):
-            # 6. y = att_dropped @ v:  datt = dy @ v^T,  dv += att_dropped^T @ dy
-            for t2 in range(t + 1):
-                drow[t2] = zero
-            for d in range(HS):
-                g = dy[t, d]
-                for t2 in range(t + 1):
-                    drow[t2] += g * vT[d, t2]
-            for t2 in range(t + 1):
-                a = att[b, h, t, t2] * mask[b, h, t, t2] if has_mask else att[b, h, t, t2]
-                for d in range(HS):
-                    dv[t2, d] += a * dy[t, d]
-            # 5. att_dropped = att * mask
-            if has_mask:
-                for t2 in range(t + 1):
-                    drow[t2] *= mask[b, h, t, t2]
-            # 4. att = softmax(scores): dscores = att * (datt - sum(datt * att))
-            s = zero
-            for t2 in range(t + 1):
-                s += drow[t2] * att[b, h, t, t2]
-            # 2. scores = q @ k^T * scale
-            for t2 in range(t + 1):
-                drow[t2] = att[b, h, t, t2] * (drow[t2] - s) * scale
-            for t2 in range(t + 1):
-                ds = drow[t2]
-                for d in range(HS):
-                    dq[t, d] += ds * k[t2, d]
-                    dk[t2, d] += ds * q[t, d]
-        for t in range(T):
-            for d in range(HS):
-                dqkv[b, t, h * HS + d] = dq[t, d]
-                dqkv[b, t, C + h * HS + d] = dk[t, d]
-                dqkv[b, t, 2 * C + h * HS + d] = dv[t, d]
 
 
 def attention_backward(dout, cache):
     qkv, att, mask, n_heads = cache
-    HS = qkv.shape[2] // (3 * n_heads)
+    B, T, C3 = qkv.shape
+    q, k, v = _heads(qkv, n_heads)
+    HS = q.shape[-1]
     scale = qkv.dtype.type(1.0 / numpy.sqrt(HS))
-    dqkv = numpy.empty_like(qkv)                                       # (B, T, 3C)
-    dout = numpy.ascontiguousarray(dout, dtype=qkv.dtype)              # (B, T, C)
-    _attention_backward(dout, qkv, att, _as_mask(mask, qkv.dtype), mask is not None, n_heads, scale, dqkv)
-    return dqkv
+    keep, keep_scale, has_mask = _mask_args(mask, qkv.dtype)
+    dheads = numpy.empty((3, B, n_heads, T, HS), dtype=qkv.dtype)
+    dq, dk, dv = dheads
+    # 7. out = y merged: dy (B, NH, T, HS)
+    dy = numpy.ascontiguousarray(dout.reshape(B, T, n_heads, HS).transpose(0, 2, 1, 3), dtype=qkv.dtype)
+    # 6. y = dropped @ v
+    dropped = att if mask is None else mask.apply(att)
+    numpy.matmul(dropped.swapaxes(-1, -2), dy, out=dv)                 # (B, NH, T, HS)
+    ddropped = dy @ v.swapaxes(-1, -2)                                 # (B, NH, T, T)
+    # 5.-2. dropout, softmax, scale (in one pass)
+    dscores = numpy.empty_like(att)
+    _softmax_backward(ddropped, att, keep, keep_scale, has_mask, scale, dscores)
+    # 2. scores = q @ k^T
+    numpy.matmul(dscores, k, out=dq)                                   # (B, NH, T, HS)
+    numpy.matmul(dscores.swapaxes(-1, -2), q, out=dk)
+    # 1. split heads: (3, B, NH, T, HS) -> (B, T, 3C)
+    return dheads.transpose(1, 3, 0, 2, 4).reshape(B, T, C3)
 
 
-def _as_mask(mask, dtype):
-    """The dropout mask, or a (1, 1, 1, 1) stand-in that the kernels never read."""
-    return numpy.ones((1, 1, 1, 1), dtype=dtype) if mask is None else numpy.ascontiguousarray(mask, dtype=dtype)
-
-
-JITTED = (_attention_forward, _attention_backward)
+JITTED = (_softmax_forward, _softmax_backward)

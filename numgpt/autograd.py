@@ -182,7 +182,8 @@ class Tensor:
         order = _topological_order(self)
         grads = {id(self): gradient}
         leaves = {}                                   # id -> (leaf, its summed gradient in this pass)
-        for node in reversed(order):
+        while order:
+            node = order.pop()   # children first; popping lets each tensor go once its backward has run
             dout = grads.pop(id(node), None)
             if dout is None:
                 continue

@@ -87,7 +87,7 @@ def test_every_twin_is_registered_under_its_numpy_name():
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_attention_matches_numpy(dtype, with_mask):
     qkv = randn((B, T, 3 * C), 0, dtype, scale=2.0)
-    mask = dropout_mask((B, NH, T, T), 0.3, np.dtype(dtype)) if with_mask else None
+    mask = dropout_mask((B, NH, T, T), 0.3) if with_mask else None
     out, cache = k_attention.attention_forward(qkv, NH, mask)
     want_out, want_cache = attention_forward(qkv, NH, mask)
     assert type(cache) is type(want_cache)
@@ -187,7 +187,7 @@ def test_embedding_backward_matches_numpy(dtype):
 
 def test_kernels_are_deterministic_run_to_run():
     qkv = randn((B, T, 3 * C), 0, np.float32)
-    mask = dropout_mask((B, NH, T, T), 0.1, np.dtype(np.float32))
+    mask = dropout_mask((B, NH, T, T), 0.1)
     dout = randn((B, T, C), 1, np.float32)
     x = randn((40, C), 2, np.float32)                               # more rows than one LayerNorm chunk
     w, b = randn((C,), 3, np.float32), randn((C,), 4, np.float32)

@@ -4,8 +4,8 @@ between the projections and ``out_proj``).
 
 Shapes: qkv (B, T, 3C) holding queries, keys and values side by side;
 NH heads of HS = C / NH channels; att and scores (B, NH, T, T); out (B, T, C).
-Dropout on the attention weights takes a precomputed mask (0 or 1/(1-p)),
-so that the NumPy path and the numba kernel see the same random numbers.
+Dropout on the attention weights takes a precomputed DropoutMask, so that
+the NumPy path and the numba kernel see the same random numbers.
 """
 from typing import NamedTuple, Optional
 
@@ -13,13 +13,13 @@ import numpy
 
 from numgpt import backend
 from numgpt.autograd import record
-from numgpt.ops.dropout import dropout_mask
+from numgpt.ops.dropout import DropoutMask, dropout_mask
 
 
 class AttentionCache(NamedTuple):
     qkv: numpy.ndarray                  # (B, T, 3C)
     att: numpy.ndarray                  # (B, NH, T, T) softmax weights, before dropout
-    mask: Optional[numpy.ndarray]       # (B, NH, T, T) dropout mask or None
+    mask: Optional[DropoutMask]         # keep (B, NH, T, T) and scale, or None
     n_heads: int
 
 
@@ -41,7 +41,7 @@ def attention_forward(qkv, n_heads, mask=None):
     scores -= scores.max(axis=-1, keepdims=True)                   # 4. softmax
     att = numpy.exp(scores)
     att /= att.sum(axis=-1, keepdims=True)
-    att_dropped = att if mask is None else att * mask              # 5. dropout on weights
+    att_dropped = att if mask is None else mask.apply(att)         # 5. dropout on weights
     y = att_dropped @ v                                            # 6. (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
     out = y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)           # 7. (B, NH, T, HS) -> (B, T, C)
     return out, AttentionCache(qkv, att, mask, n_heads)
@@ -58,12 +58,12 @@ def attention_backward(dout, cache):
     # 7. out = y.transpose(0, 2, 1, 3).reshape(B, T, C)
     dy = dout.reshape(B, T, n_heads, HS).transpose(0, 2, 1, 3)     # (B, NH, T, HS)
     # 6. y = att_dropped @ v
-    att_dropped = att if mask is None else att * mask
+    att_dropped = att if mask is None else mask.apply(att)
     dv[...] = att_dropped.swapaxes(-1, -2) @ dy                    # (B, NH, T, HS)
     datt = dy @ v.swapaxes(-1, -2)                                 # (B, NH, T, T)
-    # 5. att_dropped = att * mask
+    # 5. att_dropped = att * keep * scale
     if mask is not None:
-        datt *= mask
+        datt = mask.apply(datt)
     # 4. att = softmax(scores): dscores = att * (datt - sum(datt * att))
     dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     # 3. masked scores are constants: att is 0 there, so dscores is already 0
@@ -81,7 +81,7 @@ def causal_attention(qkv, n_heads, dropout_p=0.0, training=False):
         raise ValueError(f"qkv width {C3} is not 3 x n_heads ({n_heads}) x head size")
     mask = None
     if training and dropout_p > 0.0:
-        mask = dropout_mask((B, n_heads, T, T), dropout_p, qkv.dtype)
+        mask = dropout_mask((B, n_heads, T, T), dropout_p)
     out, cache = backend.dispatch(attention_forward)(qkv.data, n_heads, mask)
     backward = backend.dispatch(attention_backward)
     return record(out, (qkv,), lambda dout: (backward(dout, cache),))

@@ -1,33 +1,52 @@
 """Inverted dropout: zero each element with probability p and scale the rest
 by 1/(1-p), so that evaluation needs no rescaling. The mask comes from
-numgpt's seeded generator.
+numgpt's seeded generator and is kept as one byte per element.
 
-Shapes: x (...), mask (...) holding 0 or 1/(1-p), out (...).
+Shapes: x (...), mask.keep (...) bool, out (...).
 """
+from typing import NamedTuple
+
+import numpy
+
 from numgpt import backend
 from numgpt.autograd import record
 
 
-def dropout_mask(shape, p, dtype):
-    """An array of 0 (probability p) and 1/(1-p), drawn from numgpt's generator."""
+class DropoutMask(NamedTuple):
+    keep: numpy.ndarray      # (...) bool: True where the element survives
+    scale: float             # 1 / (1 - p)
+
+    def apply(self, x):
+        """x * keep / (1 - p), in x's dtype."""
+        out = numpy.multiply(x, self.keep, dtype=x.dtype)
+        out *= x.dtype.type(self.scale)
+        return out
+
+
+def dropout_mask(shape, p):
+    """Keep each element with probability 1 - p, drawn from numgpt's generator:
+    one raw 32-bit draw per element against p * 2^32 (exact to 2^-32)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    keep = backend.get_generator().random(shape, dtype=dtype) >= dtype.type(p)
-    return keep * dtype.type(1.0 / (1.0 - p))
+    size = int(numpy.prod(shape))
+    bits = backend.get_generator().bit_generator.random_raw((size + 1) // 2)      # uint64, two draws each
+    draws = bits.view(numpy.uint32)[:size].reshape(shape)
+    keep = draws >= numpy.uint32(min(round(p * 2.0 ** 32), 2 ** 32 - 1))
+    return DropoutMask(keep, 1.0 / (1.0 - p))
 
 
 def dropout_forward(x, mask):
-    return x * mask, mask
+    return mask.apply(x), mask
 
 
 def dropout_backward(dout, cache):
     mask = cache
-    # out = x * mask
-    return dout * mask
+    # out = x * keep * scale
+    return mask.apply(dout)
 
 
 def dropout(x, p, training):
     if not training or p == 0.0:
         return x
-    out, cache = dropout_forward(x.data, dropout_mask(x.shape, p, x.dtype))
+    out, cache = dropout_forward(x.data, dropout_mask(x.shape, p))
     return record(out, (x,), lambda dout: (dropout_backward(dout, cache),))

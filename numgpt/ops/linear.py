@@ -21,8 +21,7 @@ class LinearCache(NamedTuple):
 def linear_forward(x, weight, bias=None):
     lead = x.shape[:-1]
     x2d = x.reshape(-1, x.shape[-1])             # (..., IN) -> (N, IN)
-    out = numpy.matmul(x2d, weight.T, out=reusable("linear.out", (x2d.shape[0], weight.shape[0]),
-                                                   numpy.result_type(x2d, weight)))  # (N, IN) @ (IN, OUT) -> (N, OUT)
+    out = x2d @ weight.T                         # (N, IN) @ (IN, OUT) -> (N, OUT)
     if bias is not None:
         out += bias                              # (N, OUT) + (OUT,)
     return out.reshape(lead + (weight.shape[0],)), LinearCache(x2d, weight, bias is not None)
