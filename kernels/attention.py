@@ -40,9 +40,10 @@ def _softmax_forward(scores, scale, keep, keep_scale, has_mask, att, dropped):
             a[t2] = a[t2] / total
         for t2 in range(t + 1, T):
             a[t2] = zero
-        # 5. dropout on the weights
-        for t2 in range(T):
-            d[t2] = (a[t2] * keep_scale if keep[b, h, t, t2] else zero) if has_mask else a[t2]
+        # 5. dropout on the weights (without dropout, ``dropped`` is ``att`` itself)
+        if has_mask:
+            for t2 in range(T):
+                d[t2] = a[t2] * keep_scale if keep[b, h, t, t2] else zero
 
 
 @njit(parallel=True, cache=True)
@@ -84,7 +85,8 @@ def attention_forward(qkv, n_heads, mask=None):
     q, k, v = _heads(qkv, n_heads)                                     # 1. 3 x (B, NH, T, HS)
     scale = qkv.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
     scores = q @ k.swapaxes(-1, -2)                                    # 2. (B, NH, T, T), BLAS
-    att, dropped = numpy.empty_like(scores), numpy.empty_like(scores)
+    att = numpy.empty_like(scores)
+    dropped = att if mask is None else numpy.empty_like(scores)
     _softmax_forward(scores, scale, *_mask_args(mask, qkv.dtype), att, dropped)   # 3.-5.
     y = dropped @ v                                                    # 6. (B, NH, T, HS), BLAS
     out = y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)               # 7. (B, T, C) (a copy)
