@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 import numgpt
+from versioned_fixture import load_versioned
 
 FIXTURE_VERSION = 1
 FIXTURE_DIR = Path(__file__).resolve().parent / "reference" / "hf_gpt2_tiny"
@@ -34,17 +35,7 @@ NUMGPT_CONFIG_FIELDS = ("vocab_size", "n_embd", "n_layer", "n_head", "n_position
 
 
 def load_reference(path):
-    """(tensors, metadata) of a reference.safetensors; fails the test if missing or stale."""
-    path = Path(path)
-    if not path.exists():
-        pytest.fail(f"missing fixture {path}: {STALE}")
-    with safe_open(str(path), framework="numpy") as f:
-        metadata = f.metadata() or {}
-    version = metadata.get("fixture_version")
-    if version != str(FIXTURE_VERSION):
-        pytest.fail(f"stale fixture: {STALE} ({path.name} has fixture_version {version}, "
-                    f"the tests expect {FIXTURE_VERSION})")
-    return load_file(str(path)), metadata
+    return load_versioned(path, FIXTURE_VERSION, "tests/reference/make_hf_reference.py")
 
 
 @functools.lru_cache(maxsize=None)

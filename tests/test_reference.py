@@ -15,10 +15,10 @@ from typing import NamedTuple
 
 import numpy
 import pytest
-from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 import numgpt
+from versioned_fixture import load_versioned
 
 FIXTURE_VERSION = 1
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
@@ -51,17 +51,7 @@ class GPTReference(NamedTuple):
 
 
 def load_fixture(path):
-    """(tensors, metadata) of one fixture; fails the test if it is missing or stale."""
-    path = Path(path)
-    if not path.exists():
-        pytest.fail(f"missing fixture {path.name}: {STALE}")
-    with safe_open(str(path), framework="numpy") as f:
-        metadata = f.metadata() or {}
-    version = metadata.get("fixture_version")
-    if version != str(FIXTURE_VERSION):
-        pytest.fail(f"stale fixture: {STALE} ({path.name} has fixture_version {version}, "
-                    f"the tests expect {FIXTURE_VERSION})")
-    return load_file(str(path)), metadata
+    return load_versioned(path, FIXTURE_VERSION, "tests/reference/make_reference.py")
 
 
 @functools.lru_cache(maxsize=None)
