@@ -67,6 +67,9 @@ def assert_same_training_state(model_a, opt_a, model_b, opt_b):
 
 
 def stale_dirs(directory):
+    """Leftovers of unfinished saves (none where nothing was ever saved: no directory yet)."""
+    if not Path(directory).is_dir():
+        return []
     return [p.name for p in Path(directory).iterdir() if re.search(r"\.(tmp|old|trash)-", p.name)]
 
 
