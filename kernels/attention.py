@@ -14,6 +14,8 @@ NaN behave as in NumPy. Sums are in the input dtype.
 import numpy
 from numba import njit, prange
 
+from numgpt.kernels.vexp import vexp
+
 from numgpt.ops.attention import AttentionCache
 
 _NO_KEEP = numpy.ones((1, 1, 1, 1), dtype=numpy.bool_)   # stand-in when there is no dropout (never read)
@@ -32,9 +34,10 @@ def _softmax_forward(scores, scale, keep, keep_scale, has_mask, att, dropped):
             if s[t2] * scale > rowmax:
                 rowmax = s[t2] * scale
         # 4. softmax (a NaN score makes the total, so the row, NaN)
+        for t2 in range(t + 1):
+            a[t2] = vexp(s[t2] * scale - rowmax)                       # no sum here: this loop vectorises
         total = zero
         for t2 in range(t + 1):
-            a[t2] = numpy.exp(s[t2] * scale - rowmax)
             total += a[t2]
         for t2 in range(t + 1):
             a[t2] = a[t2] / total

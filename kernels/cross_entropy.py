@@ -17,6 +17,8 @@ Shapes: logits and probs (N, V); targets, valid, nll (N,); loss ().
 import numpy
 from numba import njit, prange
 
+from numgpt.kernels.vexp import vexp
+
 from numgpt.ops.cross_entropy import IGNORE_INDEX, CrossEntropyCache
 from numgpt.ops.scratch import reusable
 
@@ -39,17 +41,16 @@ def _cross_entropy_forward(logits, targets, probs, nll):
             rowmax = lane_max[lane] if lane_max[lane] > rowmax else rowmax
         for j in range(body, V):
             rowmax = logits[i, j] if logits[i, j] > rowmax else rowmax
+        for j in range(V):
+            probs[i, j] = vexp(logits[i, j] - rowmax)                  # 2. exp (no sum here: this loop vectorises)
         lane_sum = numpy.zeros(LANES, dtype=numpy.float64)             # float64 accumulators
         for j0 in range(0, body, LANES):
             for lane in range(LANES):
-                e = numpy.exp(logits[i, j0 + lane] - rowmax)           # 2. exp of the shifted logits
-                probs[i, j0 + lane] = e
-                lane_sum[lane] += e
+                lane_sum[lane] += probs[i, j0 + lane]
         total = 0.0
         for lane in range(LANES):
             total += lane_sum[lane]
         for j in range(body, V):
-            probs[i, j] = numpy.exp(logits[i, j] - rowmax)
             total += probs[i, j]
         sumexp = logits.dtype.type(total)                              # 3. (rounded to the dtype)
         nll[i] = numpy.log(sumexp) - (logits[i, targets[i]] - rowmax)  # 4. log-sum-exp - target logit

@@ -12,6 +12,8 @@ Shapes: x, dout, out (...).
 import numpy
 from numba import njit, prange
 
+from numgpt.kernels.vexp import vexp
+
 from numgpt.ops.gelu import CUBIC, SQRT_2_OVER_PI
 
 
@@ -22,7 +24,7 @@ def _gelu_forward(x, c, k, out):
     for i in prange(x.size):
         xi = x[i]
         u = c * (xi + k * xi * xi * xi)                                # 1. inner
-        t = one - two / (numpy.exp(u + u) + one)                       # 2. tanh(u)
+        t = one - two / (vexp(u + u) + one)                       # 2. tanh(u)
         out[i] = half * xi * (one + t)                                 # 3.
 
 
@@ -40,7 +42,7 @@ def _gelu_backward(dout, x, c, k, dx):
     for i in prange(x.size):
         xi = x[i]
         u = c * (xi + k * xi * xi * xi)
-        t = one - two / (numpy.exp(u + u) + one)
+        t = one - two / (vexp(u + u) + one)
         # 3. out = 0.5 x (1 + t)   2. t = tanh(u)   1. u = c (x + k x^3)
         dudx = c * (one + three * k * xi * xi)
         dx[i] = dout[i] * (half * (one + t) + half * xi * (one - t * t) * dudx)

@@ -265,3 +265,31 @@ def test_fused_qkv_weight_is_the_shared_buffer_and_survives_load_state_dict():
     swapped = ops.concat([att.W_key.weight, att.W_query.weight, att.W_value.weight]).data
     assert not np.shares_memory(swapped, att.W_key.weight.data)
     assert np.array_equal(swapped[:att.d_out], att.W_key.weight.data)
+
+
+# ---------------------------------------------------------------- vexp
+VEXP_RTOL = 2e-7        # float32 exp by polynomial, relative to float64 exp (numpy's float32 exp: ~6e-8)
+
+
+def test_vexp_matches_exp_over_the_whole_float32_range():
+    from numba import njit
+    from numgpt.kernels.vexp import EXP_MAX, EXP_MIN, vexp
+
+    @njit
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = vexp(x[i])
+
+    x = np.concatenate([np.linspace(-110, 90, 400_001, dtype=np.float32),
+                        np.float32([np.nan, -np.inf, np.inf, EXP_MIN, EXP_MAX, 0.0, -0.0])])
+    out = np.empty_like(x)
+    apply(x, out)
+    exact = np.exp(x.astype(np.float64))
+    normal = (exact >= np.finfo(np.float32).tiny) & (exact <= np.finfo(np.float32).max)
+    worst = np.max(np.abs(out[normal] - exact[normal]) / exact[normal])
+    print(f"vexp worst relative error {worst:.2e} over {normal.sum()} normal results")
+    assert out.dtype == np.float32 and worst <= VEXP_RTOL
+    assert np.isnan(out[-7]) and out[-6] == 0.0 and out[-5] == np.inf
+    assert np.all(out[exact > np.finfo(np.float32).max] == np.inf)
+    assert np.all((out[exact < np.finfo(np.float32).tiny] >= 0) & (out[exact < np.finfo(np.float32).tiny] < 1.2e-38))
+    np.testing.assert_array_equal(out[-2:], 1.0)
