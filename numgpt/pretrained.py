@@ -24,7 +24,7 @@ from safetensors import safe_open
 from numgpt.download import canonical_size, download_gpt2
 from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
 from numgpt.nn import LayerNorm
-from numgpt.safe_io import atomic_write, stream_safetensors
+from numgpt.safe_io import atomic_write, check_safetensors_header, stream_safetensors
 
 
 class WeightsError(ValueError):
@@ -103,6 +103,7 @@ def load_gpt2(source, cache_dir=None):
     reported in one WeightsError.
     """
     weights_path, config_path = _resolve(source, cache_dir)
+    check_safetensors_header(weights_path)                        # a hostile header fails here, clearly
     with safe_open(str(weights_path), framework="numpy") as f:
         names = {}                                                # HF name without prefix -> key in the file
         for key in f.keys():

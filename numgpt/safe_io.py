@@ -189,32 +189,29 @@ def _check_entry(path, name, entry, data_len):
     return dtype, tuple(shape), begin, end
 
 
-def parse_safetensors(data, path, max_header_bytes=MAX_HEADER_BYTES, copy=True):
-    """(name -> array, metadata) from the bytes of a safetensors file, validated; see the module docstring.
-
-    With ``copy=True`` every array owns its memory; with ``copy=False`` the arrays are views of
-    ``data`` (pass a bytearray for writable ones), so that loading takes no more memory than the file.
-    """
-    kind = sniff_format(bytes(data[:16]), Path(str(path)).suffix)
+def _parse_header(head, file_len, path, max_header_bytes):
+    """Validate the length field and the JSON header of a safetensors file of
+    ``file_len`` bytes whose first bytes are ``head``: (entries, metadata, data_start)."""
+    kind = sniff_format(bytes(head[:16]), Path(str(path)).suffix)
     if kind in ("zip", "pickle", "npy"):
         refuse_pickle(path, kind)
-    if len(data) < 8:
-        raise UnsafeFileError(path, "truncated", f"file of {len(data)} bytes is shorter than the 8-byte header length")
-    header_len = int.from_bytes(data[:8], "little")
+    if file_len < 8:
+        raise UnsafeFileError(path, "truncated", f"file of {file_len} bytes is shorter than the 8-byte header length")
+    header_len = int.from_bytes(head[:8], "little")
     if header_len > max_header_bytes:
         raise UnsafeFileError(path, "header-too-large", f"header length {header_len} exceeds the limit of "
                                                         f"{max_header_bytes} bytes")
-    if header_len > len(data) - 8:
+    if header_len > file_len - 8:
         raise UnsafeFileError(path, "header-too-large", f"header length {header_len} is larger than the file "
-                                                        f"({len(data)} bytes)")
-    header = parse_json(bytes(data[8:8 + header_len]), path)
+                                                        f"({file_len} bytes)")
+    header = parse_json(bytes(head[8:8 + header_len]), path)
     if not isinstance(header, dict):
         raise UnsafeFileError(path, "not-object", f"header is a JSON {type(header).__name__}, not an object")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise UnsafeFileError(path, "bad-metadata", "__metadata__ is not an object of strings")
     data_start = 8 + header_len
-    data_len = len(data) - data_start
+    data_len = file_len - data_start
     entries = {name: _check_entry(path, name, entry, data_len) for name, entry in header.items()}
     # the spans must tile the data section: sorted by start, each begins where the last ended
     position, previous = 0, None
@@ -229,6 +226,30 @@ def parse_safetensors(data, path, max_header_bytes=MAX_HEADER_BYTES, copy=True):
     if position != data_len:
         raise UnsafeFileError(path, "gap", f"the last {data_len - position} bytes of the data section belong to "
                                            f"no tensor")
+    return entries, metadata, data_start
+
+
+def check_safetensors_header(path, max_header_bytes=MAX_HEADER_BYTES):
+    """Validate a safetensors file's header against the file's size, reading
+    the header only (for loaders that then read tensor by tensor):
+    (entries, metadata); UnsafeFileError (or PickleFormatError) otherwise."""
+    file_len = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+        header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+        if len(head) >= 8 and header_len <= min(max_header_bytes, file_len - 8):
+            head += f.read(8 + header_len - len(head))
+    entries, metadata, _ = _parse_header(head, file_len, path, max_header_bytes)
+    return entries, metadata
+
+
+def parse_safetensors(data, path, max_header_bytes=MAX_HEADER_BYTES, copy=True):
+    """(name -> array, metadata) from the bytes of a safetensors file, validated; see the module docstring.
+
+    With ``copy=True`` every array owns its memory; with ``copy=False`` the arrays are views of
+    ``data`` (pass a bytearray for writable ones), so that loading takes no more memory than the file.
+    """
+    entries, metadata, data_start = _parse_header(data, len(data), path, max_header_bytes)
     arrays = {}
     for name, (dtype, shape, begin, end) in entries.items():
         raw = numpy.frombuffer(data, dtype=SAFETENSORS_DTYPES[dtype], count=math.prod(shape),

@@ -182,6 +182,9 @@ def test_bad_input_exits_2_with_one_line(verdict_path, tmp_path):
     torch_file = tmp_path / "model.pt"
     torch_file.write_bytes(b"PK\x03\x04" + bytes(60))
     assert_usage_error(numgpt_cli("generate", "--checkpoint", torch_file, "--prompt", "x"), "model.pt", "pickle")
+    garbage = tmp_path / "model.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    assert_usage_error(numgpt_cli("generate", "--gpt2", garbage, "--prompt", "x"), "model.safetensors", "header")
 
 
 def test_resuming_with_another_architecture_names_the_field(tiny_run, verdict_path, tmp_path):

@@ -344,3 +344,31 @@ def test_export_is_atomic(tmp_path, monkeypatch):
         export_hf(tiny_model(True, seed=1), tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+
+
+def _short_file(path):
+    """A valid-looking header whose tensor runs past the end of the file."""
+    header = json.dumps({"wte.weight": {"dtype": "F32", "shape": [10, 4], "data_offsets": [0, 160]}}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(10))
+    return path
+
+
+def _bytes_file(content):
+    def make(path):
+        path.write_bytes(content)
+        return path
+    return make
+
+
+@pytest.mark.parametrize("make, reason", [
+    (_bytes_file(b"garbage-garbage-garbage"), "header-too-large"),
+    (_short_file, "bad-offsets"),
+    (_bytes_file(b"\x80\x04junk-junk-junk"), "pickle"),
+])
+def test_hostile_weight_files_are_refused_before_any_tensor_is_read(tmp_path, make, reason):
+    from numgpt.safe_io import UnsafeFileError
+    path = make(tmp_path / "model.safetensors")
+    with pytest.raises(UnsafeFileError) as err:
+        load_gpt2(path)
+    print(err.value)
+    assert str(path) in str(err.value) and (err.value.reason == reason or reason in str(err.value))
