@@ -1,5 +1,5 @@
 """Reusable memory for the few arrays of a step that are large (>= 32 MB:
-the logits, their probabilities and gradient, the (V, C) weight gradients).
+the cross-entropy probabilities, the (V, C) weight gradients).
 
 glibc hands arrays that large straight from the kernel (mmap) and returns
 them on free, so each step would fault their pages in afresh; in this
