@@ -30,6 +30,7 @@ How it measures:
   torch loop (``llms_from_scratch.ch04.generate_text_simple``).
 """
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -262,6 +263,29 @@ def sgemm_ceiling(n=4096, repeats=3):
     return 2 * n ** 3 / best / 1e9
 
 
+def openblas_kernels():
+    """Which kernel family the OpenBLAS in this process runs, and who chose it:
+    OPENBLAS_CORETYPE in the environment overrides OpenBLAS's own CPU check
+    (this project's machine pins Haswell, AVX2, on an AVX-512 CPU)."""
+    name = "?"
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        paths = set()
+    for path in sorted(paths):
+        library = ctypes.CDLL(path)
+        for symbol in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
+            getter = getattr(library, symbol, None)
+            if getter is not None:
+                getter.restype = ctypes.c_char_p
+                name = getter().decode()
+                break
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    return f"OpenBLAS kernels {name} " + (f"(OPENBLAS_CORETYPE={pinned} set in the environment)" if pinned
+                                          else "(OpenBLAS's own choice)")
+
+
 def machine_description(torch_version):
     import numba
     import numpy
@@ -278,7 +302,8 @@ def machine_description(torch_version):
     blas = numpy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     return (f"{cpu} ({simd}), {os.cpu_count()} cores, {platform.system()} {platform.machine()}; Python "
             f"{platform.python_version()}, NumPy {numpy.__version__} ({blas.get('name', '?')} "
-            f"{blas.get('version', '')}), numba {numba.__version__}, torch {torch_version or 'not installed'}")
+            f"{blas.get('version', '')}; {openblas_kernels()}), numba {numba.__version__}, "
+            f"torch {torch_version or 'not installed'}")
 
 
 def torch_version_of(python):
