@@ -263,27 +263,30 @@ def sgemm_ceiling(n=4096, repeats=3):
     return 2 * n ** 3 / best / 1e9
 
 
-def openblas_kernels():
-    """Which kernel family the OpenBLAS in this process runs, and who chose it:
-    OPENBLAS_CORETYPE in the environment overrides OpenBLAS's own CPU check
-    (this project's machine pins Haswell, AVX2, on an AVX-512 CPU)."""
-    name = "?"
+def openblas_corename():
+    """The kernel family ('Haswell', 'SkylakeX', ...) the OpenBLAS mapped into this process runs, or '?'."""
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
     except OSError:
-        paths = set()
-    for path in sorted(paths):
+        return "?"
+    for path in paths:
         library = ctypes.CDLL(path)
         for symbol in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
             getter = getattr(library, symbol, None)
             if getter is not None:
                 getter.restype = ctypes.c_char_p
-                name = getter().decode()
-                break
+                return getter().decode()
+    return "?"
+
+
+def openblas_kernels():
+    """Which kernel family OpenBLAS runs, and who chose it: OPENBLAS_CORETYPE in
+    the environment overrides OpenBLAS's own CPU check (this project's machine
+    pins Haswell, AVX2, on an AVX-512 CPU)."""
     pinned = os.environ.get("OPENBLAS_CORETYPE")
-    return f"OpenBLAS kernels {name} " + (f"(OPENBLAS_CORETYPE={pinned} set in the environment)" if pinned
-                                          else "(OpenBLAS's own choice)")
+    return f"OpenBLAS kernels {openblas_corename()} " + (
+        f"(OPENBLAS_CORETYPE={pinned} set in the environment)" if pinned else "(OpenBLAS's own choice)")
 
 
 def machine_description(torch_version):
