@@ -28,7 +28,7 @@ from numba.core import event
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-from numgpt.kernels import adamw, attention, cross_entropy, embedding, gelu, layer_norm
+from numgpt.kernels import adamw, attention, cross_entropy, embedding, gelu, layer_norm, matmul
 from numgpt.ops.dropout import DropoutMask
 from numgpt.ops.embedding import embedding_forward
 
@@ -43,10 +43,12 @@ NUMBA_TWINS = {
     "cross_entropy_backward": cross_entropy.cross_entropy_backward,
     "adamw_update": adamw.adamw_update,
     "embedding_backward": embedding.embedding_backward,
+    "matmul": matmul.matmul,
+    "sum_of_squares": adamw.sum_of_squares,
 }
 
 JITTED = (attention.JITTED + layer_norm.JITTED + gelu.JITTED + cross_entropy.JITTED + adamw.JITTED
-          + embedding.JITTED)
+          + embedding.JITTED + matmul.JITTED)
 
 
 class _AnnounceFirstCompile(event.Listener):
@@ -92,5 +94,8 @@ def warm_up(dtype=numpy.float32):
     adamw.adamw_update(x.copy(), x, x * 0, x * 0, 1, 1e-3, 0.9, 0.999, 1e-8, 0.01)
     out, cache = embedding_forward(targets, rng.standard_normal((V, C)).astype(dtype))
     embedding.embedding_backward(out, cache)
+    square = rng.standard_normal((matmul.MIN_DIM, matmul.MIN_DIM)).astype(dtype)   # the smallest product the kernel takes
+    matmul.matmul(square, square.T)
+    adamw.sum_of_squares(square)
     return time.perf_counter() - start
 

@@ -1,5 +1,6 @@
 """numba twin of numgpt.ops.attention: the four products of attention go to
-BLAS (batched over B x NH on contiguous per-head copies), and one numba pass
+numgpt.kernels.matmul (batched over B x NH on contiguous per-head copies:
+the AVX-512 kernel where it runs, else BLAS), and one numba pass
 per direction does what NumPy needs many temporaries for: scale, causal mask,
 softmax and dropout forward, and their gradient backward.
 
@@ -14,6 +15,7 @@ NaN behave as in NumPy. Sums are in the input dtype.
 import numpy
 from numba import njit, prange
 
+from numgpt.kernels.matmul import matmul
 from numgpt.kernels.vexp import vexp
 
 from numgpt.ops.attention import AttentionCache
@@ -87,11 +89,11 @@ def attention_forward(qkv, n_heads, mask=None):
     B, T, C3 = qkv.shape
     q, k, v = _heads(qkv, n_heads)                                     # 1. 3 x (B, NH, T, HS)
     scale = qkv.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
-    scores = q @ k.swapaxes(-1, -2)                                    # 2. (B, NH, T, T), BLAS
+    scores = matmul(q, k.swapaxes(-1, -2))                             # 2. (B, NH, T, T)
     att = numpy.empty_like(scores)
     dropped = att if mask is None else numpy.empty_like(scores)
     _softmax_forward(scores, scale, *_mask_args(mask, qkv.dtype), att, dropped)   # 3.-5.
-    y = dropped @ v                                                    # 6. (B, NH, T, HS), BLAS
+    y = matmul(dropped, v)                                             # 6. (B, NH, T, HS)
     out = y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)               # 7. (B, T, C) (a copy)
     return out, AttentionCache(qkv, att, mask, n_heads)
 
@@ -109,14 +111,14 @@ def attention_backward(dout, cache):
     dy = numpy.ascontiguousarray(dout.reshape(B, T, n_heads, HS).transpose(0, 2, 1, 3), dtype=qkv.dtype)
     # 6. y = dropped @ v
     dropped = att if mask is None else mask.apply(att)
-    numpy.matmul(dropped.swapaxes(-1, -2), dy, out=dv)                 # (B, NH, T, HS)
-    ddropped = dy @ v.swapaxes(-1, -2)                                 # (B, NH, T, T)
+    matmul(dropped.swapaxes(-1, -2), dy, out=dv)                       # (B, NH, T, HS)
+    ddropped = matmul(dy, v.swapaxes(-1, -2))                          # (B, NH, T, T)
     # 5.-2. dropout, softmax, scale (in one pass)
     dscores = numpy.empty_like(att)
     _softmax_backward(ddropped, att, keep, keep_scale, has_mask, scale, dscores)
     # 2. scores = q @ k^T
-    numpy.matmul(dscores, k, out=dq)                                   # (B, NH, T, HS)
-    numpy.matmul(dscores.swapaxes(-1, -2), q, out=dk)
+    matmul(dscores, k, out=dq)                                         # (B, NH, T, HS)
+    matmul(dscores.swapaxes(-1, -2), q, out=dk)
     # 1. split heads: (3, B, NH, T, HS) -> (B, T, 3C)
     return dheads.transpose(1, 3, 0, 2, 4).reshape(B, T, C3)
 

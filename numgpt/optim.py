@@ -111,10 +111,16 @@ class AdamW:
         self.state = new_state
 
 
+def sum_of_squares(array):
+    """The sum of the squared elements, a Python float (the NumPy twin: one BLAS dot product)."""
+    flat = array.ravel()
+    return float(numpy.vdot(flat, flat))
+
+
 def grad_norm(parameters):
     """The global L2 norm of the gradients (inf or nan when any gradient is)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    return math.sqrt(sum(float(numpy.vdot(g.ravel(), g.ravel())) for g in grads))
+    squares = backend.dispatch(sum_of_squares)
+    return math.sqrt(sum(squares(p.grad) for p in parameters if p.grad is not None))
 
 
 def clip_grad_norm_(parameters, max_norm, total_norm=None):

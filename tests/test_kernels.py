@@ -17,6 +17,7 @@ from numgpt.kernels import cross_entropy as k_cross_entropy  # noqa: E402
 from numgpt.kernels import embedding as k_embedding  # noqa: E402
 from numgpt.kernels import gelu as k_gelu  # noqa: E402
 from numgpt.kernels import layer_norm as k_layer_norm  # noqa: E402
+from numgpt.kernels import matmul as k_matmul  # noqa: E402
 from numgpt.model import PRESETS, GPTModel  # noqa: E402
 from numgpt.ops.attention import attention_backward, attention_forward  # noqa: E402
 from numgpt.ops.cross_entropy import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward  # noqa: E402
@@ -24,7 +25,8 @@ from numgpt.ops.embedding import embedding_backward, embedding_forward  # noqa: 
 from numgpt.ops.gelu import gelu_backward, gelu_forward  # noqa: E402
 from numgpt.ops.layer_norm import layer_norm_backward, layer_norm_forward  # noqa: E402
 from numgpt.ops.dropout import dropout_mask  # noqa: E402
-from numgpt.optim import adamw_update  # noqa: E402
+from numgpt.ops.linear import matmul  # noqa: E402
+from numgpt.optim import adamw_update, sum_of_squares  # noqa: E402
 
 B, T, C, NH, V = 3, 7, 12, 3, 37
 
@@ -36,6 +38,7 @@ FLOAT32_RTOL = {
     "cross_entropy.loss": 1e-6, "cross_entropy.dlogits": 1e-6,
     "adamw.param": 1e-7, "adamw.exp_avg": 0.0, "adamw.exp_avg_sq": 0.0,
     "embedding.dweight": 0.0,
+    "matmul.out": 2e-6, "sum_of_squares": 1e-12,
     "model.logits": 1e-5, "model.grad": 1e-4,
 }
 # float64: round-off only
@@ -72,7 +75,7 @@ def test_every_twin_is_registered_under_its_numpy_name():
                                      layer_norm_forward, layer_norm_backward,
                                      gelu_forward, gelu_backward,
                                      cross_entropy_forward, cross_entropy_backward,
-                                     adamw_update, embedding_backward)}
+                                     adamw_update, sum_of_squares, embedding_backward, matmul)}
     assert set(NUMBA_TWINS) == set(twins)
     for name, kernel in NUMBA_TWINS.items():
         assert kernel.__name__ == name
@@ -183,6 +186,101 @@ def test_embedding_backward_matches_numpy(dtype):
     dout = randn((B, T, C), 2, dtype)
     assert_close("embedding.dweight", k_embedding.embedding_backward(dout, cache),
                  embedding_backward(dout, cache), tol("embedding.dweight", dtype))
+
+
+needs_avx512 = pytest.mark.skipif(not k_matmul.HAS_AVX512, reason="the matmul kernel runs on AVX-512 CPUs only "
+                                                                     "(elsewhere every product is numpy.matmul)")
+
+# (M, K, N): edge tiles in every direction (MR = 8, NR = 48), one more K block than KC = 256, the
+# smallest product the kernel takes, rows longer than columns (the split over rows) and the reverse
+MATMUL_SHAPES = [(37, 50, 61), (16, 16, 16), (129, 300, 97), (300, 257, 40), (21, 64, 192), (8 * 9, 16, 48 * 3 + 5)]
+
+
+def matmul_operands(shape, a_transposed, b_transposed, stack=(), seed=0):
+    """float32 a (..., M, K) and b (..., K, N), each a transposed view when asked."""
+    M, K, N = shape
+    a = randn(stack + ((K, M) if a_transposed else (M, K)), seed, np.float32)
+    b = randn(stack + ((N, K) if b_transposed else (K, N)), seed + 1, np.float32)
+    return (a.swapaxes(-1, -2) if a_transposed else a), (b.swapaxes(-1, -2) if b_transposed else b)
+
+
+@needs_avx512
+@pytest.mark.parametrize("shape", MATMUL_SHAPES)
+@pytest.mark.parametrize("stack", [(), (5,), (2, 3)])
+def test_matmul_kernel_matches_numpy(shape, stack):
+    for a_transposed in (False, True):
+        for b_transposed in (False, True):
+            a, b = matmul_operands(shape, a_transposed, b_transposed, stack)
+            assert k_matmul.kernel_operands(a, b) is not None, "the product went to numpy.matmul, not the kernel"
+            want = matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
+            got = k_matmul.matmul(a, b)
+            assert_close(f"matmul.out {shape} stack {stack} a.T {a_transposed} b.T {b_transposed}", got, want,
+                         tol("matmul.out", np.float32))
+            out = np.full(want.shape, np.nan, dtype=np.float32)             # every element must be written
+            assert k_matmul.matmul(a, b, out=out) is out
+            assert np.array_equal(out, got)
+
+
+@needs_avx512
+def test_matmul_kernel_propagates_inf_and_nan():
+    a, b = matmul_operands((37, 50, 61), False, True)
+    a[3, 7], a[20, 0], b[5, 60] = np.inf, np.nan, -np.inf
+    want = matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
+    assert np.isnan(want).any() and np.isinf(want).any()
+    assert_close("matmul.out with inf and NaN", k_matmul.matmul(a, b), want, tol("matmul.out", np.float32))
+
+
+@needs_avx512
+def test_matmul_kernel_gives_the_same_bits_on_any_number_of_threads():
+    import numba
+    previous = numba.get_num_threads()
+    try:
+        for shape in [(129, 300, 97), (300, 257, 40)]:
+            a, b = matmul_operands(shape, False, True)
+            results = []
+            for threads in (1, previous, 1):
+                numba.set_num_threads(threads)
+                results.append(k_matmul.matmul(a, b))
+            assert np.array_equal(results[0], results[1]) and np.array_equal(results[0], results[2])
+    finally:
+        numba.set_num_threads(previous)
+
+
+def test_matmul_kernel_hands_other_products_to_numpy():
+    a, b = matmul_operands((37, 50, 61), False, False)
+    cases = {
+        "float64": (a.astype(np.float64), b.astype(np.float64)),
+        "a dimension under MIN_DIM": (a[:, :k_matmul.MIN_DIM - 1], b[:k_matmul.MIN_DIM - 1]),
+        "strided rows": (a[::2], b),
+        "a broadcast stack": (np.stack([a, a]), b),
+        "mixed dtypes": (a, b.astype(np.float64)),
+    }
+    for name, (x, y) in cases.items():
+        assert k_matmul.kernel_operands(x, y) is None, name
+        got = k_matmul.matmul(x, y)
+        assert got.dtype == np.matmul(x, y).dtype and np.array_equal(got, np.matmul(x, y)), name
+    with pytest.raises(ValueError):
+        k_matmul.matmul(a, a)                                           # (37, 50) @ (37, 50): numpy's error
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sum_of_squares_matches_float64(dtype):
+    for shape in [(7,), (3, 70_001), (k_adamw.CHUNK * 2 + 17,)]:
+        x = randn(shape, 0, dtype, scale=3.0)
+        want = float(np.sum(x.astype(np.float64) ** 2))
+        got = k_adamw.sum_of_squares(x)
+        assert isinstance(got, float)
+        worst = abs(got - want) / want
+        print(f"sum_of_squares {shape} ({dtype.__name__}): relative error {worst:.2e}")
+        assert worst <= tol("sum_of_squares", np.float32)       # float64 sums whatever the input dtype
+    x = randn((1000,), 1, np.float32)
+    x[10] = np.inf
+    assert k_adamw.sum_of_squares(x) == np.inf
+    x[20] = np.nan
+    assert np.isnan(k_adamw.sum_of_squares(x))
+    strided = randn((50, 40), 2, np.float32)[:, ::3]
+    assert abs(k_adamw.sum_of_squares(strided) - float(np.sum(strided.astype(np.float64) ** 2))) <= 1e-5 * \
+        float(np.sum(strided.astype(np.float64) ** 2))
 
 
 def test_kernels_are_deterministic_run_to_run():
