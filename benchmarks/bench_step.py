@@ -22,7 +22,8 @@ How it measures:
   P_mm = L * 12 * C^2 + C * V, the weights of every matrix product (biases,
   LayerNorm and the embedding lookups excluded); 394 GFLOP for the seed's step.
 - The sgemm ceiling is the best of a few (4096 x 4096) @ (4096 x 4096) float32
-  NumPy products, measured in the same run.
+  products, by NumPy's BLAS and by numgpt's matmul kernel, measured in the
+  same run (before and after the steps).
 - Kernel compile time: the kernels compiled into an empty cache directory
   (first run) and loaded from it (later runs), each in a fresh process.
 - Generation: greedy, 50 new tokens after a 4-token prompt, 124M shape, eval
@@ -249,18 +250,55 @@ def run_json(argv, env=None):
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-def sgemm_ceiling(n=4096, repeats=3):
+def product_rates(operands, repeats=3):
+    """GFLOP/s of each (a, b) product in ``operands`` (best of ``repeats``), by NumPy's BLAS and
+    by numgpt's matmul kernel where it takes the product: {name: [rate per product]}."""
+    import numpy
+    from numgpt.kernels import matmul as kernel
+    products = {"NumPy's BLAS": numpy.matmul}
+    if all(kernel.kernel_operands(a, b) is not None for a, b in operands):
+        products["numgpt's kernel"] = kernel.matmul
+    rates = {}
+    for name, product in products.items():
+        time.sleep(1.0)              # OpenBLAS's threads spin a while after their last call: let them stop
+        rates[name] = []
+        for a, b in operands:
+            out = product(a, b)
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                product(a, b, out=out)
+                best = min(best, time.perf_counter() - start)
+            rates[name].append(2 * a[..., 0].size * a.shape[-1] * b.shape[-1] / best / 1e9)
+    return rates
+
+
+def sgemm_ceiling(n=4096):
+    """GFLOP/s of the best (n x n) @ (n x n) float32 product, by NumPy's BLAS and by numgpt's kernel."""
     import numpy
     rng = numpy.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=numpy.float32)
-    b = rng.standard_normal((n, n), dtype=numpy.float32)
-    out = a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        numpy.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+    a, b = (rng.standard_normal((n, n), dtype=numpy.float32) for _ in range(2))
+    return {name: rates[0] for name, rates in product_rates([(a, b)]).items()}
+
+
+def step_products(cfg, batch, seq):
+    """The step's matrix products by shape: (label, a, b), transposed operands as views, as numgpt runs them."""
+    import numpy
+    rng = numpy.random.default_rng(0)
+    C, V, NH, N = cfg["emb_dim"], cfg["vocab_size"], cfg["n_heads"], batch * seq
+    HS = C // NH
+    rand = lambda *shape: rng.standard_normal(shape, dtype=numpy.float32)   # noqa: E731
+    rows = []
+    for name, IN, OUT in (("qkv", C, 3 * C), ("out_proj", C, C), ("fc", C, 4 * C), ("proj", 4 * C, C),
+                          ("out_head", C, V)):
+        x, weight, dout = rand(N, IN), rand(OUT, IN), rand(N, OUT)
+        rows += [(f"{name} forward x @ W.T", x, weight.T), (f"{name} dx = dout @ W", dout, weight),
+                 (f"{name} dW = dout.T @ x", dout.T, x)]
+    q, k = rand(batch * NH, seq, HS), rand(batch * NH, seq, HS)
+    att = rand(batch * NH, seq, seq)
+    rows += [("attention scores q @ k.T (per head)", q, k.swapaxes(1, 2)), ("attention att @ v", att, k),
+             ("attention dv = att.T @ dy", att.swapaxes(1, 2), q)]
+    return rows
 
 
 def openblas_corename():
@@ -361,8 +399,12 @@ def main():
     if not check["ok"]:
         sys.exit(f"numba and NumPy paths disagree on the step's loss: {check}")
 
-    # 3. the machine's sgemm ceiling
-    ceiling = sgemm_ceiling()
+    # 3. the machine's sgemm ceiling, and the step's products by NumPy's BLAS and by numgpt's kernel
+    sgemm = sgemm_ceiling()
+    labelled = step_products(CONFIG, BATCH, SEQ)
+    products = {"labels": [label for label, _, _ in labelled],
+                **product_rates([(a, b) for _, a, b in labelled])}
+    del labelled
 
     # 4. alternate steps
     sides = {"numgpt": Child(me + ["--child", "numgpt"])}
@@ -379,7 +421,7 @@ def main():
             print(f"step {i} {name}: {reply['seconds'] * 1e3:.0f} ms, loss {reply['loss']:.4f}", file=sys.stderr)
     generation = {name: child.ask("generate") for name, child in sides.items()}
     peaks = {name: child.close()["peak_mb"] for name, child in sides.items()}
-    ceiling = max(ceiling, sgemm_ceiling())
+    sgemm = {name: max(rate, sgemm[name]) for name, rate in sgemm_ceiling().items()}
     if torch_version:
         try:
             generation["transformers"] = run_json([args.torch_python, str(HERE), "--child", "hf-generate"])[-1]
@@ -396,16 +438,17 @@ def main():
                 scale_rows.append((context, reply))
                 print(f"scale T={context}: {reply}", file=sys.stderr)
 
-    report = render(args, torch_version, first, cached, check, ceiling, times, peaks, generation, scale_rows,
+    report = render(args, torch_version, first, cached, check, sgemm, products, times, peaks, generation, scale_rows,
                     load_before, os.getloadavg())
     print(report)
     if args.out:
         args.out.write_text(report)
 
 
-def render(args, torch_version, first, cached, check, ceiling, times, peaks, generation, scale_rows,
+def render(args, torch_version, first, cached, check, sgemm, products, times, peaks, generation, scale_rows,
            load_before, load_after):
     flops = step_flops(CONFIG, BATCH, SEQ)
+    ceiling = max(sgemm.values())
     tokens = BATCH * SEQ
     lines = ["# numgpt vs PyTorch: the seed's training step",
              "",
@@ -415,8 +458,8 @@ def render(args, torch_version, first, cached, check, ceiling, times, peaks, gen
              "",
              f"Step: GPT_CONFIG_124M, batch {BATCH} x {SEQ}, dropout 0.1, AdamW; {args.steps} timed steps per side "
              f"(after one warm-up), alternating. FLOPs per step {flops / 1e9:.0f} G "
-             f"(6 * P_mm * B*T + 12 * L * B * T^2 * C). sgemm ceiling {ceiling:.0f} GFLOP/s "
-             f"(best 4096^3 float32 NumPy matmul, this run).",
+             f"(6 * P_mm * B*T + 12 * L * B * T^2 * C). sgemm ceiling {ceiling:.0f} GFLOP/s: the best 4096^3 "
+             f"float32 product this run ({', '.join(f'{name} {rate:.0f}' for name, rate in sgemm.items())}).",
              "",
              "| side | median ms/step | tokens/s | GFLOP/s | of sgemm ceiling | peak memory |",
              "|---|---|---|---|---|---|"]
@@ -449,6 +492,12 @@ def render(args, torch_version, first, cached, check, ceiling, times, peaks, gen
         lines.append(f"**numgpt / transformers generation: {ratio:.2f}x** (target >= 1.5).")
     else:
         lines.append("Hugging Face transformers is not installed in the reference environment: no row for it.")
+    names = [name for name in products if name != "labels"]
+    lines += ["", f"The step's matrix products (batch {BATCH} x {SEQ}), GFLOP/s, best of 3 each; numgpt's numba mode "
+                  "runs them all on its kernel when the kernel's column is present:", "",
+              "| product | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, label in enumerate(products["labels"]):
+        lines.append(f"| {label} | " + " | ".join(f"{products[name][i]:.0f}" for name in names) + " |")
     if scale_rows:
         lines += ["", "## Scale (numgpt, one timed step after a warm-up; report only)", "",
                   "| context | batch | ms/step | tokens/s | peak memory |", "|---|---|---|---|---|"]

@@ -22,9 +22,10 @@ import numpy
 from numba.core import event
 
 # Threads that wait by spinning (GNU OpenMP's default) steal the cores from
-# OpenBLAS, which runs between every two kernels: a LayerNorm -> matmul -> GELU
-# -> matmul sequence took 1.4x as long. numba's workqueue pool waits without
-# spinning. An explicit NUMBA_THREADING_LAYER wins.
+# whatever runs next. Where the matrix products stay on OpenBLAS (CPUs without
+# AVX-512, see matmul.py) it runs between every two kernels: a LayerNorm ->
+# matmul -> GELU -> matmul sequence took 1.4x as long. numba's workqueue pool
+# waits without spinning. An explicit NUMBA_THREADING_LAYER wins.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
