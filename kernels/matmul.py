@@ -1,12 +1,15 @@
 """numba twin of numgpt.ops.linear.matmul: float32 matrix products on
-AVX-512, for the linear layers' forward and backward products.
+AVX-512, for the linear layers' forward and backward products and (through
+kernels/attention.py) attention's per-head products.
 
 Why not NumPy's BLAS everywhere: a BLAS may run narrower kernels than the
-CPU has. On this project's machine (AMD EPYC, AVX-512) the environment pins
-OpenBLAS to its AVX2 ("Haswell") kernels, which reach ~245 GFLOP/s on two
-cores; this kernel reaches 400-470 on the model's shapes
-(benchmarks/results.md). Without AVX-512 (``HAS_AVX512`` false) every product
-goes to NumPy, where the BLAS is the better choice.
+CPU has, and OpenBLAS's idle threads spin for a while after each call, which
+slows the numba kernels that run next. On this project's machine (AMD EPYC,
+AVX-512) the environment pins OpenBLAS to its AVX2 ("Haswell") kernels,
+~250 GFLOP/s on two cores; this kernel reaches 360-460 on the step's linear
+products (benchmarks/results.md has the table). Without AVX-512
+(``HAS_AVX512`` false) every product goes to NumPy, where the BLAS is the
+better choice.
 
 The blocking is BLIS's, with a register micro-kernel written in LLVM IR
 (numba's ``@intrinsic``), because a tile kept in a numba array lives in
@@ -24,9 +27,10 @@ memory, not in registers:
   rows are close together in memory.
 - Edge tiles (M not a multiple of MR, N not a multiple of NR) go through a
   zero-padded tile buffer.
-- Both cores: ``prange`` over one part per thread, rows or columns of C
-  (whichever is longer), each part blocked as above; one parallel region per
-  product.
+- Both cores, one parallel region per call: a stack of at least as many
+  products as threads (attention's B x NH heads) gives each thread whole
+  products; a single product is cut into one block of C's rows or columns
+  (whichever is longer) per thread, each blocked as above.
 
 Every element of C is one dot product summed in the same order (K blocks of
 KC in order, p in order within a block, one fused multiply-add per step),
@@ -34,8 +38,8 @@ whatever the number of threads: the same bits on every run. The only
 reassociation against a naive loop is that order; inf and NaN propagate as
 in any IEEE product (the zero padding only touches discarded tile entries).
 
-Shapes: a (M, K), b (K, N), out (M, N); a and b may be C-contiguous arrays
-or transposed views of them. Anything else (other dtypes, other strides, a
+Shapes: a (..., M, K), b (..., K, N), out (..., M, N), the leading axes
+equal; a and b may be C-contiguous arrays or transposed views of them. Anything else (other dtypes, other strides, a
 dimension under MIN_DIM: tiny test models, generation's one-token steps)
 goes to ``numpy.matmul``.
 """
