@@ -311,14 +311,15 @@ def kernel_operands(a, b, out=None):
     """The kernel's operands for ``a @ b`` (into ``out``): the two (storage, transposed)
     pairs, or None when the product goes to numpy.matmul (no AVX-512, not float32,
     a dimension under MIN_DIM, strides other than a matrix's or its transpose's,
-    shapes that need broadcasting)."""
+    shapes that need broadcasting, an ``out`` that overlaps an input)."""
     if not HAS_AVX512 or a.ndim < 2 or b.ndim != a.ndim:
         return None
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     if (a.shape[:-2] != b.shape[:-2] or b.shape[-2] != K or min(M, K, N) < MIN_DIM
             or a.dtype != numpy.float32 or b.dtype != numpy.float32
             or (out is not None and (out.shape != a.shape[:-1] + (N,) or out.dtype != numpy.float32
-                                     or not out.flags.c_contiguous))):
+                                     or not out.flags.c_contiguous
+                                     or numpy.may_share_memory(out, a) or numpy.may_share_memory(out, b)))):
         return None
     a_storage, b_storage = _stack_storage(a), _stack_storage(b)
     if a_storage is None or b_storage is None:

@@ -259,6 +259,10 @@ def test_matmul_kernel_hands_other_products_to_numpy():
         assert k_matmul.kernel_operands(x, y) is None, name
         got = k_matmul.matmul(x, y)
         assert got.dtype == np.matmul(x, y).dtype and np.array_equal(got, np.matmul(x, y)), name
+    square = randn((40, 40), 5, np.float32)
+    want = np.matmul(square, square)
+    assert k_matmul.kernel_operands(square, square, out=square) is None, "an output overlapping an input"
+    assert np.array_equal(k_matmul.matmul(square, square, out=square), want)
     with pytest.raises(ValueError):
         k_matmul.matmul(a, a)                                           # (37, 50) @ (37, 50): numpy's error
 
