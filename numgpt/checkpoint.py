@@ -37,6 +37,7 @@ from typing import NamedTuple, Optional
 import numpy
 
 from numgpt import backend, safe_io
+from numgpt.errors import NumgptError
 
 FORMAT = "numgpt-checkpoint"
 FORMAT_VERSION = 1
@@ -54,7 +55,7 @@ MOMENT_KEY = re.compile(r"state\.(0|[1-9][0-9]*)\.(exp_avg|exp_avg_sq)")
 STEP_DIR = re.compile(r"step-([0-9]{8,})")
 
 
-class CheckpointError(Exception):
+class CheckpointError(NumgptError):
     """A checkpoint that cannot be saved, is not committed, is corrupted or does not fit."""
 
 

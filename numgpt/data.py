@@ -8,31 +8,21 @@
   permutation per epoch drawn from numgpt's generator, and a ``state_dict`` so an
   interrupted epoch can be resumed at the batch where it stopped.
 - ``create_dataloader_v1`` is the seed's one-call constructor.
-- ``split_text``, ``read_text`` and ``load_the_verdict`` get the seed's corpus,
-  from a path, a cache, or (once) the network.
+- ``split_text``, ``read_text`` and ``load_the_verdict`` get text: the seed's
+  corpus ships with numgpt, so no network is ever needed.
 """
-import hashlib
-import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy
 
-from numgpt import backend
-from numgpt.safe_io import atomic_write
+from numgpt import backend, bundled
+from numgpt.errors import NumgptError
 from numgpt.tokenizer import get_tokenizer
 
-VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
-               "ch02/01_main-chapter-code/the-verdict.txt")
-VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
-VERDICT_FILENAME = "the-verdict.txt"
-HOME_ENV = "NUMGPT_HOME"
-DEFAULT_HOME = Path("~/.cache/numgpt")
-DOWNLOAD_TIMEOUT_S = 15
+VERDICT_SHA256 = bundled.SHA256[bundled.VERDICT]
 
 
-class DataError(ValueError):
+class DataError(NumgptError, ValueError):
     """A corpus that cannot be read, decoded or downloaded."""
 
 
@@ -53,11 +43,11 @@ class GPTDatasetV1:
 
     def __init__(self, txt, tokenizer, max_length, stride, allowed_special=()):
         if max_length < 1 or stride < 1:
-            raise ValueError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
+            raise DataError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
         token_ids = backend.asarray(tokenizer.encode(txt, allowed_special=set(allowed_special), disallowed_special=()),
                                     dtype=backend.INDEX_DTYPE)  # (n_tokens,)
         if len(token_ids) < max_length + 1:
-            raise ValueError(f"the text has {len(token_ids)} tokens; one window needs "
+            raise DataError(f"the text has {len(token_ids)} tokens; one window needs "
                              f"max_length + 1 = {max_length + 1}")
         starts = numpy.arange(0, len(token_ids) - max_length, stride)  # (N,)
         positions = starts[:, None] + numpy.arange(max_length)  # (N, T)
@@ -91,7 +81,7 @@ class DataLoader:
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, generator=None):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -119,11 +109,11 @@ class DataLoader:
         order, yielded = state["epoch_order"], state["batches_yielded"]
         n_items = len(self.dataset)
         if order is not None and sorted(order) != list(range(n_items)):
-            raise ValueError(f"epoch_order is not a permutation of the {n_items} dataset items")
+            raise DataError(f"epoch_order is not a permutation of the {n_items} dataset items")
         if order is None and self.shuffle:
-            raise ValueError("epoch_order is None but this loader shuffles")
+            raise DataError("epoch_order is None but this loader shuffles")
         if not 0 <= yielded <= len(self):
-            raise ValueError(f"batches_yielded must be in [0, {len(self)}], got {yielded}")
+            raise DataError(f"batches_yielded must be in [0, {len(self)}], got {yielded}")
         order = None if order is None else numpy.asarray(order, dtype=backend.INDEX_DTYPE)
         self._resume = (order, int(yielded))
 
@@ -160,7 +150,7 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=
                          drop_last=True, num_workers=0, tokenizer=None, allowed_special=()):
     """The seed's constructor: ``GPTDatasetV1`` over ``txt`` in a ``DataLoader``."""
     if num_workers != 0:
-        raise ValueError(f"num_workers={num_workers}: numgpt loads batches in the main "
+        raise DataError(f"num_workers={num_workers}: numgpt loads batches in the main "
                          "process only; use num_workers=0")
     dataset = GPTDatasetV1(txt, tokenizer if tokenizer is not None else get_tokenizer(),
                            max_length, stride, allowed_special)
@@ -173,7 +163,7 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=
 def split_text(text, train_ratio=0.9):
     """(train_text, val_text), split at character ``int(train_ratio * len(text))``."""
     if not 0.0 <= train_ratio <= 1.0:
-        raise ValueError(f"train_ratio must be in [0, 1], got {train_ratio}")
+        raise DataError(f"train_ratio must be in [0, 1], got {train_ratio}")
     split_idx = int(train_ratio * len(text))
     return text[:split_idx], text[split_idx:]
 
@@ -197,37 +187,10 @@ def read_text(path):
     return _decode_utf8(data, path)
 
 
-def _download(url):
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError) as error:
-        raise DataError(f"download of {VERDICT_FILENAME} from {url} failed ({error}); "
-                        "pass a local copy instead: load_the_verdict(path=...) or --data PATH"
-                        ) from error
-
-
-def load_the_verdict(path=None, cache_dir=None, url=VERDICT_URL):
-    """The seed's corpus, "The Verdict".
-
-    From ``path`` when given; else from ``cache_dir`` (default ``$NUMGPT_HOME`` or
-    ~/.cache/numgpt) when a copy with the right sha256 is there; else downloaded
-    from ``url``, checked against ``VERDICT_SHA256`` and cached atomically.
-    """
+def load_the_verdict(path=None):
+    """The seed's corpus, "The Verdict" (20,479 characters), with no network:
+    numgpt's bundled copy, checked against ``VERDICT_SHA256``; or the file at
+    ``path`` when given."""
     if path is not None:
         return read_text(path)
-    if cache_dir is None:
-        cache_dir = os.environ.get(HOME_ENV) or DEFAULT_HOME
-    cached = Path(cache_dir).expanduser() / VERDICT_FILENAME
-    if cached.is_file():
-        data = cached.read_bytes()
-        if hashlib.sha256(data).hexdigest() == VERDICT_SHA256:
-            return _decode_utf8(data, cached)
-    data = _download(url)
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != VERDICT_SHA256:
-        raise DataError(f"{VERDICT_FILENAME} downloaded from {url} has sha256 {actual}, "
-                        f"expected {VERDICT_SHA256}; not cached")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(cached, lambda fh: fh.write(data))
-    return _decode_utf8(data, url)
+    return _decode_utf8(bundled.read_bundled(bundled.VERDICT), bundled.bundled_path(bundled.VERDICT))

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from numgpt.errors import NumgptError
+
 HF_BASE_URL = "https://huggingface.co"
 
 # numgpt size name -> the hub repository openai-community/<name>
@@ -56,7 +58,7 @@ TIMEOUT = 60.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class DownloadError(OSError):
+class DownloadError(NumgptError, OSError):
     """A file could not be fetched or failed its check; the message says what to do by hand."""
 
 

@@ -10,6 +10,7 @@ import numpy
 
 from numgpt import backend, ops
 from numgpt.autograd import Tensor
+from numgpt.errors import NumgptError
 from numgpt.ops.layer_norm import EPS as LAYER_NORM_EPS
 
 
@@ -25,7 +26,7 @@ class Parameter(Tensor):
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
-class StateDictError(ValueError):
+class StateDictError(NumgptError, ValueError):
     """A state_dict that does not fit the model; the message lists every problem."""
 
 

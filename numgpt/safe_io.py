@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy
 
+from numgpt.errors import NumgptError
+
 MAX_HEADER_BYTES = 100 * 2**20
 MAX_JSON_BYTES = 100 * 2**20
 
@@ -49,7 +51,7 @@ CONVERT_HINT = ("numgpt does not load pickle-based formats (PyTorch .pt/.pth/.bi
                 "or load them with numgpt.pretrained from Hugging Face's model.safetensors.")
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(NumgptError, ValueError):
     """A file numgpt refuses to load; ``path``, ``tensor`` (or None) and a short ``reason`` code."""
 
     def __init__(self, path, reason, message, tensor=None):

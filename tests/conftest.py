@@ -1,19 +1,15 @@
-"""Shared fixtures: the seed's corpus (read from the shared data folder, never
-downloaded) and one GPT-2 tokenizer per test session."""
-from pathlib import Path
-
+"""Shared fixtures: the seed's corpus (numgpt's bundled copy, never read from
+outside the repository or downloaded) and one GPT-2 tokenizer per test session."""
 import pytest
 
+from numgpt.bundled import VERDICT, bundled_path, read_bundled
 from numgpt.tokenizer import get_tokenizer
-
-VERDICT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "the-verdict.txt"
 
 
 @pytest.fixture(scope="session")
 def verdict_path():
-    if not VERDICT_PATH.is_file():
-        pytest.fail(f"the seed's corpus is not at {VERDICT_PATH}: the tests need ../shared/data beside the repo")
-    return VERDICT_PATH
+    read_bundled(VERDICT)                       # its sha256 checked once
+    return bundled_path(VERDICT)
 
 
 @pytest.fixture(scope="session")

