@@ -9,11 +9,14 @@ The public API keeps the seed's names: GPTModel, GPT_CONFIG_124M,
 GPTDatasetV1, create_dataloader_v1, calc_loss_batch, calc_loss_loader,
 train_model_simple, generate_text_simple, generate, plot_losses, ...
 """
+__version__ = "0.1.0"    # the one place the version is declared (setup.cfg reads it)
+
 from numgpt.autograd import Tensor, enable_grad, is_grad_enabled, no_grad
 from numgpt.backend import get_default_dtype, get_rng_state, manual_seed, set_default_dtype, set_rng_state
 from numgpt.checkpoint import (Checkpoint, CheckpointError, CheckpointManager, build_model, load_checkpoint,
                                restore, save_checkpoint)
-from numgpt.data import DataLoader, GPTDatasetV1, create_dataloader_v1, load_the_verdict, read_text, split_text
+from numgpt.data import (DataLoader, GPTDatasetV1, Subset, create_dataloader_v1, default_collate, load_the_verdict,
+                         read_text, split_text)
 from numgpt.generate import generate, generate_text_simple
 from numgpt.gradcheck import GradcheckError, gradcheck
 from numgpt.model import (GPT_CONFIG_124M, PRESETS, FeedForward, GPTModel, MultiHeadAttention, TransformerBlock,
@@ -24,10 +27,11 @@ from numgpt.ops import cross_entropy
 from numgpt.optim import AdamW, clip_grad_norm_
 from numgpt.plot import plot_losses
 from numgpt.download import DownloadError, download_gpt2
+from numgpt.errors import NumgptError, UsageError
 from numgpt.pretrained import WeightsError, export_hf, load_gpt2
 from numgpt.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
-from numgpt.train import (TrainState, calc_loss_batch, calc_loss_loader, evaluate_model, generate_and_print_sample,
-                          perplexity, train_model_simple)
+from numgpt.train import (LRSchedule, TrainState, calc_loss_batch, calc_loss_loader, evaluate_model,
+                          generate_and_print_sample, perplexity, train_model_simple)
 
 __all__ = [
     "AdamW",
@@ -45,16 +49,20 @@ __all__ = [
     "GPT_CONFIG_124M",
     "GradcheckError",
     "LayerNorm",
+    "LRSchedule",
     "Linear",
     "Module",
     "MultiHeadAttention",
+    "NumgptError",
     "PRESETS",
     "Parameter",
     "Sequential",
     "StateDictError",
+    "Subset",
     "Tensor",
     "TrainState",
     "TransformerBlock",
+    "UsageError",
     "WeightsError",
     "build_model",
     "calc_loss_batch",
@@ -62,6 +70,7 @@ __all__ = [
     "clip_grad_norm_",
     "create_dataloader_v1",
     "cross_entropy",
+    "default_collate",
     "download_gpt2",
     "enable_grad",
     "evaluate_model",
@@ -93,4 +102,3 @@ __all__ = [
     "train_model_simple",
 ]
 
-__version__ = "0.1.0"

@@ -9,6 +9,8 @@ generator and its kernels.
 - One ``numpy.random.Generator`` serves initialisation, dropout, shuffling and
   sampling, so ``manual_seed`` makes a whole run repeatable, and its state can
   be saved in a checkpoint as JSON (``get_rng_state`` / ``set_rng_state``).
+- Threads: ``set_num_threads(n)`` sets how many threads the numba kernels and
+  the BLAS library use (default: one per core).
 - Kernels: every hot op has a NumPy function (the reference, always present)
   and may have a numba twin in ``numgpt.kernels``. ``dispatch(fn)`` returns the
   twin when the kernel mode is ``numba`` (the default; ``NUMGPT_KERNELS=numpy``
@@ -18,6 +20,8 @@ import importlib.util
 import os
 
 import numpy
+
+from numgpt.errors import UsageError
 
 xp = numpy
 
@@ -85,6 +89,34 @@ def set_rng_state(state):
     _generator.bit_generator.state = state
 
 
+# ---------------------------------------------------------------- threads
+
+_blas_thread_limit = None   # threadpoolctl's limit object, kept alive while the limit holds
+
+
+def set_num_threads(n):
+    """Run the numba kernels and the BLAS on ``n`` threads (1 .. the cores numba saw at start)."""
+    global _blas_thread_limit
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    available = numba.config.NUMBA_NUM_THREADS
+    if not isinstance(n, int) or not 1 <= n <= available:
+        raise UsageError(f"threads {n!r}: expected 1 to {available} (numba's thread pool on this machine, "
+                         f"NUMBA_NUM_THREADS)")
+    numba.set_num_threads(n)
+    _blas_thread_limit = threadpool_limits(limits=n, user_api="blas")
+
+
+def get_num_threads():
+    """(numba kernel threads, BLAS threads) as they are now."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return numba.get_num_threads(), (max(blas) if blas else None)
+
+
 # ---------------------------------------------------------------- kernels
 
 KERNEL_MODES = ("numpy", "numba")
@@ -95,7 +127,7 @@ def _initial_kernel_mode():
     if mode is None:
         return "numba" if importlib.util.find_spec("numba") is not None else "numpy"
     if mode not in KERNEL_MODES:
-        raise ValueError(f"NUMGPT_KERNELS={mode!r}: expected one of {', '.join(KERNEL_MODES)}")
+        raise UsageError(f"NUMGPT_KERNELS={mode!r}: expected one of {', '.join(KERNEL_MODES)}")
     return mode
 
 

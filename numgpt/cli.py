@@ -1,29 +1,32 @@
-"""The ``numgpt`` command: train, generate, eval, gradcheck, download, export.
+"""The ``numgpt`` command: train, plot, generate, eval, gradcheck, download,
+export, info.
 
-Bad input ends with exit status 2 and one line on stderr; an interrupted
+Bad input (any ``NumgptError``) ends with exit status 2 and one line on
+stderr; any other exception is a bug and shows its traceback (exit 1).
+``NUMGPT_DEBUG=1`` shows the traceback of bad input too. An interrupted
 training run (SIGINT, SIGTERM) finishes its step, saves a committed
 checkpoint and exits 130 or 143.
 """
 import argparse
-import json
+import hashlib
 import os
+import platform
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy
 
+from numgpt import __version__ as numgpt_version
 from numgpt import backend
+from numgpt.errors import NumgptError, UsageError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 SEED_START_CONTEXT = "Every effort moves you"
-
-
-class UsageError(Exception):
-    """Bad input found by the command itself."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,6 +41,13 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def _non_negative_float(text):
     value = float(text)
     if not value >= 0:
@@ -46,32 +56,41 @@ def _non_negative_float(text):
 
 
 # ---------------------------------------------------------------- train
-def _model_config(args):
-    from numgpt.model import PRESETS
-    cfg = dict(PRESETS[args.preset])
-    if args.context_length is not None:
-        cfg["context_length"] = args.context_length
-    if args.drop_rate is not None:
-        cfg["drop_rate"] = args.drop_rate
-    return cfg
+# Every training flag and its default: the seed's run. A flag left out is None
+# on the command line, so that a resumed run can tell typed flags from defaults.
+TRAIN_DEFAULTS = {
+    "preset": "gpt2-124m", "init": None, "data": None, "epochs": 10, "max_steps": None, "batch_size": 2,
+    "context_length": None, "lr": 4e-4, "weight_decay": 0.1, "drop_rate": None, "grad_clip": None,
+    "max_skipped_steps": 5, "eval_freq": 5, "eval_iter": 5, "train_ratio": 0.9, "start_context": SEED_START_CONTEXT,
+    "seed": 123, "checkpoint_every": None, "keep_last": None, "allow_special": False, "warmup_steps": 0,
+    "lr_schedule": "constant", "min_lr": 0.0, "initial_lr": 0.0, "grad_accum": 1, "threads": None,
+}
+ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
 
 
-def _memory_available():
-    """Bytes the kernel says are available (MemAvailable), or None when unknown."""
+def _memory_available(meminfo="/proc/meminfo"):
+    """Bytes the kernel says are available (MemAvailable), else the free physical
+    pages sysconf reports, or None when neither is known."""
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
+        with open(meminfo) as lines:
+            for line in lines:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
     except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
         return None
-    return None
 
 
-def _check_memory(cfg, batch_size, context):
+def _check_memory(cfg, batch_size, context, available):
     from numgpt.train import estimate_training_bytes
-    needed, available = estimate_training_bytes(cfg, batch_size, context), _memory_available()
-    if available is not None and needed > available:
+    needed = estimate_training_bytes(cfg, batch_size, context)
+    if available is None:
+        print(f"numgpt train: note: memory check skipped: the available memory is unknown here "
+              f"(this run needs about {needed / 2**30:.1f} GiB)", file=sys.stderr)
+    elif needed > available:
         raise UsageError(f"this run needs about {needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB are "
                          f"available: try a smaller --batch-size or --context-length")
 
@@ -104,76 +123,174 @@ class Stopped(Exception):
         self.signum = signum
 
 
+def _read_corpus(data):
+    """(text, sha256 of its bytes) of --data, or of the bundled corpus when None."""
+    from numgpt import bundled
+    from numgpt.data import read_text
+    path = bundled.bundled_path(bundled.VERDICT) if data is None else Path(data)
+    text = read_text(path)
+    return text, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _environment():
+    import numba
+    return {"numgpt": numgpt_version, "python": platform.python_version(), "numpy": numpy.__version__,
+            "numba": numba.__version__, "kernel_mode": backend.get_kernel_mode()}
+
+
+def _train_settings(args, run):
+    """(resolved flags, the run's saved settings or None) for this invocation."""
+    from numgpt.run import RunError, resolve_settings
+    given = {name: getattr(args, name) for name in TRAIN_DEFAULTS if getattr(args, name) is not None}
+    if "data" in given:
+        given["data"] = str(Path(given["data"]).expanduser().resolve())
+    saved = run.read_settings()
+    if args.resume:
+        if saved is None:
+            raise RunError(f"--resume: {run.path} holds no run to continue (no {run.settings_path.name}); "
+                           f"start one with numgpt train --out {run.path}")
+        return resolve_settings(given, TRAIN_DEFAULTS, saved["train"], run.settings_path), saved
+    if run.holds_a_run():
+        raise RunError(f"{run.path} already holds a run: continue it with numgpt train --resume --out {run.path}, "
+                       f"or choose another --out")
+    return resolve_settings(given, TRAIN_DEFAULTS), None
+
+
+def _model_config(flags):
+    """The model config of a new run from a preset (the weights of --init come with theirs)."""
+    from numgpt.model import PRESETS
+    cfg = dict(PRESETS[flags["preset"]])
+    if flags["context_length"] is not None:
+        cfg["context_length"] = flags["context_length"]
+    if flags["drop_rate"] is not None:
+        cfg["drop_rate"] = flags["drop_rate"]
+    return cfg
+
+
+def _initial_model(flags):
+    """(model config, pretrained model or None) of a new run."""
+    from numgpt.model import GPTModel
+    if not flags["init"]:
+        return _model_config(flags), None
+    from numgpt.pretrained import load_gpt2
+    model = load_gpt2(flags["init"])
+    if flags["drop_rate"] is None or flags["drop_rate"] == model.cfg["drop_rate"]:
+        return model.cfg, model
+    weights, cfg = model.state_dict(), dict(model.cfg, drop_rate=flags["drop_rate"])
+    model = GPTModel(cfg)                                   # the weights, in a model built with this dropout
+    model.load_state_dict(weights)
+    return cfg, model
+
+
 def cmd_train(args):
     from numgpt.checkpoint import CheckpointManager, restore
-    from numgpt.data import create_dataloader_v1, load_the_verdict, read_text, split_text
+    from numgpt.data import create_dataloader_v1, split_text
     from numgpt.model import GPTModel
     from numgpt.optim import AdamW
-    from numgpt.plot import plot_losses
+    from numgpt.run import RunDirectory, RunError
     from numgpt.tokenizer import get_tokenizer
-    from numgpt.train import NonFiniteTraining, TrainState, train_model_simple
+    from numgpt.train import LRSchedule, NonFiniteTraining, TrainState, train_model_simple
 
-    out = Path(args.out)
-    text = read_text(args.data) if args.data else load_the_verdict()
-    train_text, val_text = split_text(text, args.train_ratio)
-    tokenizer = get_tokenizer()
-
-    if args.init:
-        from numgpt.pretrained import load_gpt2
-        model = load_gpt2(args.init)
-        cfg = model.cfg
-        if args.drop_rate is not None:  # the weights, in a model built with this dropout
-            weights, cfg = model.state_dict(), dict(cfg, drop_rate=args.drop_rate)
-            model = GPTModel(cfg)
-            model.load_state_dict(weights)
+    run = RunDirectory(args.out)
+    try:
+        run.lock()                                          # before anything is read or written
+    except OSError as error:
+        raise RunError(f"cannot use {run.path} as the run directory: {error.strerror or error}") from None
+    flags, saved = _train_settings(args, run)
+    if flags["threads"] is not None:
+        backend.set_num_threads(flags["threads"])
+    text, data_sha256 = _read_corpus(flags["data"])
+    if saved is not None and data_sha256 != saved["data_sha256"]:
+        raise RunError(f"the data {flags['data'] or 'bundled the-verdict.txt'} has sha256 {data_sha256}, but this "
+                       f"run trained on sha256 {saved['data_sha256']} (in {run.settings_path})")
+    if saved is not None:
+        cfg, pretrained = saved["model"], None              # the weights come from the checkpoint
+        environment = _environment()
+        if environment != saved["environment"]:
+            changed = ", ".join(f"{k} {saved['environment'].get(k)} -> {v}" for k, v in environment.items()
+                                if saved["environment"].get(k) != v)
+            print(f"numgpt train: note: resuming with {changed}: the continuation may differ from an "
+                  f"uninterrupted run in the last bits", file=sys.stderr)
     else:
-        cfg = _model_config(args)
-    context = min(args.context_length or cfg["context_length"], cfg["context_length"])
-    _check_memory(cfg, args.batch_size, context)
-    special = {"<|endoftext|>"} if args.allow_special else ()
-    train_loader = create_dataloader_v1(train_text, batch_size=args.batch_size, max_length=context, stride=context,
-                                        drop_last=True, shuffle=True, tokenizer=tokenizer, allowed_special=special)
-    val_loader = create_dataloader_v1(val_text, batch_size=args.batch_size, max_length=context, stride=context,
+        cfg, pretrained = _initial_model(flags)
+    context = min(flags["context_length"] or cfg["context_length"], cfg["context_length"])
+    flags = dict(flags, context_length=context, drop_rate=cfg["drop_rate"])
+    _check_memory(cfg, flags["batch_size"], context, _memory_available())
+
+    tokenizer = get_tokenizer()
+    train_text, val_text = split_text(text, flags["train_ratio"])
+    special = {"<|endoftext|>"} if flags["allow_special"] else ()
+    train_loader = create_dataloader_v1(train_text, batch_size=flags["batch_size"], max_length=context,
+                                        stride=context, drop_last=True, shuffle=True, tokenizer=tokenizer,
+                                        allowed_special=special)
+    val_loader = create_dataloader_v1(val_text, batch_size=flags["batch_size"], max_length=context, stride=context,
                                       drop_last=False, shuffle=False, tokenizer=tokenizer, allowed_special=special)
-    if len(train_loader) == 0:
-        raise UsageError(f"the training text gives no full batch of {args.batch_size} x {context} tokens: "
-                         f"lower --batch-size or --context-length")
-    backend.manual_seed(args.seed)
-    if not args.init:
-        model = GPTModel(cfg)
-    optimizer = AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    manager = CheckpointManager(out / "checkpoints", keep_last=args.keep_last)
+    steps_per_epoch = len(train_loader) // flags["grad_accum"]
+    if steps_per_epoch == 0:
+        raise UsageError(f"the training text gives no full step of {flags['grad_accum']} x {flags['batch_size']} "
+                         f"x {context} tokens: lower --batch-size, --grad-accum or --context-length")
+    total_steps = flags["epochs"] * steps_per_epoch
+    if flags["max_steps"] is not None:
+        total_steps = min(total_steps, flags["max_steps"])
+    schedule = LRSchedule(peak_lr=flags["lr"], total_steps=total_steps, warmup_steps=flags["warmup_steps"],
+                          kind=flags["lr_schedule"], min_lr=flags["min_lr"], initial_lr=flags["initial_lr"])
+
+    backend.manual_seed(flags["seed"])
+    model = pretrained if pretrained is not None else GPTModel(cfg)
+    optimizer = AdamW(model.parameters(), lr=flags["lr"], betas=ADAMW_BETAS, eps=ADAMW_EPS,
+                      weight_decay=flags["weight_decay"])
+    manager = CheckpointManager(run.checkpoints, keep_last=flags["keep_last"])
     state = TrainState()
-    if args.resume:
+    if saved is not None:
         manager.clean_stale()
         checkpoint = manager.load_latest()
         if checkpoint is None:
-            raise UsageError(f"--resume: no committed checkpoint in {manager.directory}")
-        restore(checkpoint, model, optimizer, require=("rng_state", "train_state"))
-        state = TrainState.from_dict(checkpoint.state["train_state"])
-        print(f"Resuming from {checkpoint.path} (step {state.global_step})")
+            print(f"numgpt train: note: {run.path} holds no committed checkpoint yet: starting the run over "
+                  f"from step 0", file=sys.stderr)
+        else:
+            restore(checkpoint, model, optimizer, require=("rng_state", "train_state"))
+            state = TrainState.from_dict(checkpoint.state["train_state"])
+            print(f"Resuming from {checkpoint.path} (step {state.global_step})")
+
+    run.write_settings({
+        "train": flags, "data_sha256": data_sha256, "model": cfg,
+        "optimizer": {"name": "AdamW", "lr": flags["lr"], "weight_decay": flags["weight_decay"],
+                      "betas": list(ADAMW_BETAS), "eps": ADAMW_EPS},
+        "schedule": {"kind": flags["lr_schedule"], "warmup_steps": flags["warmup_steps"],
+                     "initial_lr": flags["initial_lr"], "peak_lr": flags["lr"], "min_lr": flags["min_lr"],
+                     "total_steps": total_steps, "grad_accum": flags["grad_accum"]},
+        "environment": saved["environment"] if saved is not None else _environment(),
+    })
+    records = run.start_metrics(keep_through_step=state.global_step)
 
     def save():
         path = manager.save(state.global_step + 1, model, optimizer, rng_state=backend.get_rng_state(),
                             train_state=state.to_dict())
         print(f"Saved checkpoint {path}", flush=True)
 
-    out.mkdir(parents=True, exist_ok=True)
+    def after_evaluation(current, record):
+        run.append_metrics(record)
+        records.append(record)
+        run.write_losses(current, records)
+        run.draw_plot(records)
+
     start_time = time.time()
     with StopRequest() as stop:
         def after_step(current):
             if stop.signum is not None:
                 save()
                 raise Stopped(stop.signum)
-            if args.checkpoint_every and (current.global_step + 1) % args.checkpoint_every == 0:
+            if flags["checkpoint_every"] and (current.global_step + 1) % flags["checkpoint_every"] == 0:
                 save()
 
         try:
-            train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=args.epochs,
-                               eval_freq=args.eval_freq, eval_iter=args.eval_iter, start_context=args.start_context,
-                               tokenizer=tokenizer, max_steps=args.max_steps, grad_clip=args.grad_clip,
-                               on_step=after_step, on_epoch_end=after_step, state=state,
-                               max_skipped_steps=args.max_skipped_steps)
+            train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=flags["epochs"],
+                               eval_freq=flags["eval_freq"], eval_iter=flags["eval_iter"],
+                               start_context=flags["start_context"], tokenizer=tokenizer,
+                               max_steps=flags["max_steps"], grad_clip=flags["grad_clip"],
+                               grad_accum=flags["grad_accum"], lr_schedule=schedule, on_step=after_step,
+                               on_evaluate=after_evaluation, on_epoch_end=after_step, state=state,
+                               max_skipped_steps=flags["max_skipped_steps"])
         except Stopped as stopped:
             return EXIT_SIGNAL[stopped.signum]
         except NonFiniteTraining as exc:
@@ -184,23 +301,21 @@ def cmd_train(args):
     minutes = (time.time() - start_time) / 60
     print(f"Training completed in {minutes:.2f} minutes.")
     save()
-    _write_run_report(out, state, args.epochs)
-    plot = plot_losses(_epochs_axis(state, args.epochs), state.track_tokens_seen, state.train_losses,
-                       state.val_losses, out / "loss-plot.pdf")
-    print(f"Wrote {plot} and {out / 'losses.json'}")
+    run.write_losses(state, records)
+    if records:
+        run.draw_plot(records)
+    print(f"Wrote {run.plot_path}, {run.losses_path} and {run.metrics_path}")
     return 0
 
 
-def _epochs_axis(state, num_epochs):
-    return numpy.linspace(0, num_epochs, len(state.train_losses))
-
-
-def _write_run_report(out, state, num_epochs):
-    report = {"train_losses": state.train_losses, "val_losses": state.val_losses,
-              "tokens_seen": state.track_tokens_seen, "epochs_seen": _epochs_axis(state, num_epochs).tolist(),
-              "global_step": state.global_step, "total_tokens": state.tokens_seen}
-    from numgpt.safe_io import atomic_write
-    atomic_write(out / "losses.json", lambda fh: fh.write(json.dumps(report, indent=1).encode("utf-8")))
+def cmd_plot(args):
+    from numgpt.run import RunDirectory
+    run = RunDirectory(args.run_dir)
+    records = run.read_metrics()
+    if not records:
+        raise UsageError(f"{run.metrics_path} holds no evaluation to plot (expected a numgpt run directory)")
+    print(f"Wrote {run.draw_plot(records, args.output)}")
+    return 0
 
 
 # ---------------------------------------------------------------- generate / eval
@@ -227,9 +342,15 @@ def _load_model(args):
     return build_model(load_checkpoint(path))
 
 
+def _use_threads(args):
+    if args.threads is not None:
+        backend.set_num_threads(args.threads)
+
+
 def cmd_generate(args):
     from numgpt.generate import generate
     from numgpt.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
+    _use_threads(args)
     model = _load_model(args).eval()
     tokenizer = get_tokenizer()
     backend.manual_seed(args.seed)
@@ -246,6 +367,7 @@ def cmd_eval(args):
     from numgpt.data import create_dataloader_v1, read_text
     from numgpt.tokenizer import get_tokenizer
     from numgpt.train import calc_loss_loader, perplexity
+    _use_threads(args)
     model = _load_model(args).eval()
     context = min(args.context_length or model.cfg["context_length"], model.cfg["context_length"])
     loader = create_dataloader_v1(read_text(args.data), batch_size=args.batch_size, max_length=context,
@@ -288,45 +410,86 @@ def cmd_export(args):
     return 0
 
 
+def cmd_info(args):
+    from numgpt.info import describe
+    facts = describe()
+    width = max(len(label) for label, _ in facts)
+    for label, value in facts:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
+def _add_threads(p):
+    p.add_argument("--threads", type=_positive_int,
+                   help="threads for the numba kernels and the BLAS (default: one per core)")
+
+
 def build_parser():
     from numgpt.model import PRESETS
+    from numgpt.run import SAFE_TO_CHANGE
+    from numgpt.train import LRSchedule
     parser = OneLineParser(prog="numgpt", description="GPT pretraining in pure NumPy.")
+    parser.add_argument("--version", action="version", version=f"numgpt {numgpt_version}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    train = sub.add_parser("train", help="pretrain (or continue pretraining) a GPT on a text file")
-    train.add_argument("--data", help="UTF-8 text file (default: the seed's the-verdict.txt, downloaded once)")
-    train.add_argument("--out", required=True, help="run directory: checkpoints, loss plot, losses.json")
-    train.add_argument("--preset", choices=sorted(PRESETS), default="gpt2-124m")
+    safe = ", ".join("--" + name.replace("_", "-") for name in SAFE_TO_CHANGE)
+    train = sub.add_parser(
+        "train", help="pretrain (or continue pretraining) a GPT on a text file",
+        description="Pretrain a GPT. With no flags: the seed's run (GPT_CONFIG_124M on the bundled "
+                    "the-verdict.txt, 10 epochs) into ./run. The run directory remembers its settings: "
+                    f"--resume --out RUN continues with them; of the other flags only {safe} may change.")
+    d = TRAIN_DEFAULTS
+    train.add_argument("--data", help="UTF-8 text file (default: the seed's the-verdict.txt, bundled with numgpt)")
+    train.add_argument("--out", default="run", help="run directory: settings, metrics, checkpoints, loss plot "
+                                                    "(default: ./run)")
+    train.add_argument("--preset", choices=sorted(PRESETS), help=f"model shape (default {d['preset']})")
     train.add_argument("--init", help="start from pretrained weights: gpt2-124m, a directory or a .safetensors file")
-    train.add_argument("--epochs", type=_positive_int, default=10)
-    train.add_argument("--max-steps", type=_positive_int)
-    train.add_argument("--batch-size", type=_positive_int, default=2)
+    train.add_argument("--epochs", type=_positive_int, help=f"default {d['epochs']}")
+    train.add_argument("--max-steps", type=_positive_int, help="stop after this many optimizer steps in all")
+    train.add_argument("--batch-size", type=_positive_int, help=f"default {d['batch_size']}")
+    train.add_argument("--grad-accum", type=_positive_int,
+                       help="sum the gradients of K batches into one AdamW step (an effective batch K times "
+                            "larger in the memory of one; default 1)")
     train.add_argument("--context-length", type=_positive_int,
                        help="window length (max_length = stride); default the preset's context")
-    train.add_argument("--lr", type=_non_negative_float, default=4e-4)
-    train.add_argument("--weight-decay", type=_non_negative_float, default=0.1)
-    train.add_argument("--drop-rate", type=_non_negative_float)
+    train.add_argument("--lr", type=_non_negative_float, help=f"peak learning rate (default {d['lr']})")
+    train.add_argument("--lr-schedule", choices=LRSchedule.KINDS,
+                       help="after the warmup: constant (the seed's, default) or cosine decay to --min-lr")
+    train.add_argument("--warmup-steps", type=_non_negative_int,
+                       help="linear warmup from --initial-lr to --lr over this many steps (default 0)")
+    train.add_argument("--initial-lr", type=_non_negative_float, help="learning rate of the first warmup step "
+                                                                      "(default 0)")
+    train.add_argument("--min-lr", type=_non_negative_float, help="where the cosine ends (default 0)")
+    train.add_argument("--weight-decay", type=_non_negative_float, help=f"default {d['weight_decay']}")
+    train.add_argument("--drop-rate", type=_non_negative_float, help="default the preset's (0.1)")
     train.add_argument("--grad-clip", type=_non_negative_float, help="clip the global gradient norm to this")
-    train.add_argument("--max-skipped-steps", type=_positive_int, default=5,
-                       help="stop after this many consecutive steps with a non-finite loss or gradient")
-    train.add_argument("--eval-freq", type=_positive_int, default=5)
-    train.add_argument("--eval-iter", type=_positive_int, default=5)
-    train.add_argument("--train-ratio", type=float, default=0.9)
-    train.add_argument("--start-context", default=SEED_START_CONTEXT)
-    train.add_argument("--seed", type=int, default=123)
+    train.add_argument("--max-skipped-steps", type=_positive_int,
+                       help="stop after this many consecutive steps with a non-finite loss or gradient (default 5)")
+    train.add_argument("--eval-freq", type=_positive_int, help=f"evaluate every N steps (default {d['eval_freq']})")
+    train.add_argument("--eval-iter", type=_positive_int, help=f"batches per evaluation (default {d['eval_iter']})")
+    train.add_argument("--train-ratio", type=float, help=f"default {d['train_ratio']}")
+    train.add_argument("--start-context", help=f"the sample's prompt (default {d['start_context']!r})")
+    train.add_argument("--seed", type=int, help=f"default {d['seed']}")
     train.add_argument("--checkpoint-every", type=_positive_int, help="save every N steps (and always at the end)")
     train.add_argument("--keep-last", type=_positive_int, help="keep only the newest K checkpoints")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    train.add_argument("--allow-special", action="store_true",
+    train.add_argument("--resume", action="store_true", help="continue the run in --out with its settings")
+    train.add_argument("--allow-special", action="store_true", default=None,
                        help="encode a literal <|endoftext|> in the text as the special token (default: as text)")
+    _add_threads(train)
     train.set_defaults(run=cmd_train)
+
+    plot = sub.add_parser("plot", help="redraw a run's loss plot from its metrics.jsonl")
+    plot.add_argument("run_dir", metavar="RUN", help="a run directory")
+    plot.add_argument("--output", help="the plot file (.pdf, .png or .svg; default RUN/loss-plot.pdf)")
+    plot.set_defaults(run=cmd_plot)
 
     def add_model_source(p):
         source = p.add_mutually_exclusive_group(required=True)
         source.add_argument("--checkpoint", help="a run directory (its newest checkpoint) or one checkpoint")
-        source.add_argument("--gpt2", help="OpenAI's GPT-2 weights: 124m, 355m, 774m, 1558m (downloaded once), "
-                                           "or a directory / .safetensors file in the Hugging Face layout")
+        source.add_argument("--gpt2", help="OpenAI's GPT-2 weights: 124m, 355m, 774m, 1558m (from the Hugging "
+                                           "Face cache, else downloaded once), or a directory / .safetensors file "
+                                           "in the Hugging Face layout")
 
     gen = sub.add_parser("generate", help="continue a prompt")
     add_model_source(gen)
@@ -336,6 +499,7 @@ def build_parser():
     gen.add_argument("--top-k", type=_positive_int)
     gen.add_argument("--seed", type=int, default=123)
     gen.add_argument("--no-eos", action="store_true", help="do not stop at <|endoftext|>")
+    _add_threads(gen)
     gen.set_defaults(run=cmd_generate)
 
     ev = sub.add_parser("eval", help="loss and perplexity of a model on a text file")
@@ -343,6 +507,7 @@ def build_parser():
     ev.add_argument("--data", required=True)
     ev.add_argument("--batch-size", type=_positive_int, default=2)
     ev.add_argument("--context-length", type=_positive_int)
+    _add_threads(ev)
     ev.set_defaults(run=cmd_eval)
 
     gc = sub.add_parser("gradcheck", help="float64 gradient check of each op and a tiny model")
@@ -357,21 +522,19 @@ def build_parser():
     add_model_source(ex)
     ex.add_argument("--out", required=True)
     ex.set_defaults(run=cmd_export)
+
+    info = sub.add_parser("info", help="numgpt, its libraries, kernels, threads and caches on this machine")
+    info.set_defaults(run=cmd_info)
     return parser
-
-
-def _user_errors():
-    """The exception types that mean bad input (one line, exit 2), not a bug."""
-    from numgpt.checkpoint import CheckpointError
-    from numgpt.download import DownloadError
-    return (UsageError, ValueError, IndexError, OSError, CheckpointError, DownloadError)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except _user_errors() as exc:
+    except NumgptError as exc:
+        if os.environ.get("NUMGPT_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"numgpt {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE

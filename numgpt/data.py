@@ -7,6 +7,14 @@
   ``num_workers=0``: same ``len``, same ``shuffle`` / ``drop_last`` meaning, a new
   permutation per epoch drawn from numgpt's generator, and a ``state_dict`` so an
   interrupted epoch can be resumed at the batch where it stopped.
+- Any map-style dataset works: an object with ``__len__`` and ``__getitem__(int)``,
+  a list of ``(inputs, targets)`` pairs included. Its items are fetched one index
+  at a time and stacked by ``default_collate`` as torch's default collate does (a
+  tuple item gives a tuple of stacks, a dict item a dict of stacks). A dataset
+  with a ``get_batch(indices)`` method is asked for the whole batch in one call
+  instead: ``GPTDatasetV1``'s is one fancy index (the fast path), and
+  ``Subset(dataset, indices)``, torch's ``Subset``, passes the batch on to its
+  dataset, so a subset of windows keeps the fast path.
 - ``create_dataloader_v1`` is the seed's one-call constructor.
 - ``split_text``, ``read_text`` and ``load_the_verdict`` get text: the seed's
   corpus ships with numgpt, so no network is ever needed.
@@ -23,7 +31,7 @@ VERDICT_SHA256 = bundled.SHA256[bundled.VERDICT]
 
 
 class DataError(NumgptError, ValueError):
-    """A corpus that cannot be read, decoded or downloaded."""
+    """A corpus that cannot be read, decoded or downloaded, or a dataset that cannot be batched."""
 
 
 # ---------------------------------------------------------------- dataset
@@ -62,12 +70,151 @@ class GPTDatasetV1:
     def __getitem__(self, idx):
         return self.input_ids[idx], self.target_ids[idx]  # (T,), (T,)
 
+    def get_batch(self, indices):
+        """The windows at ``indices`` (B,) in one fancy index: DataLoader's fast path."""
+        return self.input_ids[indices], self.target_ids[indices]  # (B, T), (B, T)
+
+
+class Subset:
+    """The items of ``dataset`` at ``indices``, as ``torch.utils.data.Subset``:
+    ``len(subset) == len(indices)`` and ``subset[i] == dataset[indices[i]]``.
+
+    ``indices`` is any 1-D sequence of integers in ``[0, len(dataset))``
+    (``range(1)``, a list, an array); repeats are allowed. Batches keep the
+    fast path of a dataset that has one.
+    """
+
+    def __init__(self, dataset, indices):
+        _check_map_style(dataset)
+        positions = numpy.asarray(indices)
+        if positions.size == 0:  # [] reads as float64
+            positions = positions.astype(backend.INDEX_DTYPE)
+        if positions.ndim != 1 or positions.dtype.kind not in "iu":
+            raise DataError(f"Subset indices must be a 1-D sequence of integers, got an array "
+                            f"of shape {positions.shape} and dtype {positions.dtype}")
+        outside = positions[(positions < 0) | (positions >= len(dataset))]
+        if outside.size:
+            raise DataError(f"Subset index {outside[0]} is outside the dataset's "
+                            f"{len(dataset)} items; expected indices in [0, {len(dataset)})")
+        self.dataset = dataset
+        self.indices = positions.astype(backend.INDEX_DTYPE)  # (N,) positions in dataset
+        self.indices.flags.writeable = False
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, idx):
+        return self.dataset[int(self.indices[idx])]
+
+    def get_batch(self, indices):
+        """The items at ``indices`` (B,), by the underlying dataset's fast path if it has one."""
+        return fetch_batch(self.dataset, self.indices[indices])
+
+
+def _check_map_style(dataset):
+    """DataError unless ``dataset`` has ``__len__`` and ``__getitem__``."""
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise DataError(f"a dataset needs __len__ and __getitem__(int), got a {type(dataset).__name__}; "
+                        "materialise an iterable first, e.g. list(items)")
+
+
+# ---------------------------------------------------------------- batches
+
+
+def fetch_batch(dataset, indices):
+    """The batch of ``dataset``'s items at ``indices`` (B,).
+
+    The rule: a dataset with a ``get_batch`` method returns the whole batch
+    from that one call (the fast path); any other dataset is asked for one
+    integer index at a time and its items go through ``default_collate``.
+    """
+    if hasattr(dataset, "get_batch"):
+        return dataset.get_batch(indices)
+    indices = [int(i) for i in indices]
+    return default_collate([dataset[i] for i in indices], indices)
+
+
+def default_collate(items, indices=None):
+    """Stack a list of items into a batch, as torch's default collate does.
+
+    An item that is a tuple or a list is a record of fields, and so is a tuple
+    or a dict anywhere inside one: a tuple gives a tuple of per-field batches,
+    a dict a dict of them, recursively. Everything else is a leaf (an array, a
+    number, a list of numbers inside a record), stacked with ``numpy.stack``
+    along a new first axis B: ``(*shape,) -> (B, *shape)``. Integer leaves come
+    out int64 (token ids index embeddings); float arrays keep their dtype and
+    Python floats give float64. ``indices`` (the items' dataset indices) only
+    name the items in errors; items with unequal shapes or fields raise
+    DataError naming the field, the item and the shapes.
+    """
+    if len(items) == 0:
+        raise DataError("default_collate needs at least one item, got none")
+    indices = list(range(len(items))) if indices is None else list(indices)
+    return _collate(items, indices, field="", top=True)
+
+
+def _collate(values, indices, field, top):
+    """The batch of ``values`` (one per item) found at ``field`` of each item."""
+    first = values[0]
+    if isinstance(first, dict):
+        for value, index in zip(values, indices):
+            if not isinstance(value, dict) or value.keys() != first.keys():
+                raise DataError(f"{_where(field, index)} is {_describe(value)}; "
+                                f"{_where(field, indices[0])} is a dict with keys {sorted(first, key=str)}")
+        return {key: _collate([value[key] for value in values], indices, f"{field}[{key!r}]", False)
+                for key in first}
+    if isinstance(first, tuple) or (top and isinstance(first, list)):
+        for value, index in zip(values, indices):
+            if not isinstance(value, (tuple, list)) or len(value) != len(first):
+                raise DataError(f"{_where(field, index)} is {_describe(value)}; "
+                                f"{_where(field, indices[0])} has {len(first)} fields")
+        return tuple(_collate([value[k] for value in values], indices, f"{field}[{k}]", False)
+                     for k in range(len(first)))
+    return _stack(values, indices, field)
+
+
+def _stack(values, indices, field):
+    """Leaves (one per item) -> one array (B, *shape); integers as int64."""
+    arrays = []
+    for value, index in zip(values, indices):
+        try:
+            arrays.append(numpy.asarray(value))
+        except ValueError as error:  # a ragged nested list
+            raise DataError(f"{_where(field, index)} is not a rectangular array: {error}") from error
+    for array, index in zip(arrays, indices):
+        if array.shape != arrays[0].shape:
+            raise DataError(f"{_where(field, index)} has shape {array.shape} but "
+                            f"{_where(field, indices[0])} has {arrays[0].shape}; the items of a "
+                            "batch must have equal shapes to be stacked")
+    batch = numpy.stack(arrays)  # (B, *shape)
+    if batch.dtype.kind in "iu":
+        batch = batch.astype(backend.INDEX_DTYPE, copy=False)
+    return batch
+
+
+def _where(field, index):
+    """Names a place in an item for errors: 'field [0] of item 7', or 'item 7'."""
+    return f"field {field} of item {index}" if field else f"item {index}"
+
+
+def _describe(value):
+    """Says what a value that does not fit its record is, for errors."""
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(value, key=str)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} fields"
+    return f"a {type(value).__name__}"
+
 
 # ---------------------------------------------------------------- loader
 
 
 class DataLoader:
-    """Batches of ``(inputs, targets)``, each (B, T) int64, like torch's DataLoader.
+    """Batches of a map-style dataset, like torch's DataLoader: for
+    ``GPTDatasetV1``, ``(inputs, targets)``, each (B, T) int64.
+
+    ``dataset`` needs ``__len__`` and ``__getitem__(int)``; ``fetch_batch``
+    says how a batch is fetched and ``default_collate`` how items are stacked.
 
     Each ``iter()`` starts an epoch with an iterator of its own (so the seed's
     evaluation, which iterates ``train_loader`` in the middle of a training
@@ -82,6 +229,7 @@ class DataLoader:
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, generator=None):
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        _check_map_style(dataset)
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -135,10 +283,10 @@ class LoaderIterator:
             raise StopIteration
         first = self.batches_yielded * loader.batch_size
         last = min(first + loader.batch_size, len(loader.dataset))
-        items = numpy.arange(first, last) if self.order is None else self.order[first:last]
-        self.batches_yielded += 1
-        inputs, targets = loader.dataset[items]     # a batch of windows at once: (B, T), (B, T)
-        return inputs, targets
+        items = numpy.arange(first, last) if self.order is None else self.order[first:last]  # (B,)
+        batch = fetch_batch(loader.dataset, items)  # GPTDatasetV1: (B, T), (B, T)
+        self.batches_yielded += 1  # counted once fetched: a batch that failed is not skipped on resume
+        return batch
 
     def state_dict(self):
         """This epoch's order and position, as JSON-able data."""

@@ -1,21 +1,26 @@
-"""The seed's loss plot, saved to a file (PDF, PNG or SVG by extension), headless."""
+"""The seed's loss plot, saved to a file (PDF, PNG or SVG by extension).
+
+It draws on a ``matplotlib.figure.Figure`` of its own and never touches
+pyplot, so it needs no display and leaves the process's backend alone (inline
+plots in Jupyter stay inline); matplotlib is imported only when a plot is drawn.
+"""
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed; set before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from numgpt.errors import UsageError
 
 PLOT_FORMATS = (".pdf", ".png", ".svg")
 
 
 def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path="loss-plot.pdf"):
     """Training and validation loss against epochs, with a second x-axis of tokens seen."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     path = Path(path)
     if path.suffix.lower() not in PLOT_FORMATS:
-        raise ValueError(f"plot file {path} must end in one of {', '.join(PLOT_FORMATS)}")
-    fig, ax1 = plt.subplots(figsize=(5, 3))
+        raise UsageError(f"plot file {path} must end in one of {', '.join(PLOT_FORMATS)}")
+    fig = Figure(figsize=(5, 3))
+    ax1 = fig.subplots()
     ax1.plot(epochs_seen, train_losses, label="Training loss")
     ax1.plot(epochs_seen, val_losses, linestyle="-.", label="Validation loss")
     ax1.set_xlabel("Epochs")
@@ -27,5 +32,4 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path="loss-p
     ax2.set_xlabel("Tokens seen")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

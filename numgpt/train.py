@@ -3,19 +3,29 @@ samples, and ``train_model_simple`` with the seed's log lines.
 
 ``train_model_simple`` keeps the seed's signature and return value; its extra
 keyword arguments (all optional) serve long runs: a step limit, gradient
-clipping, a progress bar, a callback after every step (checkpoints), and a
-``TrainState`` to resume from.
+clipping, gradient accumulation, a learning-rate schedule (``LRSchedule``), a
+progress bar, callbacks after every step (checkpoints) and every evaluation
+(metrics), and a ``TrainState`` to resume from.
+
+The loaders may be any iterable of ``(inputs, targets)`` batches (a
+``DataLoader``, a list, a generator), as with torch. Exact resume of an
+interrupted epoch needs a loader whose iterators offer ``state_dict()`` (numgpt's
+``DataLoader`` does); with any other loader a resumed run starts that epoch over.
 """
 import hashlib
+import itertools
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy
 from tqdm.auto import tqdm
 
+from numgpt import backend
 from numgpt.autograd import no_grad
+from numgpt.errors import UsageError
 from numgpt.generate import generate_text_simple
 from numgpt.ops import cross_entropy
 from numgpt.optim import clip_grad_norm_, grad_norm
@@ -23,22 +33,22 @@ from numgpt.tokenizer import text_to_token_ids, token_ids_to_text
 
 
 def calc_loss_batch(input_batch, target_batch, model, device=None):
-    """Mean cross-entropy of the model's logits (B, T, V) against targets (B, T)."""
-    logits = model(input_batch)
-    return cross_entropy(logits.flatten(0, 1), numpy.asarray(target_batch).reshape(-1))
+    """Mean cross-entropy of the model's logits (B, T, V) against targets (B, T).
+    The batches may be arrays or nested lists of token ids."""
+    logits = model(backend.asarray(input_batch, dtype=backend.INDEX_DTYPE))
+    return cross_entropy(logits.flatten(0, 1), backend.asarray(target_batch, dtype=backend.INDEX_DTYPE).reshape(-1))
 
 
 def calc_loss_loader(data_loader, model, device=None, num_batches=None):
-    """Average batch loss over the first ``num_batches`` batches (all by default; nan when empty)."""
-    if len(data_loader) == 0:
-        return float("nan")
-    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
-    total_loss = 0.0
-    for i, (input_batch, target_batch) in enumerate(data_loader):
-        if i >= num_batches:
-            break
+    """Average batch loss over the first ``num_batches`` batches of any iterable
+    of (inputs, targets) (all of them by default; nan when there are none)."""
+    if num_batches is None and hasattr(data_loader, "__len__"):
+        num_batches = len(data_loader)
+    total_loss, counted = 0.0, 0
+    for input_batch, target_batch in itertools.islice(data_loader, num_batches):
         total_loss += calc_loss_batch(input_batch, target_batch, model, device).item()
-    return total_loss / num_batches
+        counted += 1
+    return total_loss / counted if counted else float("nan")
 
 
 def perplexity(loss):
@@ -88,7 +98,7 @@ class TrainState:
     """Where a run stands: enough, with the model, optimizer, loader and RNG
     states, to continue it exactly."""
     epoch: int = 0                       # the epoch in progress (0-based)
-    global_step: int = -1                # the last step taken (-1: none)
+    global_step: int = -1                # the last optimizer step taken (-1: none)
     tokens_seen: int = 0
     train_losses: list = field(default_factory=list)
     val_losses: list = field(default_factory=list)
@@ -96,16 +106,59 @@ class TrainState:
     loader_state: dict = None            # the training epoch's position (DataLoader iterator state)
     batches_digest: str = ""             # sha256 chained over every batch's token ids, in order
     skipped_steps: int = 0               # consecutive steps whose loss or gradient was not finite
+    epoch_steps: int = 0                 # optimizer steps taken in the epoch in progress
+    elapsed_s: float = 0.0               # seconds of training so far, over every session of the run
+
+    # fields a checkpoint written before they existed may lack (they only feed the metrics)
+    OPTIONAL = ("epoch_steps", "elapsed_s")
 
     def to_dict(self):
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, data):
-        missing = [name for name in cls.__dataclass_fields__ if name not in data]
+        missing = [name for name in cls.__dataclass_fields__ if name not in data and name not in cls.OPTIONAL]
         if missing:
             raise ValueError(f"training state lacks {', '.join(missing)}: cannot resume exactly")
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate of each optimizer step, as the reference book's training
+    appendix schedules it: a linear warmup from ``initial_lr`` to ``peak_lr``
+    over ``warmup_steps`` steps, then ``peak_lr`` ("constant") or a half cosine
+    from ``peak_lr`` down to ``min_lr`` at step ``total_steps`` ("cosine").
+
+    ``schedule(step)`` is the rate for 0-based optimizer step ``step``::
+
+        step < W:   initial + step * (peak - initial) / W
+        cosine:     min + (peak - min) * (1 + cos(pi * p)) / 2,   p = (step - W) / (total - W), at most 1
+    """
+    peak_lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    kind: str = "constant"
+    min_lr: float = 0.0
+    initial_lr: float = 0.0
+
+    KINDS = ("constant", "cosine")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise UsageError(f"learning-rate schedule {self.kind!r}: expected one of {', '.join(self.KINDS)}")
+        if self.warmup_steps < 0 or self.total_steps < 0:
+            raise UsageError(f"warmup_steps ({self.warmup_steps}) and total_steps ({self.total_steps}) must be >= 0")
+        if not 0 <= self.min_lr <= self.peak_lr:
+            raise UsageError(f"min_lr {self.min_lr} must be between 0 and the peak learning rate {self.peak_lr}")
+
+    def __call__(self, step):
+        if step < self.warmup_steps:
+            return self.initial_lr + step * (self.peak_lr - self.initial_lr) / self.warmup_steps
+        if self.kind == "constant":
+            return self.peak_lr
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def estimate_training_bytes(cfg, batch_size, context_length, dtype_bytes=4):
@@ -123,59 +176,91 @@ def estimate_training_bytes(cfg, batch_size, context_length, dtype_bytes=4):
 
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
-                       start_context, tokenizer, *, max_steps=None, grad_clip=None, progress=None,
-                       on_step=None, on_epoch_end=None, state=None, max_skipped_steps=5, file=None):
+                       start_context, tokenizer, *, max_steps=None, grad_clip=None, grad_accum=1, lr_schedule=None,
+                       progress=None, on_step=None, on_evaluate=None, on_epoch_end=None, state=None,
+                       max_skipped_steps=5, file=None):
     """The seed's loop: per batch zero_grad, loss, backward, step; evaluate every
     ``eval_freq`` steps; a greedy sample after each epoch.
 
     Returns (train_losses, val_losses, track_tokens_seen). Extra options:
-    max_steps stops after that many steps in all; grad_clip clips the global
-    gradient norm (and the log line shows the norm before clipping); a step
-    whose loss or gradient is not finite updates nothing (weights and AdamW
-    moments stay) and is logged, and after ``max_skipped_steps`` such steps in
-    a row NonFiniteTraining is raised; progress shows a tqdm bar (default: when stdout is a
-    terminal); on_step(state) runs after every step (state.loader_state holds
-    the epoch's position) and on_epoch_end(state) after each epoch's sample;
-    state resumes a run.
+
+    - max_steps stops after that many optimizer steps in all;
+    - grad_clip clips the global gradient norm (the log line shows the norm before clipping);
+    - grad_accum=K sums the gradients of K consecutive batches, each loss
+      divided by K, into one AdamW step: the step of one batch K times larger
+      (a last group of fewer than K batches in an epoch is left out, as
+      ``drop_last`` would leave out a short large batch); steps, ``eval_freq``
+      and ``max_steps`` count optimizer steps;
+    - lr_schedule(step) -> learning rate, set on every parameter group before each step;
+    - a step whose loss or gradient is not finite updates nothing (weights and
+      AdamW moments stay) and is logged; after ``max_skipped_steps`` such steps
+      in a row NonFiniteTraining is raised;
+    - progress shows a tqdm bar (default: when stdout is a terminal);
+    - on_step(state) runs after every step (state.loader_state holds the
+      epoch's position), on_evaluate(state, record) after every evaluation
+      (``record``: step, epoch, tokens, losses, perplexities, learning rate,
+      gradient norm, tokens/s, elapsed seconds), on_epoch_end(state) after each
+      epoch's sample;
+    - state resumes a run.
     """
+    if not isinstance(grad_accum, int) or grad_accum < 1:
+        raise UsageError(f"grad_accum must be a positive integer, got {grad_accum!r}")
     state = state or TrainState()
     if state.loader_state is not None:
+        if not hasattr(train_loader, "load_state_dict"):
+            raise UsageError("the training state holds a loader position but train_loader has no load_state_dict()")
         train_loader.load_state_dict(state.loader_state)
     show = sys.stdout.isatty() if progress is None else progress
-    total = num_epochs * len(train_loader)
-    bar = tqdm(total=total, initial=min(state.global_step + 1, total), disable=not show, unit="step",
-               dynamic_ncols=True)
-    started, tokens_at_start = time.perf_counter(), state.tokens_seen
+    steps_per_epoch = len(train_loader) // grad_accum if hasattr(train_loader, "__len__") else None
+    total = None if steps_per_epoch is None else num_epochs * steps_per_epoch
+    if max_steps is not None:
+        total = max_steps if total is None else min(total, max_steps)
+    initial = state.global_step + 1 if total is None else min(state.global_step + 1, total)
+    bar = tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True)
+    started, tokens_at_start, elapsed_at_start = time.perf_counter(), state.tokens_seen, state.elapsed_s
     try:
         while state.epoch < num_epochs:
             model.train()
             batches = iter(train_loader)
-            for input_batch, target_batch in batches:
+            if not hasattr(batches, "state_dict"):
+                warnings.warn("train_loader's batches offer no state_dict(): a run resumed from a checkpoint "
+                              "taken mid-epoch starts that epoch over", stacklevel=2)
+            while len(group := list(itertools.islice(batches, grad_accum))) == grad_accum:   # K batches, one step
                 if max_steps is not None and state.global_step + 1 >= max_steps:
                     return state.train_losses, state.val_losses, state.track_tokens_seen
+                if lr_schedule is not None:
+                    for param_group in optimizer.param_groups:
+                        param_group["lr"] = lr_schedule(state.global_step + 1)
                 optimizer.zero_grad()
-                loss = calc_loss_batch(input_batch, target_batch, model, device)
-                loss.backward()
+                loss_sum = 0.0
+                for input_batch, target_batch in group:
+                    loss = calc_loss_batch(input_batch, target_batch, model, device)
+                    (loss / grad_accum if grad_accum > 1 else loss).backward()   # gradients add up over the group
+                    loss_sum += loss.item()
+                    state.tokens_seen += numpy.size(input_batch)
+                    state.batches_digest = chain_digest(state.batches_digest, input_batch, target_batch)
+                loss_value = loss_sum / grad_accum
                 norm = grad_norm(model.parameters())
-                state.tokens_seen += input_batch.size
                 state.global_step += 1
-                state.loader_state = batches.state_dict()
-                state.batches_digest = chain_digest(state.batches_digest, input_batch, target_batch)
-                if math.isfinite(loss.item()) and math.isfinite(norm):
+                state.epoch_steps += 1
+                state.loader_state = batches.state_dict() if hasattr(batches, "state_dict") else None
+                if math.isfinite(loss_value) and math.isfinite(norm):
                     state.skipped_steps = 0
                     if grad_clip is not None:
                         clip_grad_norm_(model.parameters(), grad_clip, total_norm=norm)
                     optimizer.step()
                 else:
                     state.skipped_steps += 1
-                    _write(f"Ep {state.epoch + 1} (Step {state.global_step:06d}): loss {loss.item():.3f}, "
+                    _write(f"Ep {state.epoch + 1} (Step {state.global_step:06d}): loss {loss_value:.3f}, "
                            f"gradient norm {norm:.3f}: not finite, update skipped "
                            f"({state.skipped_steps} in a row)", file)
                     if state.skipped_steps >= max_skipped_steps:
                         raise NonFiniteTraining(f"{state.skipped_steps} consecutive steps had a non-finite loss "
                                                 f"or gradient (last: step {state.global_step}); stopping")
-                rate = (state.tokens_seen - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}")
+                seconds = time.perf_counter() - started
+                state.elapsed_s = elapsed_at_start + seconds
+                rate = (state.tokens_seen - tokens_at_start) / max(seconds, 1e-9)
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:.0f}")
                 bar.update(1)
 
                 if state.global_step % eval_freq == 0:
@@ -186,10 +271,19 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                     clipped = f" (grad norm {norm:.3f} before clipping)" if grad_clip is not None else ""
                     _write(f"Ep {state.epoch + 1} (Step {state.global_step:06d}): "
                            f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}{clipped}", file)
+                    if on_evaluate is not None:
+                        epoch = state.epoch + (state.epoch_steps / steps_per_epoch if steps_per_epoch else 0.0)
+                        on_evaluate(state, {
+                            "step": state.global_step, "epoch": epoch, "tokens_seen": state.tokens_seen,
+                            "train_loss": train_loss, "val_loss": val_loss,
+                            "train_perplexity": perplexity(train_loss), "val_perplexity": perplexity(val_loss),
+                            "lr": optimizer.param_groups[0]["lr"], "grad_norm": norm, "tokens_per_s": rate,
+                            "elapsed_s": time.perf_counter() - started + elapsed_at_start})
                 if on_step is not None:
                     on_step(state)
             generate_and_print_sample(model, tokenizer, device, start_context, file=file)
             state.epoch += 1
+            state.epoch_steps = 0
             state.loader_state = None
             if on_epoch_end is not None:
                 on_epoch_end(state)

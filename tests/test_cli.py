@@ -187,12 +187,12 @@ def test_bad_input_exits_2_with_one_line(verdict_path, tmp_path):
     assert_usage_error(numgpt_cli("generate", "--gpt2", garbage, "--prompt", "x"), "model.safetensors", "header")
 
 
-def test_resuming_with_another_architecture_names_the_field(tiny_run, verdict_path, tmp_path):
+def test_resuming_with_another_architecture_names_both_values(tiny_run, verdict_path, tmp_path):
     out, _ = tiny_run
     shutil.copytree(out, tmp_path / "run")
     result = numgpt_cli("train", "--data", verdict_path, "--out", tmp_path / "run", *TINY_RUN, "--preset", "small",
                         "--resume")
-    assert_usage_error(result, "emb_dim", "64", "256")
+    assert_usage_error(result, "--preset small", "'tiny'", "settings.json")
 
 
 def test_the_seed_port_runs(verdict_path, tmp_path):

@@ -1,6 +1,7 @@
 """Datasets, loaders and the corpus: the seed's numbers on "The Verdict",
-windows checked against the raw token stream, shuffling, resuming, and the
-bundled corpus read with no network."""
+windows checked against the raw token stream, shuffling, resuming, any
+map-style dataset (lists, user classes, dict items, Subset) collated like
+torch's default collate, and the bundled corpus read with no network."""
 import hashlib
 import json
 import socket
@@ -9,8 +10,9 @@ import numpy
 import pytest
 
 from numgpt import backend
-from numgpt.data import (VERDICT_SHA256, DataError, DataLoader, GPTDatasetV1,
-                         create_dataloader_v1, load_the_verdict, read_text, split_text)
+from numgpt.data import (VERDICT_SHA256, DataError, DataLoader, GPTDatasetV1, Subset,
+                         create_dataloader_v1, default_collate, load_the_verdict, read_text,
+                         split_text)
 
 VERDICT_N_CHARS = 20479
 CONTEXT_LENGTH = 256  # the seed's GPT_CONFIG_124M["context_length"]
@@ -29,8 +31,10 @@ class IndexDataset:
     def __len__(self):
         return self.n_items
 
-    def __getitem__(self, items):  # items: an array of indices, as DataLoader asks
-        inputs = numpy.repeat(numpy.asarray(items, dtype=numpy.int64)[:, None], self.length, axis=1)
+    def __getitem__(self, i):  # one integer index, as DataLoader asks a dataset with no get_batch
+        if not isinstance(i, int):
+            raise TypeError(f"IndexDataset takes one int index, got {type(i).__name__}")
+        inputs = numpy.full(self.length, i)
         return inputs, -inputs
 
 
@@ -245,6 +249,229 @@ def test_bad_state_is_rejected(state, message):
     loader = DataLoader(IndexDataset(3), batch_size=2, shuffle=True)
     with pytest.raises(ValueError, match=message):
         loader.load_state_dict(state)
+
+
+# ---------------------------------------------------------------- any map-style dataset
+
+
+def token_pairs(n_items, length, seed=0):
+    """n_items (inputs, targets) int64 pairs cut from one random token stream, targets one token later."""
+    tokens = numpy.random.default_rng(seed).integers(0, 50257, n_items + length)
+    return [(tokens[i:i + length], tokens[i + 1:i + length + 1]) for i in range(n_items)]
+
+
+def stacked(pairs, items):
+    """The batch of ``pairs`` at ``items``, stacked by hand."""
+    return (numpy.stack([pairs[i][0] for i in items]), numpy.stack([pairs[i][1] for i in items]))
+
+
+@pytest.mark.parametrize("pair", [tuple, list], ids=["tuple-items", "list-items"])
+def test_a_list_of_pairs_batches_like_numpy_stack(pair):
+    pairs = [pair(item) for item in token_pairs(7, length=5)]
+    batches = list(DataLoader(pairs, batch_size=3))
+    assert all(type(batch) is tuple and len(batch) == 2 for batch in batches)  # a record of two fields
+    assert [len(inputs) for inputs, _ in batches] == [3, 3, 1]
+    for k, (inputs, targets) in enumerate(batches):
+        expected_inputs, expected_targets = stacked(pairs, range(3 * k, min(3 * k + 3, 7)))
+        assert inputs.dtype == targets.dtype == numpy.int64
+        numpy.testing.assert_array_equal(inputs, expected_inputs)
+        numpy.testing.assert_array_equal(targets, expected_targets)
+
+
+def test_a_list_of_pairs_shuffles_and_resumes_exactly():
+    pairs = token_pairs(11, length=4)
+    backend.manual_seed(3)
+    whole = iter(DataLoader(pairs, batch_size=2, shuffle=True, drop_last=True))
+    epoch = list(whole)
+    order = whole.state_dict()["epoch_order"]
+    assert sorted(order) != order and sorted(order) == list(range(11))
+    for k, (inputs, targets) in enumerate(epoch):  # each batch holds the recorded order's items
+        expected_inputs, expected_targets = stacked(pairs, order[2 * k:2 * k + 2])
+        numpy.testing.assert_array_equal(inputs, expected_inputs)
+        numpy.testing.assert_array_equal(targets, expected_targets)
+
+    backend.manual_seed(3)
+    batches = iter(DataLoader(pairs, batch_size=2, shuffle=True, drop_last=True))
+    done = [next(batches) for _ in range(2)]
+    resumed = DataLoader(pairs, batch_size=2, shuffle=True, drop_last=True)
+    resumed.load_state_dict(json.loads(json.dumps(batches.state_dict())))
+    for (inputs, targets), (expected_inputs, expected_targets) in zip(done + list(resumed), epoch, strict=True):
+        numpy.testing.assert_array_equal(inputs, expected_inputs)
+        numpy.testing.assert_array_equal(targets, expected_targets)
+
+
+class ListWindows:
+    """A user's dataset: only __len__ and an integer __getitem__, items a tuple of two rows."""
+
+    def __init__(self, rows, as_array):
+        self.rows, self.as_array = rows, as_array
+
+    def __len__(self):
+        return len(self.rows) - 1
+
+    def __getitem__(self, i):
+        if not isinstance(i, int):
+            raise TypeError(f"ListWindows takes one int index, got {type(i).__name__}")
+        inputs, targets = self.rows[i], self.rows[i + 1]
+        if self.as_array:
+            return numpy.array(inputs, dtype=numpy.int32), numpy.array(targets, dtype=numpy.int32)
+        return inputs, targets
+
+
+@pytest.mark.parametrize("as_array", [False, True], ids=["python-lists", "int32-arrays"])
+def test_a_user_dataset_with_only_len_and_integer_getitem(as_array):
+    rows = [[10 * r + c for c in range(4)] for r in range(6)]
+    inputs, targets = next(iter(DataLoader(ListWindows(rows, as_array), batch_size=3)))
+    assert inputs.dtype == targets.dtype == numpy.int64  # int lists and int32 rows both come out int64
+    assert inputs.tolist() == rows[0:3]
+    assert targets.tolist() == rows[1:4]
+
+
+def test_dict_items_collate_to_a_dict_of_stacks_recursively():
+    items = [{"pair": (numpy.arange(3) + i, [i, i]), "mask": numpy.full(3, i / 2, dtype=numpy.float32),
+              "weight": 0.5 * i} for i in range(5)]
+    batch = next(iter(DataLoader(items, batch_size=4)))
+    assert set(batch) == {"pair", "mask", "weight"}
+    inputs, pairs = batch["pair"]
+    assert inputs.tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5]] and inputs.dtype == numpy.int64
+    assert pairs.tolist() == [[0, 0], [1, 1], [2, 2], [3, 3]] and pairs.dtype == numpy.int64
+    assert batch["mask"].dtype == numpy.float32 and batch["mask"].shape == (4, 3)
+    numpy.testing.assert_array_equal(batch["mask"][:, 0], [0.0, 0.5, 1.0, 1.5])
+    assert batch["weight"].dtype == numpy.float64 and batch["weight"].tolist() == [0.0, 0.5, 1.0, 1.5]
+
+
+@pytest.mark.parametrize("items, message", [
+    ([(numpy.arange(4), numpy.arange(4)), (numpy.arange(4), numpy.arange(3))],
+     r"field \[1\] of item 1 has shape \(3,\) but field \[1\] of item 0 has \(4,\)"),
+    ([{"ids": [1, 2]}, {"ids": [1, 2]}, {"ids": [[1, 2]]}],
+     r"field \['ids'\] of item 2 has shape \(1, 2\) but field \['ids'\] of item 0 has \(2,\)"),
+    ([numpy.zeros((2, 3)), numpy.zeros((3, 2))], r"^item 1 has shape \(3, 2\) but item 0 has \(2, 3\)"),
+    ([([1, 2], 0), ([[1, 2], [3]], 1)], r"field \[0\] of item 1 is not a rectangular array"),
+    ([(1, 2), (1, 2, 3)], r"^item 1 is a tuple of 3 fields; item 0 has 2 fields"),
+    ([{"a": 1}, {"b": 1}], r"^item 1 is a dict with keys \['b'\]; item 0 is a dict with keys \['a'\]"),
+])
+def test_items_that_cannot_be_stacked_name_the_field_the_item_and_the_shapes(items, message):
+    loader = DataLoader(items, batch_size=len(items))
+    batches = iter(loader)
+    with pytest.raises(DataError, match=message):
+        next(batches)
+    assert batches.state_dict()["batches_yielded"] == 0  # the failed batch is not counted as yielded
+
+
+def test_default_collate_names_dataset_indices_and_needs_items():
+    with pytest.raises(DataError, match=r"^item 17 has shape \(1,\) but item 4 has \(2,\)"):
+        default_collate([numpy.zeros(2), numpy.zeros(1)], indices=[4, 17])
+    with pytest.raises(DataError, match="at least one item"):
+        default_collate([])
+
+
+def test_a_generator_is_not_a_dataset_but_its_list_is():
+    def pairs():
+        for i in range(4):
+            yield numpy.arange(2) + i, numpy.arange(2) + i + 1
+
+    with pytest.raises(DataError, match=r"__len__ and __getitem__.*generator.*list\("):
+        DataLoader(pairs(), batch_size=2)
+    with pytest.raises(DataError, match="generator"):
+        Subset(pairs(), [0])
+    inputs, targets = next(iter(DataLoader(list(pairs()), batch_size=4)))
+    assert inputs.tolist() == [[0, 1], [1, 2], [2, 3], [3, 4]]
+    assert targets.tolist() == [[1, 2], [2, 3], [3, 4], [4, 5]]
+
+
+# ---------------------------------------------------------------- Subset and the fast path
+
+
+class BatchOnly:
+    """A dataset with a get_batch fast path whose __getitem__ must never be used by a loader."""
+
+    def __init__(self, n_items):
+        self.n_items, self.calls = n_items, []
+
+    def __len__(self):
+        return self.n_items
+
+    def __getitem__(self, i):
+        raise AssertionError("the loader fetched one item although the dataset has get_batch")
+
+    def get_batch(self, indices):
+        self.calls.append([int(i) for i in indices])
+        return numpy.asarray(indices)[:, None] * 10  # (B, 1)
+
+
+def test_a_get_batch_method_is_the_fast_path_and_subset_keeps_it():
+    dataset = BatchOnly(10)
+    batches = list(DataLoader(Subset(Subset(dataset, [9, 7, 5, 3, 1]), range(1, 5)), batch_size=3))
+    assert dataset.calls == [[7, 5, 3], [1]]  # one call per batch, subset positions mapped twice
+    assert [b.tolist() for b in batches] == [[[70], [50], [30]], [[10]]]
+
+
+def test_gpt_dataset_batches_come_from_one_get_batch_call(verdict_text, tokenizer, monkeypatch):
+    dataset = GPTDatasetV1(verdict_text, tokenizer, max_length=4, stride=4)
+    calls, get_batch = [], dataset.get_batch
+
+    def counted_get_batch(indices):
+        calls.append(len(indices))
+        return get_batch(indices)
+
+    monkeypatch.setattr(dataset, "get_batch", counted_get_batch)
+    loader = DataLoader(dataset, batch_size=64, drop_last=True)
+    assert len(list(loader)) == len(calls) == len(dataset) // 64 and set(calls) == {64}
+
+
+def test_a_subset_of_windows_is_the_windows_at_its_indices(verdict_text, tokenizer):
+    ids = tokenizer.encode(verdict_text)
+    max_length, stride = 6, 5
+    dataset = GPTDatasetV1(verdict_text, tokenizer, max_length, stride)
+    picks = [40, 0, 7, 7, len(dataset) - 1]
+    subset = Subset(dataset, picks)
+    assert len(subset) == len(picks)
+    inputs, targets = subset[0]
+    assert inputs.tolist() == ids[40 * stride:40 * stride + max_length]
+    batches = list(DataLoader(subset, batch_size=2))
+    assert len(batches) == 3
+    inputs = numpy.concatenate([x for x, _ in batches])
+    targets = numpy.concatenate([y for _, y in batches])
+    assert inputs.tolist() == [ids[p * stride:p * stride + max_length] for p in picks]
+    assert targets.tolist() == [ids[p * stride + 1:p * stride + max_length + 1] for p in picks]
+
+
+def test_a_subset_of_a_list_collates_its_items():
+    pairs = token_pairs(6, length=3)
+    subset = Subset(pairs, numpy.array([5, 2]))
+    assert subset[1] is pairs[2]
+    inputs, targets = next(iter(DataLoader(subset, batch_size=2)))
+    expected_inputs, expected_targets = stacked(pairs, [5, 2])
+    numpy.testing.assert_array_equal(inputs, expected_inputs)
+    numpy.testing.assert_array_equal(targets, expected_targets)
+    assert len(Subset(pairs, [])) == len(DataLoader(Subset(pairs, []))) == 0
+
+
+@pytest.mark.parametrize("indices, message", [
+    ([0, 6], r"index 6 is outside the dataset's 6 items; expected indices in \[0, 6\)"),
+    ([-1], r"index -1 is outside"),
+    ([[0, 1]], r"1-D sequence of integers.*shape \(1, 2\)"),
+    ([0.5], r"1-D sequence of integers.*float64"),
+])
+def test_subset_rejects_bad_indices(indices, message):
+    with pytest.raises(DataError, match=message):
+        Subset(token_pairs(6, length=3), indices)
+
+
+@pytest.mark.parametrize("indices", [range(1), [0]], ids=["range(1)", "[0]"])
+def test_one_window_loaders_as_the_reference_train_test(seed_loaders, verdict_text, tokenizer, indices):
+    """The reference package's train_model_simple test: one-window loaders from Subset."""
+    train_text, val_text = split_text(verdict_text, train_ratio=0.9)
+    for loader, text in zip(seed_loaders, (train_text, val_text)):
+        one_batch_loader = DataLoader(Subset(loader.dataset, indices), batch_size=1)
+        ids = tokenizer.encode(text)[:CONTEXT_LENGTH + 1]  # the first window, from the raw stream
+        batches = list(one_batch_loader)
+        assert len(one_batch_loader) == len(batches) == 1
+        inputs, targets = batches[0]
+        assert inputs.shape == targets.shape == (1, CONTEXT_LENGTH)
+        assert inputs.dtype == targets.dtype == numpy.int64
+        assert inputs.tolist() == [ids[:-1]] and targets.tolist() == [ids[1:]]
+        assert [x.tolist() for x, _ in one_batch_loader] == [[ids[:-1]]]  # every epoch the same one batch
 
 
 # ---------------------------------------------------------------- reading text

@@ -1,0 +1,69 @@
+"""What ``numgpt info`` prints: the install, the libraries under it and how the
+hot path will run on this machine."""
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy
+
+import numgpt
+from numgpt import backend
+
+
+def _blas():
+    """'OpenBLAS 0.3.31, SkylakeX kernels (OpenBLAS's own choice), 2 threads' from threadpoolctl."""
+    from threadpoolctl import threadpool_info
+
+    pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    if not pools:
+        return "none found in this process"
+    pool = pools[0]
+    name = {"openblas": "OpenBLAS", "mkl": "Intel MKL", "blis": "BLIS"}.get(pool["internal_api"],
+                                                                            pool["internal_api"])
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    chooser = f"OPENBLAS_CORETYPE={pinned}" if pinned and pool["internal_api"] == "openblas" else "its own choice"
+    core = f", {pool['architecture']} kernels ({chooser})" if pool.get("architecture") else ""
+    return f"{name} {pool['version']}{core}, {pool['num_threads']} threads ({pool['filepath']})"
+
+
+def _matmul_kernel():
+    from numgpt.kernels import matmul
+    if not matmul.HAS_AVX512:
+        return "not used: this CPU has no AVX-512 (matrix products go to the BLAS)"
+    if backend.get_kernel_mode() != "numba":
+        return "not used: kernel mode numpy (matrix products go to the BLAS)"
+    return "in use (AVX-512, kernels/matmul.py)"
+
+
+def _caches():
+    import numba
+
+    from numgpt.download import default_cache_dir, hf_hub_cache_dir
+    import numgpt.kernels
+    numba_cache = numba.config.CACHE_DIR or str(Path(numgpt.kernels.__file__).parent / "__pycache__")
+    return [("numgpt cache", str(default_cache_dir())), ("Hugging Face hub cache", str(hf_hub_cache_dir())),
+            ("numba cache", numba_cache)]
+
+
+def describe():
+    """[(label, value)] of the facts ``numgpt info`` prints."""
+    import llvmlite
+    import numba
+
+    import numgpt.kernels  # noqa: F401  (sets numba's threading layer, as a training run does)
+
+    kernel_threads, blas_threads = backend.get_num_threads()
+    mode_source = "NUMGPT_KERNELS" if os.environ.get("NUMGPT_KERNELS") else "default"
+    return [
+        ("numgpt", f"{numgpt.__version__} ({Path(numgpt.__file__).parent})"),
+        ("Python", f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})"),
+        ("NumPy", numpy.__version__),
+        ("numba", f"{numba.__version__} (llvmlite {llvmlite.__version__}, threading layer "
+                  f"{numba.config.THREADING_LAYER})"),
+        ("BLAS", _blas()),
+        ("kernel mode", f"{backend.get_kernel_mode()} ({mode_source})"),
+        ("matmul kernel", _matmul_kernel()),
+        ("threads", f"{kernel_threads} for numba kernels, {blas_threads} for the BLAS, {os.cpu_count()} cores"),
+        *_caches(),
+    ]

@@ -1,0 +1,193 @@
+"""A run directory: what ``numgpt train --out RUN`` keeps there, and how a
+run is resumed from it with no flags.
+
+    RUN/
+      settings.json   the resolved settings, written when the run starts
+      metrics.jsonl   one JSON line per evaluation, appended as the run goes
+      losses.json     the seed's lists (train and validation losses, tokens seen) and their epochs
+      loss-plot.pdf   the seed's loss plot, redrawn at each evaluation
+      checkpoints/    committed step-NNNNNNNN checkpoints (numgpt.checkpoint)
+      .lock           held by the training process for the run's life
+
+``settings.json`` records every training flag as resolved (defaults filled
+in), the model config, the optimizer and schedule, the data file with its
+sha256, and the numgpt / Python / NumPy / numba versions and kernel mode.
+``resolve_settings`` merges it with the flags typed on a resume: a flag in
+``SAFE_TO_CHANGE`` is taken, any other flag must agree with the run.
+"""
+import fcntl
+import json
+import math
+import os
+from pathlib import Path
+
+from numgpt import safe_io
+from numgpt.errors import UsageError
+
+SETTINGS_FILE = "settings.json"
+METRICS_FILE = "metrics.jsonl"
+LOSSES_FILE = "losses.json"
+PLOT_FILE = "loss-plot.pdf"
+LOCK_FILE = ".lock"
+CHECKPOINTS_DIR = "checkpoints"
+SETTINGS_FORMAT = "numgpt-run"
+SETTINGS_VERSION = 1
+
+# flags a resumed run may change: how long it runs, how often it saves, evaluates and reports
+SAFE_TO_CHANGE = ("epochs", "max_steps", "checkpoint_every", "keep_last", "eval_freq", "eval_iter",
+                  "start_context", "threads")
+
+
+class RunError(UsageError):
+    """A run directory that cannot be used as asked."""
+
+
+def _finite_or_none(value):
+    """Metrics as strict JSON: a NaN or infinite float becomes null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def resolve_settings(given, defaults, saved=None, source=None):
+    """The training flags of a run.
+
+    ``given`` holds the flags typed on the command line (name -> value, only
+    those typed). A new run (``saved`` None) takes ``defaults`` overridden by
+    ``given``. A resumed run takes ``saved`` (the ``train`` part of its
+    settings.json at ``source``): a typed flag in SAFE_TO_CHANGE replaces the
+    saved value, any other typed flag must equal it (RunError naming both).
+    """
+    if saved is None:
+        return {**defaults, **given}
+    resolved = {**defaults, **saved}
+    for name, value in given.items():
+        if name in SAFE_TO_CHANGE:
+            resolved[name] = value
+        elif value != resolved.get(name):
+            flag = "--" + name.replace("_", "-")
+            raise RunError(f"{flag} {value} contradicts this run's {name} = {resolved.get(name)!r} (in {source}); "
+                           f"leave {flag} out to continue the run, or start a new run with another --out")
+    return resolved
+
+
+class RunDirectory:
+    """The files of one training run (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.settings_path = self.path / SETTINGS_FILE
+        self.metrics_path = self.path / METRICS_FILE
+        self.losses_path = self.path / LOSSES_FILE
+        self.plot_path = self.path / PLOT_FILE
+        self.checkpoints = self.path / CHECKPOINTS_DIR
+        self._lock_file = None
+
+    # ------------------------------------------------------------ the lock
+    def lock(self):
+        """Hold RUN/.lock for this process's life (released when it exits, even killed):
+        a second training process on the same directory stops here, having written nothing."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise RunError(f"run directory {self.path} is in use by another numgpt train (pid {holder}); "
+                           f"wait for it to finish, or choose another --out") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    # ------------------------------------------------------------ settings
+    def holds_a_run(self):
+        """True when a run has started here (its settings or a checkpoint exist)."""
+        return self.settings_path.exists() or (self.checkpoints.is_dir() and any(self.checkpoints.iterdir()))
+
+    def read_settings(self):
+        """The settings.json document, or None when there is none."""
+        if not self.settings_path.exists():
+            return None
+        document = safe_io.read_json(self.settings_path)
+        if (not isinstance(document, dict) or document.get("format") != SETTINGS_FORMAT
+                or not isinstance(document.get("train"), dict)):
+            raise RunError(f"{self.settings_path} is not a numgpt run's settings (expected format "
+                           f"{SETTINGS_FORMAT!r} with a 'train' object)")
+        if document.get("version") != SETTINGS_VERSION:
+            raise RunError(f"{self.settings_path}: settings version {document.get('version')!r}; this numgpt "
+                           f"reads version {SETTINGS_VERSION}")
+        return document
+
+    def write_settings(self, document):
+        document = {"format": SETTINGS_FORMAT, "version": SETTINGS_VERSION, **document}
+        safe_io.atomic_write(self.settings_path,
+                             lambda fh: fh.write(json.dumps(document, indent=1).encode("utf-8") + b"\n"))
+
+    # ------------------------------------------------------------ metrics
+    def read_metrics(self):
+        """The records of metrics.jsonl, in order ([] when there is none). A last line cut
+        short by a crash (no newline) is left out; any other bad line is a RunError."""
+        try:
+            text = self.metrics_path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            return []
+        except UnicodeDecodeError as error:
+            raise RunError(f"{self.metrics_path} is not UTF-8 text (byte offset {error.start})") from None
+        lines = text.split("\n")
+        complete = lines[:-1]                     # the part after the last newline is cut short, or empty
+        records = []
+        for number, line in enumerate(complete, start=1):
+            try:
+                record = safe_io.parse_json(line.encode("utf-8"), f"{self.metrics_path}:{number}")
+            except safe_io.UnsafeFileError as error:
+                raise RunError(str(error)) from None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise RunError(f"{self.metrics_path}:{number}: expected a JSON object with an integer 'step'")
+            records.append(record)
+        return records
+
+    def start_metrics(self, keep_through_step):
+        """The records up to and including ``keep_through_step`` (-1: none), after rewriting
+        metrics.jsonl to hold only those: a resumed run drops what came after its checkpoint."""
+        records = [r for r in self.read_metrics() if r["step"] <= keep_through_step]
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        safe_io.atomic_write(self.metrics_path, lambda fh: fh.write(text.encode("utf-8")))
+        return records
+
+    def append_metrics(self, record):
+        """Append one evaluation's record as a JSON line, flushed to disk."""
+        line = json.dumps({key: _finite_or_none(value) for key, value in record.items()}, allow_nan=False)
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # ------------------------------------------------------------ losses.json and the plot
+    def write_losses(self, state, records):
+        """losses.json from the training state, the epochs from the metrics records."""
+        report = {"train_losses": state.train_losses, "val_losses": state.val_losses,
+                  "tokens_seen": state.track_tokens_seen, "epochs_seen": epochs_of(records),
+                  "global_step": state.global_step, "total_tokens": state.tokens_seen}
+        report = json.loads(json.dumps(report), parse_constant=lambda name: None)   # NaN/Infinity -> null
+        safe_io.atomic_write(self.losses_path, lambda fh: fh.write(json.dumps(report, indent=1).encode("utf-8")))
+
+    def draw_plot(self, records, path=None):
+        """The seed's loss plot of ``records`` at ``path`` (default RUN/loss-plot.pdf)."""
+        from numgpt.plot import plot_losses
+        nan = float("nan")
+        train = [nan if r.get("train_loss") is None else r["train_loss"] for r in records]
+        val = [nan if r.get("val_loss") is None else r["val_loss"] for r in records]
+        path = Path(self.plot_path if path is None else path)
+        partial = path.with_name(f".{path.stem}.partial{path.suffix}")   # same format, renamed into place
+        try:
+            plot_losses(epochs_of(records), [r["tokens_seen"] for r in records], train, val, partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+
+def epochs_of(records):
+    """The (fractional) epoch of each evaluation record."""
+    return [r["epoch"] for r in records]
