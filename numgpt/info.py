@@ -39,10 +39,10 @@ def _matmul_kernel():
 def _caches():
     import numba
 
-    from numgpt.download import default_cache_dir, hf_hub_cache_dir
+    from numgpt.download import default_cache_dir, hf_hub_cache
     import numgpt.kernels
     numba_cache = numba.config.CACHE_DIR or str(Path(numgpt.kernels.__file__).parent / "__pycache__")
-    return [("numgpt cache", str(default_cache_dir())), ("Hugging Face hub cache", str(hf_hub_cache_dir())),
+    return [("numgpt cache", str(default_cache_dir())), ("Hugging Face hub cache", str(hf_hub_cache())),
             ("numba cache", numba_cache)]
 
 

@@ -93,9 +93,11 @@ def hf_shape(entry, arrays):
 def load_gpt2(source, cache_dir=None):
     """A GPTModel (eval mode) holding GPT-2 weights in the Hugging Face layout.
 
-    ``source`` is a size name ('gpt2-124m', '355m', ... : loaded from the cache,
-    downloaded first when missing, see ``numgpt.download``), a directory with
-    model.safetensors (and config.json, when present) or a .safetensors file.
+    ``source`` is a size name ('gpt2-124m', '355m', ... : found in the Hugging
+    Face cache or numgpt's, downloaded first when in neither, see
+    ``numgpt.download``), a directory with model.safetensors (and config.json,
+    when present) or a .safetensors file. A size name only says where to look:
+    the config.json found there decides the shapes, as it does for a directory.
     The config comes from config.json when there is one, else from the tensor
     shapes: vocab_size and emb_dim from wte, context_length from wpe, n_layers
     from the h.{i} blocks, n_heads from GPT-2's sizes by emb_dim. qkv_bias is

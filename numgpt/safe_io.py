@@ -5,12 +5,37 @@ A safetensors file is ``[8-byte little-endian header length N][N bytes of JSON
 header][data section]``. The header maps each tensor name to
 ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
 start of the data section) plus an optional ``"__metadata__"`` dict of strings.
-``parse_safetensors`` checks every field of it — header size, JSON syntax,
-duplicate keys, dtype, shape, offsets, that the spans tile the data section
-exactly — before it makes a single array, and every failure is an
-``UnsafeFileError`` that names the file, the tensor and a short ``reason`` code.
-Memory stays bounded by the file size: the file is read once, and each tensor
-is a view of those bytes copied into an array of its own.
+
+Who checks what, before a single array is made:
+
+- The ``safetensors`` library judges the structure, as every other reader of
+  the file would: the header length against the file and its own 100 MB limit,
+  UTF-8, JSON syntax, the type of every field, the dtype names, that shapes and
+  offsets are unsigned integers, that each span is as long as its shape and
+  dtype say, and that the spans tile the data section exactly (no gap, no
+  overlap, no byte left over).
+- numgpt checks what the library lets through: the same key twice (the library
+  keeps the last, so two readers could see two files), fields besides the three,
+  dtypes the format knows but numgpt has no NumPy type for (the float8, float6
+  and float4 families, C64), BOOL bytes other than 0 and 1 (the library never reads tensor
+  bytes), a header limit lower than the library's (``max_header_bytes``), and,
+  first of all, pickle, zip and .npy files, which are named as such rather than
+  as a bad header (``sniff_format``). NaN and Inf are ``check_finite``'s, for
+  the caller to ask for; BF16 is widened to float32 here, as NumPy has no bfloat16.
+
+Every failure is an ``UnsafeFileError`` that names the file, the tensor (when
+one is at fault) and a short ``reason`` code. The library says whether a file
+is refused, not which tensor is at fault, and words a gap, an overlap and
+reversed offsets alike; so once it has refused one, ``_diagnose`` reads the
+header again to name the tensor and the reason. The library's own message is
+kept in the error beside numgpt's words.
+
+The library takes a file, or bytes it copies tensor by tensor. Bytes numgpt
+already holds (a checkpoint's, read once and sha256-checked) are shown to it as
+a stand-in: a temporary sparse file with the same length field and header and a
+hole for the data, which is all the library reads to judge a file. Memory stays
+bounded by the file size: the file is read once, and each array is a view of
+those bytes or a copy of its own span.
 
 PyTorch's ``.pt`` / ``.pth`` / ``.bin`` / ``.pkl`` files are zip archives or
 pickles, and ``.npy`` files may hold pickled objects; loading any of them can
@@ -25,10 +50,11 @@ import tempfile
 from pathlib import Path
 
 import numpy
+from safetensors import SafetensorError, safe_open
 
 from numgpt.errors import NumgptError
 
-MAX_HEADER_BYTES = 100 * 2**20
+MAX_HEADER_BYTES = 100_000_000      # the safetensors library's own limit; a caller may set a lower one
 MAX_JSON_BYTES = 100 * 2**20
 
 # safetensors dtype -> little-endian NumPy dtype; BF16 is widened to float32 on load
@@ -52,10 +78,11 @@ CONVERT_HINT = ("numgpt does not load pickle-based formats (PyTorch .pt/.pth/.bi
 
 
 class UnsafeFileError(NumgptError, ValueError):
-    """A file numgpt refuses to load; ``path``, ``tensor`` (or None) and a short ``reason`` code."""
+    """A file numgpt refuses to load; ``path``, ``tensor`` (or None), a short ``reason`` code and
+    ``words``, the message without the file's name."""
 
     def __init__(self, path, reason, message, tensor=None):
-        self.path, self.reason, self.tensor = str(path), reason, tensor
+        self.path, self.reason, self.tensor, self.words = str(path), reason, tensor, message
         where = f"{path}" + (f", tensor {tensor!r}" if tensor is not None else "")
         super().__init__(f"{where}: {message}")
 
@@ -158,90 +185,154 @@ def read_json(path, max_bytes=MAX_JSON_BYTES, allow_nan=False):
 
 # ---------------------------------------------------------------- safetensors
 
+def _numgpt_entry_problem(entry):
+    """(reason, words) for what the library lets through in a header entry: fields
+    beyond the three, or a dtype numgpt has no NumPy type for; else None."""
+    if not isinstance(entry, dict):
+        return "bad-entry", f"header entry is {type(entry).__name__}, not an object"
+    extra = sorted(set(entry) - set(TENSOR_FIELDS))
+    missing = [field for field in TENSOR_FIELDS if field not in entry]
+    if missing or extra:
+        return "bad-entry", (f"header entry has missing fields {missing} / unknown fields {extra}; expected "
+                             f"exactly {list(TENSOR_FIELDS)}")
+    dtype = entry["dtype"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        return "unknown-dtype", f"unknown or unsupported dtype {dtype!r}; numgpt reads {', '.join(SAFETENSORS_DTYPES)}"
+    return None
+
+
+def _entry_problem(entry, data_len):
+    """(reason, words) for the first fault of one header entry, in numgpt's words; else None."""
+    problem = _numgpt_entry_problem(entry)
+    if problem is not None:
+        return problem
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        return "bad-shape", f"shape {shape!r} is not a list of non-negative integers"
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len):
+        return "bad-offsets", (f"data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end <= "
+                               f"{data_len} (the data section's size)")
+    expected = math.prod(shape) * SAFETENSORS_DTYPES[entry["dtype"]].itemsize
+    if offsets[1] - offsets[0] != expected:
+        return "size-mismatch", (f"span of {offsets[1] - offsets[0]} bytes does not match shape {shape} x "
+                                 f"{entry['dtype']} = {expected} bytes")
+    return None
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_entry(path, name, entry, data_len):
-    """(dtype, shape, begin, end) of one header entry, every field checked."""
-    if not isinstance(entry, dict):
-        raise UnsafeFileError(path, "bad-entry", f"header entry is {type(entry).__name__}, not an object", name)
-    extra = sorted(set(entry) - set(TENSOR_FIELDS))
-    missing = [field for field in TENSOR_FIELDS if field not in entry]
-    if missing or extra:
-        raise UnsafeFileError(path, "bad-entry", f"header entry has missing fields {missing} / unknown fields "
-                                                 f"{extra}; expected exactly {list(TENSOR_FIELDS)}", name)
-    dtype = entry["dtype"]
-    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-        raise UnsafeFileError(path, "unknown-dtype", f"unknown or unsupported dtype {dtype!r}; numgpt reads "
-                                                     f"{', '.join(SAFETENSORS_DTYPES)}", name)
-    shape = entry["shape"]
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise UnsafeFileError(path, "bad-shape", f"shape {shape!r} is not a list of non-negative integers", name)
-    offsets = entry["data_offsets"]
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= data_len):
-        raise UnsafeFileError(path, "bad-offsets", f"data_offsets {offsets!r} is not [begin, end] with "
-                                                   f"0 <= begin <= end <= {data_len} (the data section's size)", name)
-    begin, end = offsets
-    expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
-    if end - begin != expected:
-        raise UnsafeFileError(path, "size-mismatch", f"span of {end - begin} bytes does not match shape {shape} x "
-                                                     f"{dtype} = {expected} bytes", name)
-    return dtype, tuple(shape), begin, end
+def _diagnose(path, head, length):
+    """(reason, words, tensor) for a file the library refused, in numgpt's words.
+
+    The library says *whether*; its messages do not say which tensor, and it
+    words a gap, an overlap and reversed offsets alike. This names them. It
+    runs only after a refusal, so it never lets anything in: when it finds
+    nothing, the reason is "refused" and the library's message stands alone.
+    """
+    if length < 8:
+        return "truncated", f"file of {length} bytes is shorter than the 8-byte header length", None
+    header_len = int.from_bytes(head[:8], "little")
+    if header_len > length - 8:
+        return "header-too-large", f"header length {header_len} is larger than the file ({length} bytes)", None
+    try:
+        header = parse_json(bytes(head[8:8 + header_len]), path)
+    except UnsafeFileError as error:
+        return error.reason, error.words, None
+    if not isinstance(header, dict):
+        return "not-object", f"header is a JSON {type(header).__name__}, not an object", None
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        return "bad-metadata", "__metadata__ is not an object of strings", None
+    data_len = length - 8 - header_len
+    for name, entry in header.items():
+        problem = _entry_problem(entry, data_len)
+        if problem is not None:
+            return (*problem, name)
+    # the spans must tile the data section: sorted by start, each begins where the last ended
+    position, previous = 0, None
+    for name, (begin, end) in sorted(((n, e["data_offsets"]) for n, e in header.items()), key=lambda item: item[1]):
+        if begin < position:
+            return "overlap", f"bytes [{begin}, {end}) overlap tensor {previous!r} (ends at {position})", name
+        if begin > position:
+            return "gap", f"bytes [{position}, {begin}) before this tensor belong to no tensor", name
+        position, previous = end, name
+    if position != data_len:
+        return "gap", f"the last {data_len - position} bytes of the data section belong to no tensor", None
+    return "refused", "the safetensors library refuses this file", None
 
 
-def _parse_header(head, file_len, path, max_header_bytes):
-    """Validate the length field and the JSON header of a safetensors file of
-    ``file_len`` bytes whose first bytes are ``head``: (entries, metadata, data_start)."""
+def _library_refusal(file):
+    """None when the safetensors library accepts the file at ``file``, else its error message."""
+    try:
+        with safe_open(str(file), framework="numpy"):
+            return None
+    except SafetensorError as error:
+        return str(error)
+
+
+def _library_refusal_of_bytes(head, length):
+    """The library's verdict on bytes in memory: ``length`` bytes whose length field and header are ``head``.
+
+    The library judges a file by its header and its length alone (it reads no tensor
+    byte when it opens one), and it takes files, or bytes it copies tensor by tensor.
+    So it is shown a stand-in: a temporary file holding ``head`` and then a hole up
+    to ``length`` bytes. The hole takes no memory, and no disk on the file systems
+    of Linux and macOS, which keep such files sparse.
+    """
+    with tempfile.TemporaryDirectory(prefix="numgpt-safetensors-") as directory:
+        stand_in = Path(directory) / "stand-in.safetensors"
+        with open(stand_in, "wb") as f:
+            f.write(head)
+            f.truncate(length)
+        return _library_refusal(stand_in)
+
+
+def _validate(path, head, length, max_header_bytes, file=None):
+    """(entries, metadata, data_start) of the safetensors file ``path`` of ``length`` bytes
+    whose first bytes ``head`` hold its length field and header (when the file has them).
+
+    The library judges ``file`` when the bytes are that file on disk, else a stand-in
+    of ``head`` and ``length``; numgpt's own checks come before it (pickles, the
+    caller's header limit) and after it (what it lets through). Each entry is
+    name -> (dtype, shape, begin, end).
+    """
     kind = sniff_format(bytes(head[:16]), Path(str(path)).suffix)
     if kind in ("zip", "pickle", "npy"):
         refuse_pickle(path, kind)
-    if file_len < 8:
-        raise UnsafeFileError(path, "truncated", f"file of {file_len} bytes is shorter than the 8-byte header length")
-    header_len = int.from_bytes(head[:8], "little")
+    header_len = int.from_bytes(head[:8], "little") if length >= 8 else 0
     if header_len > max_header_bytes:
         raise UnsafeFileError(path, "header-too-large", f"header length {header_len} exceeds the limit of "
                                                         f"{max_header_bytes} bytes")
-    if header_len > file_len - 8:
-        raise UnsafeFileError(path, "header-too-large", f"header length {header_len} is larger than the file "
-                                                        f"({file_len} bytes)")
-    header = parse_json(bytes(head[8:8 + header_len]), path)
-    if not isinstance(header, dict):
-        raise UnsafeFileError(path, "not-object", f"header is a JSON {type(header).__name__}, not an object")
+    refusal = (_library_refusal(file) if file is not None
+               else _library_refusal_of_bytes(bytes(head[:8 + header_len]), length))
+    if refusal is not None:
+        reason, words, tensor = _diagnose(path, head, length)
+        raise UnsafeFileError(path, reason, f"{words} (safetensors: {refusal})", tensor)
+    header = parse_json(bytes(head[8:8 + header_len]), path)      # the library lets a duplicate key win
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise UnsafeFileError(path, "bad-metadata", "__metadata__ is not an object of strings")
-    data_start = 8 + header_len
-    data_len = file_len - data_start
-    entries = {name: _check_entry(path, name, entry, data_len) for name, entry in header.items()}
-    # the spans must tile the data section: sorted by start, each begins where the last ended
-    position, previous = 0, None
-    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: (item[1][2], item[1][3])):
-        if begin < position:
-            raise UnsafeFileError(path, "overlap", f"bytes [{begin}, {end}) overlap tensor {previous!r} "
-                                                   f"(ends at {position})", name)
-        if begin > position:
-            raise UnsafeFileError(path, "gap", f"bytes [{position}, {begin}) before this tensor belong to "
-                                               f"no tensor", name)
-        position, previous = end, name
-    if position != data_len:
-        raise UnsafeFileError(path, "gap", f"the last {data_len - position} bytes of the data section belong to "
-                                           f"no tensor")
-    return entries, metadata, data_start
+    entries = {}
+    for name, entry in header.items():
+        problem = _numgpt_entry_problem(entry)
+        if problem is not None:
+            raise UnsafeFileError(path, *problem, name)
+        entries[name] = (entry["dtype"], tuple(entry["shape"]), *entry["data_offsets"])
+    return entries, metadata, 8 + header_len
 
 
 def check_safetensors_header(path, max_header_bytes=MAX_HEADER_BYTES):
-    """Validate a safetensors file's header against the file's size, reading
-    the header only (for loaders that then read tensor by tensor):
-    (entries, metadata); UnsafeFileError (or PickleFormatError) otherwise."""
-    file_len = os.path.getsize(path)
+    """Validate the safetensors file at ``path``, reading its header only (for
+    loaders that then read tensor by tensor): (entries, metadata);
+    UnsafeFileError (or PickleFormatError) otherwise."""
+    length = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(16)
         header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
-        if len(head) >= 8 and header_len <= min(max_header_bytes, file_len - 8):
-            head += f.read(8 + header_len - len(head))
-    entries, metadata, _ = _parse_header(head, file_len, path, max_header_bytes)
+        if header_len <= max_header_bytes:
+            head += f.read(max(0, 8 + header_len - len(head)))
+    entries, metadata, _ = _validate(path, head, length, max_header_bytes, file=path)
     return entries, metadata
 
 
@@ -251,7 +342,7 @@ def parse_safetensors(data, path, max_header_bytes=MAX_HEADER_BYTES, copy=True):
     With ``copy=True`` every array owns its memory; with ``copy=False`` the arrays are views of
     ``data`` (pass a bytearray for writable ones), so that loading takes no more memory than the file.
     """
-    entries, metadata, data_start = _parse_header(data, len(data), path, max_header_bytes)
+    entries, metadata, data_start = _validate(path, data, len(data), max_header_bytes)
     arrays = {}
     for name, (dtype, shape, begin, end) in entries.items():
         raw = numpy.frombuffer(data, dtype=SAFETENSORS_DTYPES[dtype], count=math.prod(shape),

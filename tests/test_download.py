@@ -1,18 +1,35 @@
-"""download_gpt2 against a real HTTP server on 127.0.0.1 that behaves like the
-Hugging Face hub: resolve/main answers LFS files with a 302 carrying
-X-Linked-ETag (the sha256) and X-Linked-Size, the CDN serves the bytes with
-Range support. The server can cut a transfer short, ignore Range, or announce
-a wrong checksum. No outside network."""
+"""download_gpt2 against real HTTP servers on 127.0.0.1, no outside network.
+
+numgpt's urllib path meets a server that behaves like the Hugging Face hub:
+resolve/main answers LFS files with a 302 carrying X-Linked-ETag (the sha256)
+and X-Linked-Size, the CDN serves the bytes with Range support. The server can
+cut a transfer short, ignore Range, announce a wrong checksum, or send slowly
+while two processes fetch the same file.
+
+The huggingface_hub path meets tests/hub_server.py, which answers HEAD and GET
+on resolve/ as the hub does; the Hugging Face cache lookup reads caches built
+by tests/hub_cache.py. Every test runs with HF_HOME in its own temporary
+directory and no HF_* variable from outside.
+"""
 import hashlib
 import http.server
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
+from hub_cache import place_in_hf_cache
+from hub_server import COMMIT, HubServer
 from numgpt import download
-from numgpt.download import DownloadError, canonical_size, default_cache_dir, download_gpt2
+from numgpt.download import DownloadError, canonical_size, default_cache_dir, download_gpt2, find_in_hf_cache
+
+TINY_GPT2 = Path(__file__).parent / "reference" / "hf_gpt2_tiny"       # a transformers-written GPT-2 directory
 
 CONFIG = b'{"n_embd": 8, "n_layer": 1, "n_head": 2}\n'
 WEIGHTS = bytes(range(256)) * 40 + b"tail"          # 10244 bytes
@@ -55,6 +72,12 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{etag}"')
         self.end_headers()
         body = data[start:]
+        if hub.slow:                                                   # ten pieces, 0.05 s apart
+            for i in range(10):
+                self.wfile.write(body[i * len(body) // 10:(i + 1) * len(body) // 10])
+                self.wfile.flush()
+                time.sleep(0.05)
+            return
         if hub.cuts and len(data) > len(CONFIG):                       # cut this transfer short
             body = body[:hub.cuts.pop(0)]
             self.wfile.write(body)
@@ -71,11 +94,21 @@ class Hub:
         self.linked_etag = hashlib.sha256(WEIGHTS).hexdigest()
         self.linked_size = None
         self.ignore_range = False
+        self.slow = False
         self.cuts = []                                                 # bytes to send before cutting, per transfer
         self.log = []                                                  # (path, Range header) per request
 
     def requests_for(self, suffix):
         return [entry for entry in self.log if entry[0].endswith(suffix)]
+
+
+@pytest.fixture(autouse=True)
+def hf_environment(tmp_path, monkeypatch):
+    """An empty Hugging Face home of the test's own; no HF_* setting from outside."""
+    for name in ("HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN", "NUMGPT_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    return tmp_path / "hf_home" / "hub"
 
 
 @pytest.fixture
@@ -91,7 +124,8 @@ def hub():
 
 
 def fetch(hub, tmp_path, size="gpt2-355m", **kwargs):
-    return download_gpt2(size, cache_dir=tmp_path, base_url=hub.base_url, progress=False, **kwargs)
+    """numgpt's urllib path (huggingface_hub is installed here, and would be taken first)."""
+    return download_gpt2(size, cache_dir=tmp_path, base_url=hub.base_url, progress=False, hub=False, **kwargs)
 
 
 def test_download_follows_the_hub_redirect_and_checks_the_linked_etag(hub, tmp_path):
@@ -184,7 +218,7 @@ def test_offline_names_the_url_and_the_path(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(DownloadError) as error:
-        download_gpt2("124m", cache_dir=tmp_path, base_url=f"http://127.0.0.1:{port}", progress=False)
+        download_gpt2("124m", cache_dir=tmp_path, base_url=f"http://127.0.0.1:{port}", progress=False, hub=False)
     message = str(error.value)
     assert f"http://127.0.0.1:{port}/openai-community/gpt2/resolve/main/config.json" in message
     assert str(tmp_path / "gpt2" / "config.json") in message and "offline" in message
@@ -210,3 +244,171 @@ def test_size_names_and_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "xdg" / "numgpt"
     with pytest.raises(ValueError, match="unknown GPT-2 size"):
         download_gpt2("gpt2-7b", cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- two processes, one file
+
+WORKER = """
+import sys, time
+from pathlib import Path
+from numgpt.download import download_gpt2
+cache, url, me, other = sys.argv[1:]
+Path(me).touch()                                    # ready; start together with the other process
+while not Path(other).exists():
+    time.sleep(0.005)
+start = time.time()
+download_gpt2("355m", cache_dir=cache, base_url=url, progress=False, hub=False)
+print(start, time.time())
+"""
+
+
+def test_two_processes_fetching_the_same_file_take_turns(hub, tmp_path):
+    hub.slow = True                                                    # each transfer takes 0.5 s
+    ready = [tmp_path / "ready-0", tmp_path / "ready-1"]
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "cache"), hub.base_url,
+                                 str(ready[i]), str(ready[1 - i])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for i in range(2)]
+    results = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], results
+    (start0, end0), (start1, end1) = (map(float, out.split()) for out, _ in results)
+    assert max(start0, start1) < min(end0, end1), "the two downloads did not overlap in time"
+    directory = tmp_path / "cache" / "gpt2-medium"
+    written = (directory / "model.safetensors").read_bytes()
+    assert hashlib.sha256(written).hexdigest() == hashlib.sha256(WEIGHTS).hexdigest()
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]   # no .part, no .lock
+    # each file crossed the wire once: the second process waited, then took the first one's file
+    assert len(hub.requests_for("/cdn/gpt2-medium/model.safetensors")) == 1
+    assert len(hub.requests_for("/resolve/main/config.json")) == 1
+
+
+# ---------------------------------------------------------------- the Hugging Face cache
+
+@pytest.mark.parametrize("repo_id", ["openai-community/gpt2", "gpt2"])
+@pytest.mark.parametrize("symlinks", [True, False], ids=["blobs", "plain-files"])
+def test_a_size_is_found_in_the_hf_cache_under_either_id(hf_environment, tmp_path, repo_id, symlinks, monkeypatch):
+    snapshot = place_in_hf_cache(hf_environment, repo_id, TINY_GPT2, symlinks=symlinks)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)         # the lookup must not need it
+    assert download_gpt2("124m", cache_dir=tmp_path / "numgpt") == snapshot
+    assert (snapshot / "model.safetensors").is_symlink() is symlinks
+    assert find_in_hf_cache("gpt2-355m") is None and not (tmp_path / "numgpt").exists()
+
+
+def test_the_hf_cache_is_looked_in_for_every_size_and_before_numgpts_own(hf_environment, tmp_path):
+    large = place_in_hf_cache(hf_environment, "openai-community/gpt2-large", TINY_GPT2)
+    assert download_gpt2("774m", base_url="http://127.0.0.1:9") == large            # nothing listens there
+    numgpt_cache = tmp_path / "numgpt" / "gpt2-xl"
+    numgpt_cache.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (numgpt_cache / name).write_bytes((TINY_GPT2 / name).read_bytes())
+    assert download_gpt2("1558m", cache_dir=tmp_path / "numgpt") == numgpt_cache
+    xl = place_in_hf_cache(hf_environment, "gpt2-xl", TINY_GPT2)
+    assert download_gpt2("1558m", cache_dir=tmp_path / "numgpt") == xl
+
+
+def test_refs_main_decides_and_any_whole_snapshot_is_the_fallback(hf_environment):
+    old = place_in_hf_cache(hf_environment, "openai-community/gpt2", TINY_GPT2, commit="b" * 40, ref=False)
+    main = place_in_hf_cache(hf_environment, "openai-community/gpt2", TINY_GPT2, commit="c" * 40)
+    os.utime(old, (time.time() + 100, time.time() + 100))              # the newest snapshot, but not main's
+    assert find_in_hf_cache("gpt2-124m") == main
+    (main / "model.safetensors").unlink()                               # main's snapshot is incomplete
+    assert find_in_hf_cache("gpt2-124m") == old
+    refs = hf_environment / "models--openai-community--gpt2" / "refs" / "main"
+    refs.write_text("../../../../elsewhere")                            # not a commit hash: ignored
+    assert find_in_hf_cache("gpt2-124m") == old
+    (old / "config.json").unlink()
+    assert find_in_hf_cache("gpt2-124m") is None
+
+
+def test_the_hf_cache_follows_hf_hub_cache_then_hf_home_then_xdg(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert download.hf_hub_cache() == tmp_path / "xdg" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert download.hf_hub_cache() == tmp_path / "home" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    assert download.hf_hub_cache() == tmp_path / "hub-cache"
+
+
+# ---------------------------------------------------------------- through huggingface_hub
+
+def tiny_hub_files(repo_id="openai-community/gpt2-medium"):
+    return {(repo_id, name): (TINY_GPT2 / name).read_bytes() for name in ("config.json", "model.safetensors")}
+
+
+def test_huggingface_hub_downloads_into_the_hf_cache_through_hf_endpoint(hf_environment, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_numgpt_test_token")
+    with HubServer(tiny_hub_files()) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        directory = download_gpt2("355m", cache_dir=tmp_path / "numgpt")
+        requests = [(method, path) for method, path, _ in server.requests if "/resolve/" in path]
+        tokens = {auth for _, path, auth in server.requests if "/resolve/" in path}
+    repo = hf_environment / "models--openai-community--gpt2-medium"
+    assert directory == repo / "snapshots" / COMMIT
+    assert (repo / "refs" / "main").read_text() == COMMIT
+    weights = (TINY_GPT2 / "model.safetensors").read_bytes()
+    assert (directory / "model.safetensors").resolve() == repo / "blobs" / hashlib.sha256(weights).hexdigest()
+    for name in ("config.json", "model.safetensors"):
+        assert (directory / name).read_bytes() == (TINY_GPT2 / name).read_bytes()
+    assert requests == [(method, f"/openai-community/gpt2-medium/resolve/{revision}/{name}")
+                        for name, revision in (("config.json", "main"), ("model.safetensors", COMMIT))
+                        for method in ("HEAD", "GET")]                 # the second file pinned to the first's commit
+    assert tokens == {"Bearer hf_numgpt_test_token"}
+    assert not (tmp_path / "numgpt").exists()
+    # the server is gone: the next call finds the files in the cache
+    assert download_gpt2("355m", cache_dir=tmp_path / "numgpt", hub=True) == directory
+
+
+def test_a_hub_download_whose_sha256_is_not_the_announced_one_is_deleted(hf_environment, monkeypatch):
+    with HubServer(tiny_hub_files()) as server:
+        server.announced_sha256["model.safetensors"] = announced = hashlib.sha256(b"other bytes").hexdigest()
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        with pytest.raises(DownloadError, match=f"corrupt .*expected sha256 {announced}") as error:
+            download_gpt2("355m")
+    blob = hf_environment / "models--openai-community--gpt2-medium" / "blobs" / announced
+    assert str(blob) in str(error.value) and not blob.exists()
+    assert not (hf_environment / "models--openai-community--gpt2-medium" / "snapshots" / COMMIT /
+                "model.safetensors").exists()
+
+
+def test_the_pinned_sha256_decides_on_the_hub_path_too(hf_environment, monkeypatch):
+    monkeypatch.setitem(download.EXPECTED_FILES, ("gpt2-355m", "model.safetensors"),
+                        (10, hashlib.sha256(b"the pinned file").hexdigest()))
+    with HubServer(tiny_hub_files()) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        with pytest.raises(DownloadError, match="but expected sha256 .* and 10 bytes"):
+            download_gpt2("355m")
+
+
+def test_hub_errors_name_the_repository_the_file_and_what_to_do(monkeypatch, tmp_path):
+    with HubServer(tiny_hub_files("openai-community/gpt2")) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        with pytest.raises(DownloadError) as error:
+            download_gpt2("355m", cache_dir=tmp_path / "numgpt")        # a repository this mirror lacks
+        message = str(error.value)
+        assert "config.json of openai-community/gpt2-medium" in message and "has no repository" in message
+        assert "HF_TOKEN" in message and str(tmp_path / "numgpt" / "gpt2-medium" / "config.json") in message
+        del server.files["openai-community/gpt2", "model.safetensors"]
+        with pytest.raises(DownloadError, match="openai-community/gpt2 on .* has no file model.safetensors"):
+            download_gpt2("124m")
+
+
+@pytest.mark.parametrize("use_hub", [True, False], ids=["huggingface_hub", "urllib"])
+def test_hf_hub_offline_with_empty_caches_is_a_download_error(monkeypatch, tmp_path, use_hub):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")             # never asked
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set") as error:
+        download_gpt2("124m", cache_dir=tmp_path / "numgpt", hub=use_hub)
+    assert "openai-community/gpt2" in str(error.value) and "config.json" in str(error.value)
+
+
+def test_without_huggingface_hub_the_urllib_path_downloads(hub, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)           # `import huggingface_hub` fails
+    directory = download_gpt2("355m", cache_dir=tmp_path / "numgpt", base_url=hub.base_url, progress=False)
+    assert directory == tmp_path / "numgpt" / "gpt2-medium"
+    assert (directory / "model.safetensors").read_bytes() == WEIGHTS
+
+
+def test_importing_numgpt_does_not_import_huggingface_hub():
+    code = "import sys, numgpt, numgpt.download, numgpt.pretrained; print('huggingface_hub' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

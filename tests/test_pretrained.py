@@ -1,9 +1,14 @@
 """load_gpt2 / export_hf on GPT-2-shaped safetensors files made here, with the
 exact Hugging Face key names and Conv1D layout, checked against a NumPy forward
-written straight from that layout (no numgpt code in it). No network, no torch."""
+written straight from that layout (no numgpt code in it). No network, no torch.
+Every test runs with HF_HOME in its own temporary directory."""
 import json
 import os
+import socket
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +16,23 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import numgpt
+from hub_cache import place_in_hf_cache
 from numgpt import pretrained
 from numgpt.nn import Parameter
 from numgpt.pretrained import WeightsError, export_hf, load_gpt2
 
 GPT2_VOCAB = 50257
 LOGITS_ATOL, LOGITS_RTOL = 1e-4, 1e-4     # float32 model vs float64 reference
+TINY_GPT2 = Path(__file__).parent / "reference" / "hf_gpt2_tiny"       # a transformers-written GPT-2 directory
+
+
+@pytest.fixture(autouse=True)
+def hf_home(tmp_path, monkeypatch):
+    """An empty Hugging Face home of the test's own; no HF_* setting from outside."""
+    for name in ("HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN", "NUMGPT_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    return tmp_path / "hf_home"
 
 
 # ---------------------------------------------------------------- GPT-2 files, by hand
@@ -201,6 +217,47 @@ def test_size_name_loads_from_the_cache_without_network(tmp_path, monkeypatch):
     write_model_dir(tmp_path / "home" / "gpt2-medium", t, hf_config())
     monkeypatch.setenv("NUMGPT_HOME", str(tmp_path / "home"))
     assert_logits_close(load_gpt2("gpt2-355m")(idx).data, reference_logits(t, idx, n_head=2))
+
+
+def test_a_size_name_is_found_in_the_hf_cache_with_no_network(hf_home, monkeypatch):
+    place_in_hf_cache(hf_home / "hub", "gpt2", TINY_GPT2)                        # the older id
+    place_in_hf_cache(hf_home / "hub", "openai-community/gpt2-large", TINY_GPT2, symlinks=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_gpt2 tried the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    reference = load_gpt2(TINY_GPT2)
+    idx = token_ids(reference.cfg["vocab_size"])
+    for size in ("124m", "gpt2-774m"):
+        model = load_gpt2(size)
+        # a size name says where to look; the config.json found there decides the shape
+        assert model.cfg == reference.cfg and model.cfg["emb_dim"] == 16
+        np.testing.assert_array_equal(model(idx).data, reference(idx).data)
+
+
+def test_the_command_generates_from_the_hf_cache_with_no_network(hf_home, tmp_path):
+    place_in_hf_cache(hf_home / "hub", "openai-community/gpt2", TINY_GPT2)
+    guard = tmp_path / "guard"                            # every process of the test: no socket may connect
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise OSError('the test forbids network access')\n"
+        "socket.socket.connect = socket.socket.connect_ex = refuse\n")
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9",
+               NUMGPT_HOME=str(tmp_path / "numgpt"), PYTHONPATH=os.pathsep.join(
+                   [str(guard)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+    def generate(source):       # "A" is token 32, inside the tiny vocabulary of 50
+        return subprocess.run([sys.executable, "-m", "numgpt", "generate", "--gpt2", str(source), "--prompt", "A",
+                               "--max-new-tokens", "3"], capture_output=True, text=True, env=env, timeout=300)
+
+    from_cache, from_directory = generate("124m"), generate(TINY_GPT2)
+    assert from_cache.returncode == 0, from_cache.stderr
+    assert from_cache.stdout == from_directory.stdout and from_cache.stdout.startswith("A")
+    missing = generate("355m")                             # the negative control: not in any cache
+    assert missing.returncode == 2 and "HF_HUB_OFFLINE is set" in missing.stderr, missing.stderr
 
 
 def test_unknown_source_is_refused(tmp_path):

@@ -6,10 +6,13 @@ The hostile files are built byte by byte here, so each test shows exactly what i
 import json
 import random
 import struct
+import tempfile
+import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
+from safetensors import SafetensorError, deserialize
 from safetensors.numpy import load_file
 
 from numgpt import safe_io
@@ -302,3 +305,98 @@ def test_read_json_errors(tmp_path):
     assert read_json_error(tmp_path, b"[" * 100000 + b"]" * 100000).reason == "not-json"
     assert read_json_error(tmp_path, b'{"a": "' + b"x" * 200 + b'"}', max_bytes=100).reason == "too-large"
     assert safe_io.read_json(write(tmp_path, b"[NaN, Infinity]", "nan.json"), allow_nan=True)[1] == float("inf")
+
+
+# ---------------------------------------------------------------- the library's checks and numgpt's
+
+def library_verdict(data):
+    """safetensors.deserialize on the bytes themselves (a second way into the library):
+    None when it accepts them, else its message without the 'Error while deserializing...:' prefix."""
+    try:
+        deserialize(bytes(data))
+        return None
+    except SafetensorError as error:
+        return str(error).split(": ", 1)[1]
+
+
+def stand_in_verdict(data):
+    """The library's verdict as parse_safetensors obtains it: through a sparse stand-in file."""
+    header_len = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else 0
+    refusal = safe_io._library_refusal_of_bytes(bytes(data[:8 + header_len]), len(data))
+    return None if refusal is None else refusal.split(": ", 1)[1]
+
+
+HOSTILE = [
+    safetensors_bytes({}, length=1000), b"\x02\x00\x00", safetensors_bytes(b'{"a": '),
+    safetensors_bytes("[1, 2]"), safetensors_bytes(f32({"a": ([2], [0, 8]), "b": ([2], [4, 12])}), b"\0" * 12),
+    safetensors_bytes(f32({"a": ([2], [0, 8]), "b": ([2], [12, 20])}), b"\0" * 20),
+    safetensors_bytes(f32({"a": ([1], [0, 4])}), b"\0" * 12), safetensors_bytes(f32({"a": ([3], [0, 8])}), b"\0" * 8),
+    safetensors_bytes(f32({"a": ([2**40, 2**40], [0, 8])}), b"\0" * 8),
+    safetensors_bytes({"w": {"dtype": "F128", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+    safetensors_bytes({"__metadata__": {"a": 1}}),
+]
+
+
+def test_the_stand_in_gets_the_librarys_verdict_on_the_real_bytes(tmp_path):
+    path = tmp_path / "good.safetensors"
+    safe_io.write_safetensors(path, {"a": np.ones((3, 5), np.float32), "b": np.arange(4, dtype=np.int64)})
+    good = path.read_bytes()
+    rng = random.Random(1)
+    corpus = [good] + HOSTILE
+    for _ in range(200):
+        data = bytearray(good)
+        data[rng.randrange(8 + struct.unpack("<Q", good[:8])[0])] = rng.randrange(256)
+        corpus.append(bytes(data[:rng.randrange(len(data))] if rng.random() < 0.2 else data))
+    verdicts = [(library_verdict(data), stand_in_verdict(data)) for data in corpus]
+    assert all(on_bytes == on_stand_in for on_bytes, on_stand_in in verdicts), \
+        [v for v in verdicts if v[0] != v[1]][:3]
+    assert sum(on_bytes is not None for on_bytes, _ in verdicts) > 50       # the corpus holds refusals
+
+
+@pytest.mark.parametrize("content, reason, tensor", [
+    (safetensors_bytes('{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+                       '"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4),
+     "duplicate-key", None),
+    (safetensors_bytes({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": 1}}, b"\0" * 4),
+     "bad-entry", "w"),
+    (safetensors_bytes({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}}, b"\0" * 4),
+     "unknown-dtype", "w"),
+    (safetensors_bytes({"m": {"dtype": "BOOL", "shape": [2], "data_offsets": [0, 2]}}, b"\x01\x07"), "bad-bool", "m"),
+], ids=["duplicate-key", "unknown-field", "float8", "bool-byte"])
+def test_numgpt_refuses_what_the_library_lets_through(tmp_path, content, reason, tensor):
+    assert library_verdict(content) is None
+    error = expect(tmp_path, content, reason, tensor)
+    assert "(safetensors: " not in str(error)                          # numgpt's own finding
+
+
+def test_a_file_the_library_refuses_is_refused_even_when_numgpt_finds_no_fault(tmp_path, monkeypatch):
+    path = tmp_path / "ok.safetensors"
+    safe_io.write_safetensors(path, {"a": np.ones(3, np.float32)})
+    monkeypatch.setattr(safe_io, "_library_refusal", lambda file: "a refusal of the library's")
+    with pytest.raises(UnsafeFileError, match=r"\(safetensors: a refusal of the library's\)") as info:
+        safe_io.read_safetensors(path)
+    assert info.value.reason == "refused"
+
+
+def test_a_refusal_keeps_the_librarys_message(tmp_path):
+    error = expect(tmp_path, safetensors_bytes(f32({"a": ([2], [0, 8]), "b": ([2], [12, 20])}), b"\0" * 20), "gap",
+                   tensor="b")
+    assert "bytes [8, 12) before this tensor belong to no tensor (safetensors: " in str(error)
+    assert "invalid offset for tensor `b`" in str(error)
+
+
+def test_bytes_are_judged_without_a_second_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = tmp_path / "big.safetensors"
+    safe_io.write_safetensors(path, {"a": np.ones((1024, 2048), np.float32), "b": np.zeros(7, np.int64)})
+    data = safe_io.read_bytes(path)                                    # 8 MiB
+    tracemalloc.start()
+    try:
+        arrays, _ = safe_io.parse_safetensors(data, path, copy=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(data) / 20, f"parsing allocated {peak} bytes for a file of {len(data)}"
+    assert arrays["a"].sum() == 1024 * 2048
+    assert list((tmp_path / "tmp").iterdir()) == []                    # the stand-in is gone

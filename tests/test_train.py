@@ -1,6 +1,7 @@
 """The seed's flow on a small model: loss falls, log lines and samples print,
 the plot is a real file, checkpoints reload, and training continued from a
 checkpoint equals uninterrupted training bit for bit."""
+import contextlib
 import io
 import re
 
@@ -177,3 +178,139 @@ def test_grad_clip_clips_to_max_norm_and_logs_the_norm_before(verdict_text, toke
     clipped = numgpt.optim.grad_norm(model.parameters())
     print(f"norm before {logged}, after {clipped}")
     assert logged > 0.5 and abs(clipped - 0.5) < 1e-5
+
+
+# ---------------------------------------------------------------- gradient accumulation
+
+# float32 round-off of a sum taken in another order, relative to each tensor's largest value
+GRAD_ACCUM_GRAD_RTOL = 1e-5
+# after 3 AdamW steps at lr 4e-3: AdamW divides each gradient element by its own scale, so an element whose
+# gradient is near round-off level moves by up to lr either way; 1% of lr bounds that (measured 1.6e-5)
+GRAD_ACCUM_WEIGHT_ATOL = 0.01 * 4e-3
+
+
+def test_grad_accumulation_equals_one_batch_k_times_larger(verdict_text, tokenizer):
+    """K=3 micro-batches of 2 sum into the step of one shuffled batch of 6: the same windows in the same
+    order (each loader draws one permutation of the same dataset), without dropout."""
+    config = dict(SMALL, drop_rate=0.0)
+    train_text, val_text = numgpt.split_text(verdict_text[:8000], 0.9)
+    results = {}
+    for batch_size, grad_accum in ((6, 1), (2, 3)):
+        train = numgpt.create_dataloader_v1(train_text, batch_size=batch_size, max_length=64, stride=64,
+                                            drop_last=True, shuffle=True, tokenizer=tokenizer)
+        val = numgpt.create_dataloader_v1(val_text, batch_size=2, max_length=64, stride=64, drop_last=False,
+                                          shuffle=False, tokenizer=tokenizer)
+        numgpt.manual_seed(123)
+        model = numgpt.GPTModel(config)
+        optimizer = numgpt.AdamW(model.parameters(), lr=4e-3, weight_decay=0.1)
+        grads = {}
+
+        def keep_first_gradients(state):
+            if state.global_step == 0:
+                grads.update({name: p.grad.copy() for name, p in model.named_parameters()})
+
+        losses = numgpt.train_model_simple(model, train, val, optimizer, "cpu", num_epochs=1, eval_freq=1,
+                                           eval_iter=1, start_context="Every", tokenizer=tokenizer, max_steps=3,
+                                           grad_accum=grad_accum, on_step=keep_first_gradients, file=io.StringIO())
+        results[grad_accum] = (model, grads, losses)
+    (big, big_grads, big_losses), (accum, accum_grads, accum_losses) = results[1], results[3]
+    assert big_losses[2] == accum_losses[2] == [6 * 64, 12 * 64, 18 * 64]   # tokens seen per step: 3 x 2 x 64
+    worst_grad = max(np.abs(accum_grads[n] - g).max() / np.abs(g).max() for n, g in big_grads.items())
+    worst_weight = max(np.abs(a.data - b.data).max()
+                       for (_, a), (_, b) in zip(big.named_parameters(), accum.named_parameters()))
+    print(f"worst gradient error {worst_grad:.2e} (relative), worst weight error {worst_weight:.2e}")
+    assert all(g.dtype == np.float32 for g in accum_grads.values())
+    assert worst_grad < GRAD_ACCUM_GRAD_RTOL and worst_weight < GRAD_ACCUM_WEIGHT_ATOL
+
+
+# ---------------------------------------------------------------- the learning-rate schedule
+
+def test_warmup_then_cosine_as_the_books_appendix_computes_it():
+    schedule = numgpt.LRSchedule(peak_lr=1e-3, total_steps=110, warmup_steps=10, kind="cosine", min_lr=1e-4,
+                                 initial_lr=1e-5)
+    assert schedule(0) == 1e-5                                          # warmup starts at initial_lr
+    assert schedule(5) == pytest.approx(1e-5 + 5 * (1e-3 - 1e-5) / 10)  # and climbs linearly
+    assert schedule(10) == pytest.approx(1e-3)                          # the peak after warmup_steps
+    assert schedule(60) == pytest.approx((1e-3 + 1e-4) / 2)             # half way down the cosine
+    assert schedule(110) == pytest.approx(1e-4) and schedule(500) == pytest.approx(1e-4)   # then min_lr
+    constant = numgpt.LRSchedule(peak_lr=4e-4, total_steps=90)          # the seed's: no warmup, no decay
+    assert {constant(step) for step in range(90)} == {4e-4}
+    with pytest.raises(numgpt.UsageError, match="linear"):
+        numgpt.LRSchedule(peak_lr=1e-3, total_steps=10, kind="linear")
+
+
+def test_train_model_simple_sets_the_scheduled_rate_before_each_step(verdict_text, tokenizer):
+    train_loader, val_loader = loaders(verdict_text[:8000], tokenizer, context=64)
+    model, optimizer = fresh_run()
+    schedule = numgpt.LRSchedule(peak_lr=4e-3, total_steps=6, warmup_steps=2, kind="cosine")
+    seen = []
+    numgpt.train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=1, eval_freq=1,
+                              eval_iter=1, start_context="Every", tokenizer=tokenizer, max_steps=6,
+                              lr_schedule=schedule, on_evaluate=lambda state, record: seen.append(record["lr"]),
+                              file=io.StringIO())
+    assert seen == [schedule(step) for step in range(6)] and seen[0] == 0.0 and seen[2] == 4e-3
+
+
+# ---------------------------------------------------------------- any iterable of batches
+
+def test_the_loop_takes_a_list_a_generator_and_a_user_dataset(verdict_text, tokenizer):
+    train_loader, val_loader = loaders(verdict_text[:8000], tokenizer, context=64)
+    batches = [(inputs.copy(), targets.copy()) for inputs, targets in numgpt.DataLoader(train_loader.dataset, 2)][:4]
+
+    class Windows:                                       # a user's map-style dataset: __len__ and int __getitem__
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            inputs, targets = batches[i // 2]
+            return inputs[i % 2].tolist(), targets[i % 2].tolist()
+
+    runs = {}
+    for kind, make in (("list", lambda: batches), ("generator", lambda: (b for b in batches)),
+                       ("dataset", lambda: numgpt.DataLoader(Windows(), batch_size=2))):
+        model, optimizer = fresh_run()
+        with pytest.warns(UserWarning, match="no state_dict") if kind != "dataset" else contextlib.nullcontext():
+            runs[kind] = numgpt.train_model_simple(model, make(), make(), optimizer, "cpu", num_epochs=1,
+                                                   eval_freq=2, eval_iter=2, start_context="Every",
+                                                   tokenizer=tokenizer, file=io.StringIO())
+        runs[kind] = runs[kind], [p.data.copy() for p in model.parameters()]
+    (losses, weights) = runs["list"]
+    assert losses[2] == [128, 384] and len(losses[0]) == 2
+    assert runs["dataset"][0] == losses                        # the same batches in the same order
+    assert all(np.array_equal(a, b) for a, b in zip(runs["dataset"][1], weights))
+    # the seed's evaluation reads train_loader too, so it eats a generator's batches, as with torch:
+    # step 0, then 2 evaluation batches, then step 1 takes the last one
+    assert runs["generator"][0][2] == [128] and np.isfinite(runs["generator"][0][0]).all()
+    model, _ = fresh_run()
+    model.eval()
+    with numgpt.no_grad():
+        assert numgpt.calc_loss_loader((b for b in batches), model) == pytest.approx(
+            numgpt.calc_loss_loader(batches, model), rel=1e-6)
+        assert np.isnan(numgpt.calc_loss_loader(iter([]), model))
+
+
+def test_the_reference_packages_train_model_simple_test_ported(verdict_text, tokenizer):
+    """llms_from_scratch's tests/test_train.py (test_train_simple) with the mechanical changes only:
+    GPT_CONFIG_124M at context 256, one-window loaders built with Subset, two epochs, lr 5e-4.
+    Its expected 7.6 / 10.1 (to one decimal) come from torch's random stream; numgpt draws its
+    initialisation and dropout from NumPy's, and lands on the same rounded figures (7.63, 10.13)."""
+    config = dict(numgpt.GPT_CONFIG_124M, context_length=256, drop_rate=0.1, qkv_bias=False)
+    numgpt.manual_seed(123)
+    model = numgpt.GPTModel(config)
+    optimizer = numgpt.AdamW(model.parameters(), lr=5e-4, weight_decay=0.1)
+    train_text, val_text = numgpt.split_text(verdict_text, 0.90)
+    train_loader = numgpt.create_dataloader_v1(train_text, batch_size=1, max_length=256, stride=256,
+                                               drop_last=True, shuffle=True, num_workers=0)
+    val_loader = numgpt.create_dataloader_v1(val_text, batch_size=1, max_length=256, stride=256,
+                                             drop_last=False, shuffle=False, num_workers=0)
+    one_batch_train_loader = numgpt.DataLoader(numgpt.Subset(train_loader.dataset, range(1)), batch_size=1)
+    one_batch_val_loader = numgpt.DataLoader(numgpt.Subset(val_loader.dataset, range(1)), batch_size=1)
+    train_losses, val_losses, tokens_seen = numgpt.train_model_simple(
+        model, one_batch_train_loader, one_batch_val_loader, optimizer, "cpu",
+        num_epochs=2, eval_freq=1, eval_iter=1,
+        start_context="Every effort moves you", tokenizer=tokenizer, file=io.StringIO())
+    print(f"train losses {train_losses}, val losses {val_losses} (the reference: 7.6 and 10.1 first)")
+    assert tokens_seen == [256, 512]
+    assert round(train_losses[0], 1) == 7.6
+    assert round(val_losses[0], 1) == 10.1
+    assert train_losses[-1] < train_losses[0]
