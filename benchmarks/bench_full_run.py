@@ -2,8 +2,8 @@
 
     python benchmarks/bench_full_run.py --out benchmarks/full_run.md
 
-numgpt: ``numgpt train --data the-verdict.txt --out DIR`` with its defaults,
-which are the seed's run (GPT_CONFIG_124M, batch 2 x 256, AdamW lr 4e-4 and
+numgpt: ``numgpt train --out DIR`` with its defaults, which are the seed's run
+on the bundled the-verdict.txt (GPT_CONFIG_124M, batch 2 x 256, AdamW lr 4e-4 and
 weight decay 0.1, 10 epochs, evaluation every 5 steps over 5 batches, a
 sample after each epoch). PyTorch: the same run written with the reference
 package's own functions (``llms_from_scratch`` ch02/ch04/ch05), in the torch
@@ -11,8 +11,8 @@ interpreter ``--torch-python`` with torch.set_num_threads(2). Each run is one
 process, timed from start to exit; they run one after the other.
 
 tiktoken cannot download here: the PyTorch side finds GPT-2's BPE files in
-a tiktoken cache directory that this script fills from the same local files
-numgpt reads (tiktoken checks their pinned sha256).
+a tiktoken cache directory that this script fills from the copies bundled
+with numgpt (tiktoken checks their pinned sha256).
 """
 import argparse
 import hashlib
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-VERDICT = HERE.parents[2] / "shared" / "data" / "the-verdict.txt"
 DEFAULT_TORCH_PYTHON = "/work/refenv/bin/python"
 TIKTOKEN_URLS = {"vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
                  "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json"}
@@ -60,10 +59,9 @@ train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs
 
 def tiktoken_cache(directory):
     """A TIKTOKEN_CACHE_DIR holding GPT-2's files under the names tiktoken looks for (sha1 of the URL)."""
-    from numgpt.tokenizer import find_tokenizer_dir
-    source = find_tokenizer_dir()
+    from numgpt.bundled import bundled_path
     for name, url in TIKTOKEN_URLS.items():
-        shutil.copyfile(source / name, Path(directory) / hashlib.sha1(url.encode()).hexdigest())
+        shutil.copyfile(bundled_path(f"gpt2/{name}"), Path(directory) / hashlib.sha1(url.encode()).hexdigest())
     return directory
 
 
@@ -84,18 +82,20 @@ def last_log_line(stdout):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="write the Markdown report here (and print it)")
-    parser.add_argument("--data", type=Path, default=VERDICT)
+    parser.add_argument("--data", type=Path, help="a text file (default: the bundled the-verdict.txt)")
     parser.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON)
     args = parser.parse_args()
 
+    from numgpt.bundled import VERDICT, bundled_path
+    data = args.data or bundled_path(VERDICT)
     with tempfile.TemporaryDirectory() as tmp:
-        numgpt_seconds, numgpt_out = timed([sys.executable, "-m", "numgpt", "train", "--data", str(args.data),
+        numgpt_seconds, numgpt_out = timed([sys.executable, "-m", "numgpt", "train", "--data", str(data),
                                             "--out", str(Path(tmp) / "run")])
         (Path(tmp) / "tiktoken").mkdir()
         env = dict(os.environ, TIKTOKEN_CACHE_DIR=tiktoken_cache(Path(tmp) / "tiktoken"))
         torch_seconds = torch_out = None
         if Path(args.torch_python).exists():
-            torch_seconds, torch_out = timed([args.torch_python, "-c", TORCH_RUN, str(args.data)], env)
+            torch_seconds, torch_out = timed([args.torch_python, "-c", TORCH_RUN, str(data)], env)
         losses = json.loads((Path(tmp) / "run" / "losses.json").read_text())
 
     lines = ["# The seed's full pretraining run (10 epochs, 90 steps, evaluation every 5)", "",

@@ -21,7 +21,15 @@ def test_the_readme_example_runs():
     assert result.stdout.strip().splitlines()[-1].startswith("Every effort moves you")
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_commands_in_a_fresh_clone_with_nothing_beside_it():
     readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
-    command = re.search(r"pip install -e '\.\[test\]' && (python -m pytest.*)", readme).group(1).strip()
-    assert command in ci
+    test_command = re.search(r"^(pip install -e '\.\[test\]' && python -m pytest.*)$", readme, flags=re.M).group(1)
+    assert test_command.strip() in ci
+    assert "mktemp -d" in ci and "git clone" in ci             # an empty directory: no ../shared beside it
+    run_command = re.search(r"^(pip install -e \. && numgpt train.*)$", readme, flags=re.M).group(1)
+    assert "--data" not in run_command                         # the bundled corpus: nothing to fetch or place
+
+
+def test_no_test_reads_outside_the_repository():
+    for path in (ROOT / "tests").rglob("*.py"):
+        assert "shared" + "/data" not in path.read_text(), path
