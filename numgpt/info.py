@@ -40,8 +40,8 @@ def _caches():
     import numba
 
     from numgpt.download import default_cache_dir, hf_hub_cache
-    import numgpt.kernels
-    numba_cache = numba.config.CACHE_DIR or str(Path(numgpt.kernels.__file__).parent / "__pycache__")
+    from numgpt import kernels
+    numba_cache = numba.config.CACHE_DIR or str(Path(kernels.__file__).parent / "__pycache__")
     return [("numgpt cache", str(default_cache_dir())), ("Hugging Face hub cache", str(hf_hub_cache())),
             ("numba cache", numba_cache)]
 
@@ -51,7 +51,7 @@ def describe():
     import llvmlite
     import numba
 
-    import numgpt.kernels  # noqa: F401  (sets numba's threading layer, as a training run does)
+    from numgpt import kernels  # noqa: F401  (sets numba's threading layer, as a training run does)
 
     kernel_threads, blas_threads = backend.get_num_threads()
     mode_source = "NUMGPT_KERNELS" if os.environ.get("NUMGPT_KERNELS") else "default"

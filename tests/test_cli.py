@@ -12,31 +12,13 @@ import time
 import numpy as np
 import pytest
 
+from cli_process import ENV, assert_usage_error, numgpt_cli, start_numgpt, wait_for_line
 from numgpt.checkpoint import CheckpointManager, load_checkpoint
 from numgpt.gradcheck import op_cases
 
 # The tiny preset on the seed's corpus in windows of 64 tokens, batches of 8: 9 steps per epoch.
 TINY_RUN = ["--preset", "tiny", "--context-length", "64", "--batch-size", "8", "--eval-freq", "4", "--eval-iter", "1"]
 STEPS_PER_EPOCH = 9
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
-
-
-def numgpt_cli(*args, timeout=300, check=None):
-    result = subprocess.run([sys.executable, "-m", "numgpt", *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout, env=ENV)
-    if check is not None:
-        assert result.returncode == check, result.stderr
-    return result
-
-
-def assert_usage_error(result, *fragments):
-    """Exit status 2 and exactly one line on stderr, naming what was wrong."""
-    print(result.stderr)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -119,20 +101,7 @@ def test_resume_in_a_new_process_is_bit_exact(verdict_path, tmp_path, stop_after
 
 
 def start_training(verdict_path, out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "numgpt", "train", "--data", str(verdict_path), "--out", str(out),
-                             *TINY_RUN, "--epochs", "50", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
-
-
-def wait_for_line(process, fragment, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if fragment in line:
-            return line
-        if not line and process.poll() is not None:
-            break
-    raise AssertionError(f"no line with {fragment!r}: {process.stderr.read()}")
+    return start_numgpt("train", "--data", verdict_path, "--out", out, *TINY_RUN, "--epochs", "50", *extra)
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -13,16 +13,9 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import numgpt
+from cli_process import ENV, numgpt_cli
 from numgpt import backend, cli
 from numgpt.errors import NumgptError, UsageError
-
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
-
-
-def numgpt_cli(*args, env=ENV):
-    return subprocess.run([sys.executable, "-m", "numgpt", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env)
-
 
 def test_version_is_declared_once_and_installed_with_it():
     result = numgpt_cli("--version")

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
+from cli_process import assert_usage_error, numgpt_cli, start_numgpt, wait_for_line
 from numgpt.checkpoint import CheckpointManager, load_checkpoint
 from numgpt.run import SAFE_TO_CHANGE, RunDirectory, RunError, resolve_settings
 
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 # The tiny preset, 32-token windows of the bundled corpus in batches of 8: 4,612 training tokens give
 # 144 windows, 18 steps per epoch.
 TINY = ["--preset", "tiny", "--context-length", "32", "--batch-size", "8", "--eval-freq", "10", "--eval-iter", "1"]
@@ -25,37 +25,8 @@ METRIC_FIELDS = {"step", "epoch", "tokens_seen", "train_loss", "val_loss", "trai
                  "lr", "grad_norm", "tokens_per_s", "elapsed_s"}
 
 
-def numgpt_cli(*args, check=None, env=ENV, timeout=300):
-    result = subprocess.run([sys.executable, "-m", "numgpt", *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout, env=env)
-    if check is not None:
-        assert result.returncode == check, result.stderr
-    return result
-
-
 def start_training(out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "numgpt", "train", "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-
-
-def wait_for_line(process, fragment, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if fragment in line:
-            return line
-        if not line and process.poll() is not None:
-            break
-    raise AssertionError(f"no line with {fragment!r}: {process.stderr.read()}")
-
-
-def one_line_error(result, *fragments):
-    print(result.stderr)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+    return start_numgpt("train", "--out", out, *extra)
 
 
 def final_state(out):
@@ -119,7 +90,7 @@ def test_an_interrupted_run_keeps_its_metrics_and_resumes_with_no_flags(tmp_path
     assert stopped_at < STEPS - 1
 
     resumed = numgpt_cli("train", "--resume", "--out", cut, check=0)
-    assert f"Resuming from" in resumed.stdout and "Training completed" in resumed.stdout
+    assert "Resuming from" in resumed.stdout and "Training completed" in resumed.stdout
     whole, again = final_state(tmp_path / "whole"), final_state(cut)
     assert again.state["train_state"]["global_step"] == STEPS - 1
     for name, array in whole.model_state.items():
@@ -141,13 +112,13 @@ def test_safe_flags_are_taken_on_resume_and_others_must_agree(tmp_path):
     more = numgpt_cli("train", "--resume", "--out", out, "--max-steps", "5", "--preset", "tiny", check=0)
     assert "Resuming from" in more.stdout and final_state(out).state["train_state"]["global_step"] == 4
     assert json.loads((out / "settings.json").read_text())["train"]["max_steps"] == 5   # remembered
-    one_line_error(numgpt_cli("train", "--resume", "--out", out, "--batch-size", "4"),
+    assert_usage_error(numgpt_cli("train", "--resume", "--out", out, "--batch-size", "4"),
                    "--batch-size 4", "batch_size = 8", "settings.json")
-    one_line_error(numgpt_cli("train", "--out", out, *TINY), "already holds a run", "--resume")
-    one_line_error(numgpt_cli("train", "--resume", "--out", tmp_path / "nothing"), "no run to continue")
+    assert_usage_error(numgpt_cli("train", "--out", out, *TINY), "already holds a run", "--resume")
+    assert_usage_error(numgpt_cli("train", "--resume", "--out", tmp_path / "nothing"), "no run to continue")
     changed = tmp_path / "changed.txt"
     changed.write_text("a different corpus " * 400)
-    one_line_error(numgpt_cli("train", "--resume", "--out", out, "--data", changed), "--data", "data = None")
+    assert_usage_error(numgpt_cli("train", "--resume", "--out", out, "--data", changed), "--data", "data = None")
 
 
 def test_a_second_process_on_the_same_run_stops_at_once_and_harms_nothing(tmp_path):
@@ -157,7 +128,7 @@ def test_a_second_process_on_the_same_run_stops_at_once_and_harms_nothing(tmp_pa
     settings_before = (out / "settings.json").read_bytes()
     started = time.time()
     second = numgpt_cli("train", "--resume", "--out", out)
-    one_line_error(second, "in use by another numgpt train", f"pid {first.pid}")
+    assert_usage_error(second, "in use by another numgpt train", f"pid {first.pid}")
     assert time.time() - started < 30
     assert (out / "settings.json").read_bytes() == settings_before
     stdout, stderr = first.communicate(timeout=300)
@@ -210,7 +181,7 @@ def test_numgpt_plot_redraws_the_plot_from_metrics(tmp_path):
     numgpt_cli("plot", out, "--output", tmp_path / "loss.png", check=0)
     import matplotlib.image
     assert matplotlib.image.imread(tmp_path / "loss.png").shape[:2] == (300, 500)
-    one_line_error(numgpt_cli("plot", tmp_path / "empty"), "metrics.jsonl", "no evaluation")
+    assert_usage_error(numgpt_cli("plot", tmp_path / "empty"), "metrics.jsonl", "no evaluation")
 
 
 def test_plotting_leaves_the_matplotlib_backend_alone():
