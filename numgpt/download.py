@@ -55,7 +55,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from numgpt.errors import NumgptError
+from numgpt.errors import NumgptError, UsageError
 
 HF_BASE_URL = "https://huggingface.co"
 
@@ -176,7 +176,7 @@ def download_gpt2(size, cache_dir=None, base_url=None, progress=True, retries=2,
     """
     canonical = canonical_size(size)
     if canonical is None:
-        raise ValueError(f"unknown GPT-2 size {size!r}: expected one of {', '.join(HF_NAMES)} (or 124m, 355m, ...)")
+        raise UsageError(f"unknown GPT-2 size {size!r}: expected one of {', '.join(HF_NAMES)} (or 124m, 355m, ...)")
     found = find_in_hf_cache(canonical)
     if found is not None:
         return found

@@ -32,6 +32,10 @@ class WeightsError(NumgptError, ValueError):
     """A weights file that does not fit; the message names the file and every problem."""
 
 
+class WeightsNotFoundError(NumgptError, FileNotFoundError):
+    """No weights where a GPT-2 source points: not a size name, a directory or a .safetensors file."""
+
+
 class Entry(NamedTuple):
     hf: str            # Hugging Face name ({i} = block index)
     numgpt: tuple      # numgpt names; several = the HF tensor is their concatenation along numgpt's axis 0
@@ -166,17 +170,17 @@ def _resolve(source, cache_dir):
     if path.is_dir():
         weights, config = path / "model.safetensors", path / "config.json"
         if not weights.is_file():
-            raise FileNotFoundError(f"{path} has no model.safetensors (the Hugging Face GPT-2 layout)")
+            raise WeightsNotFoundError(f"{path} has no model.safetensors (the Hugging Face GPT-2 layout)")
         return weights, config if config.is_file() else None
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise ValueError(f"{path} is not a .safetensors file")
+            raise WeightsError(f"{path} is not a .safetensors file")
         return path, None
     size = canonical_size(str(source))
     if size is not None:
         directory = download_gpt2(size, cache_dir=cache_dir)
         return directory / "model.safetensors", directory / "config.json"
-    raise FileNotFoundError(f"{source!r} is neither a GPT-2 size ({', '.join(GPT2_SIZES)}, or 124m ...) "
+    raise WeightsNotFoundError(f"{source!r} is neither a GPT-2 size ({', '.join(GPT2_SIZES)}, or 124m ...) "
                             "nor an existing directory or .safetensors file")
 
 
@@ -257,7 +261,10 @@ def export_hf(model, directory):
     Returns the directory.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WeightsError(f"cannot export to {directory}: {error.strerror or error}") from None
     cfg, tied = model.cfg, is_tied(model)
     arrays = {name: param.data for name, param in model.named_parameters()}
     dtype = arrays["tok_emb.weight"].dtype

@@ -119,7 +119,7 @@ class TrainState:
     def from_dict(cls, data):
         missing = [name for name in cls.__dataclass_fields__ if name not in data and name not in cls.OPTIONAL]
         if missing:
-            raise ValueError(f"training state lacks {', '.join(missing)}: cannot resume exactly")
+            raise UsageError(f"training state lacks {', '.join(missing)}: cannot resume exactly")
         return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 

@@ -52,6 +52,9 @@ def test_generate_eval_and_export_from_the_run(tiny_run, verdict_path, tmp_path)
     loss, ppl = (float(x) for x in ev.stdout.replace(",", "").split()[1:4:2])
     assert 5 < loss < 11.5 and abs(ppl - np.exp(loss)) / ppl < 1e-3
     numgpt_cli("export", "--checkpoint", out, "--out", tmp_path / "hf", check=0)
+    (tmp_path / "a-file").write_text("")
+    assert_usage_error(numgpt_cli("export", "--checkpoint", out, "--out", tmp_path / "a-file" / "hf"),
+                       "cannot export to", "a-file")
     from_hf = numgpt_cli("generate", "--gpt2", tmp_path / "hf", "--prompt", "Every effort moves you",
                          "--max-new-tokens", "5", check=0)
     greedy = numgpt_cli("generate", "--checkpoint", out, "--prompt", "Every effort moves you",
@@ -151,6 +154,10 @@ def test_bad_input_exits_2_with_one_line(verdict_path, tmp_path):
     torch_file = tmp_path / "model.pt"
     torch_file.write_bytes(b"PK\x03\x04" + bytes(60))
     assert_usage_error(numgpt_cli("generate", "--checkpoint", torch_file, "--prompt", "x"), "model.pt", "pickle")
+    assert_usage_error(numgpt_cli("download", "gpt2-9b"), "unknown GPT-2 size 'gpt2-9b'")
+    assert_usage_error(numgpt_cli("generate", "--gpt2", tmp_path / "nowhere", "--prompt", "x"), "nowhere",
+                       "neither a GPT-2 size")
+    assert_usage_error(numgpt_cli("train", "--out", torch_file, "--preset", "tiny"), "model.pt", "run directory")
     garbage = tmp_path / "model.safetensors"
     garbage.write_bytes(b"not a safetensors file at all")
     assert_usage_error(numgpt_cli("generate", "--gpt2", garbage, "--prompt", "x"), "model.safetensors", "header")

@@ -86,11 +86,12 @@ def test_every_numgpt_error_is_a_numgpt_error_and_a_builtin_one():
     from numgpt.data import DataError
     from numgpt.download import DownloadError
     from numgpt.nn import StateDictError
-    from numgpt.pretrained import WeightsError
+    from numgpt.pretrained import WeightsError, WeightsNotFoundError
     from numgpt.run import RunError
     from numgpt.safe_io import UnsafeFileError
-    for error in (CheckpointError, DataError, DownloadError, StateDictError, WeightsError, RunError,
-                  UnsafeFileError, UsageError):
+    from numgpt.bundled import BundledFileError
+    for error in (CheckpointError, DataError, DownloadError, StateDictError, WeightsError, WeightsNotFoundError,
+                  RunError, UnsafeFileError, UsageError, BundledFileError):
         assert issubclass(error, NumgptError), error
 
 
