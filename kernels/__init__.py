@@ -1,9 +1,8 @@
-"""numba twins of numgpt's hot ops, importable as ``numgpt.kernels``.
-
-Each kernel has the same name, signature and cache type as its NumPy twin in
-``numgpt.ops`` (or ``numgpt.optim``); ``NUMBA_TWINS`` maps that name to the
-kernel, and ``numgpt.backend.dispatch`` picks it when the kernel mode is
-``numba``.
+"""numba twins of numgpt's hot ops, importable as ``numgpt.kernels``: one
+file per op family, each function with the name, signature and cache type
+of the NumPy reference it replaces. numgpt/registry.py registers each twin
+against its reference function and decides when it runs (kernel mode
+``numba``, the default).
 
 Every kernel is ``@njit(cache=True)`` and compiles once per dtype on its first
 call (float32 for training, float64 for gradient checks); the compiled code is
@@ -29,24 +28,13 @@ from numba.core import event
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-from numgpt.kernels import adamw, attention, cross_entropy, embedding, gelu, layer_norm, matmul
-from numgpt.ops.dropout import DropoutMask
-from numgpt.ops.embedding import embedding_forward
+from numgpt.kernels import compile_cache  # noqa: E402
 
-NUMBA_TWINS = {
-    "attention_forward": attention.attention_forward,
-    "attention_backward": attention.attention_backward,
-    "layer_norm_forward": layer_norm.layer_norm_forward,
-    "layer_norm_backward": layer_norm.layer_norm_backward,
-    "gelu_forward": gelu.gelu_forward,
-    "gelu_backward": gelu.gelu_backward,
-    "cross_entropy_forward": cross_entropy.cross_entropy_forward,
-    "cross_entropy_backward": cross_entropy.cross_entropy_backward,
-    "adamw_update": adamw.adamw_update,
-    "embedding_backward": embedding.embedding_backward,
-    "matmul": matmul.matmul,
-    "sum_of_squares": adamw.sum_of_squares,
-}
+compile_cache.refresh()      # before the kernels load: drops cached code whose inlined vexp.py changed
+
+from numgpt.kernels import adamw, attention, cross_entropy, embedding, gelu, layer_norm, linear, matmul  # noqa: E402, F401
+from numgpt.ops.dropout import DropoutMask  # noqa: E402
+from numgpt.ops.embedding import embedding_forward  # noqa: E402
 
 JITTED = (attention.JITTED + layer_norm.JITTED + gelu.JITTED + cross_entropy.JITTED + adamw.JITTED
           + embedding.JITTED + matmul.JITTED)
@@ -78,12 +66,11 @@ def warm_up(dtype=numpy.float32):
     start = time.perf_counter()
     B, T, NH, HS, V = 1, 3, 2, 2, 5
     C = NH * HS
-    qkv = rng.standard_normal((B, T, 3 * C)).astype(dtype)
+    x = rng.standard_normal((B, T, C)).astype(dtype)
     mask = DropoutMask(numpy.ones((B, NH, T, T), dtype=bool), 1.0)
     for m in (None, mask):
-        out, cache = attention.attention_forward(qkv, NH, m)
+        out, cache = attention.attention_forward(x, x, x, NH, m)
         attention.attention_backward(out, cache)
-    x = rng.standard_normal((B, T, C)).astype(dtype)
     ones, zeros = numpy.ones(C, dtype=dtype), numpy.zeros(C, dtype=dtype)
     out, cache = layer_norm.layer_norm_forward(x, ones, zeros)
     layer_norm.layer_norm_backward(out, cache)

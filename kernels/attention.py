@@ -4,8 +4,8 @@ the AVX-512 kernel where it runs, else BLAS), and one numba pass
 per direction does what NumPy needs many temporaries for: scale, causal mask,
 softmax and dropout forward, and their gradient backward.
 
-Shapes: qkv (B, T, 3C); heads (3, B, NH, T, HS) contiguous; scores, att,
-dropped (B, NH, T, T); out and dout (B, T, C).
+Shapes: q, k, v (B, T, C); their heads (B, NH, T, HS) contiguous copies;
+scores, att, dropped (B, NH, T, T); out and dout (B, T, C).
 
 Causal: row t reads columns t2 <= t only and writes zeros beyond, as the
 NumPy twin's softmax leaves them. One prange iteration is one row of one head
@@ -18,7 +18,7 @@ from numba import njit, prange
 from numgpt.kernels.matmul import matmul
 from numgpt.kernels.vexp import vexp
 
-from numgpt.ops.attention import AttentionCache
+from numgpt.ops.attention import AttentionCache, merge_heads, split_heads
 
 _NO_KEEP = numpy.ones((1, 1, 1, 1), dtype=numpy.bool_)   # stand-in when there is no dropout (never read)
 
@@ -73,10 +73,9 @@ def _softmax_backward(ddropped, att, keep, keep_scale, has_mask, scale, dscores)
             ds[t2] = zero
 
 
-def _heads(qkv, n_heads):
-    """(B, T, 3C) -> contiguous (3, B, NH, T, HS): queries, keys, values per head."""
-    B, T, C3 = qkv.shape
-    return numpy.ascontiguousarray(qkv.reshape(B, T, 3, n_heads, C3 // (3 * n_heads)).transpose(2, 0, 3, 1, 4))
+def _heads(x, n_heads):
+    """(B, T, C) -> contiguous (B, NH, T, HS) (a copy)."""
+    return numpy.ascontiguousarray(split_heads(x, n_heads))
 
 
 def _mask_args(mask, dtype):
@@ -85,42 +84,36 @@ def _mask_args(mask, dtype):
     return mask.keep, dtype.type(mask.scale), True
 
 
-def attention_forward(qkv, n_heads, mask=None):
-    B, T, C3 = qkv.shape
-    q, k, v = _heads(qkv, n_heads)                                     # 1. 3 x (B, NH, T, HS)
-    scale = qkv.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+def attention_forward(q, k, v, n_heads, mask=None):
+    q, k, v = (_heads(x, n_heads) for x in (q, k, v))                 # 1. 3 x (B, NH, T, HS)
+    scale = q.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
     scores = matmul(q, k.swapaxes(-1, -2))                             # 2. (B, NH, T, T)
     att = numpy.empty_like(scores)
     dropped = att if mask is None else numpy.empty_like(scores)
-    _softmax_forward(scores, scale, *_mask_args(mask, qkv.dtype), att, dropped)   # 3.-5.
+    _softmax_forward(scores, scale, *_mask_args(mask, q.dtype), att, dropped)   # 3.-5.
     y = matmul(dropped, v)                                             # 6. (B, NH, T, HS)
-    out = y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)               # 7. (B, T, C) (a copy)
-    return out, AttentionCache(qkv, att, mask, n_heads)
+    return merge_heads(y), AttentionCache(q, k, v, att, mask)          # 7. (B, T, C) (a copy)
 
 
 def attention_backward(dout, cache):
-    qkv, att, mask, n_heads = cache
-    B, T, C3 = qkv.shape
-    q, k, v = _heads(qkv, n_heads)
-    HS = q.shape[-1]
-    scale = qkv.dtype.type(1.0 / numpy.sqrt(HS))
-    keep, keep_scale, has_mask = _mask_args(mask, qkv.dtype)
-    dheads = numpy.empty((3, B, n_heads, T, HS), dtype=qkv.dtype)
-    dq, dk, dv = dheads
+    q, k, v, att, mask = cache
+    n_heads = q.shape[1]
+    scale = q.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+    keep, keep_scale, has_mask = _mask_args(mask, q.dtype)
     # 7. out = y merged: dy (B, NH, T, HS)
-    dy = numpy.ascontiguousarray(dout.reshape(B, T, n_heads, HS).transpose(0, 2, 1, 3), dtype=qkv.dtype)
+    dy = numpy.ascontiguousarray(split_heads(dout, n_heads), dtype=q.dtype)
     # 6. y = dropped @ v
     dropped = att if mask is None else mask.apply(att)
-    matmul(dropped.swapaxes(-1, -2), dy, out=dv)                       # (B, NH, T, HS)
+    dv = matmul(dropped.swapaxes(-1, -2), dy)                          # (B, NH, T, HS)
     ddropped = matmul(dy, v.swapaxes(-1, -2))                          # (B, NH, T, T)
     # 5.-2. dropout, softmax, scale (in one pass)
     dscores = numpy.empty_like(att)
     _softmax_backward(ddropped, att, keep, keep_scale, has_mask, scale, dscores)
     # 2. scores = q @ k^T
-    matmul(dscores, k, out=dq)                                         # (B, NH, T, HS)
-    matmul(dscores.swapaxes(-1, -2), q, out=dk)
-    # 1. split heads: (3, B, NH, T, HS) -> (B, T, 3C)
-    return dheads.transpose(1, 3, 0, 2, 4).reshape(B, T, C3)
+    dq = matmul(dscores, k)                                            # (B, NH, T, HS)
+    dk = matmul(dscores.swapaxes(-1, -2), q)
+    # 1. split heads
+    return merge_heads(dq), merge_heads(dk), merge_heads(dv)          # 3 x (B, T, C)
 
 
 JITTED = (_softmax_forward, _softmax_backward)

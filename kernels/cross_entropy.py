@@ -20,7 +20,7 @@ from numba import njit, prange
 from numgpt.kernels.vexp import vexp
 
 from numgpt.ops.cross_entropy import IGNORE_INDEX, CrossEntropyCache
-from numgpt.ops.scratch import reusable
+from numgpt.kernels.scratch import reusable
 
 
 LANES = 16   # independent partial max / sum lanes: they vectorise without reassociating a sum

@@ -7,7 +7,7 @@ Shapes: idx (...) int, dout (..., C) seen as (N, C), dweight (V, C).
 import numpy
 from numba import njit
 
-from numgpt.ops.scratch import reusable
+from numgpt.kernels.scratch import reusable
 
 
 @njit(cache=True)

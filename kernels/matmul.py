@@ -11,14 +11,82 @@ products (benchmarks/results.md has the table). Without AVX-512
 (``HAS_AVX512`` false) every product goes to NumPy, where the BLAS is the
 better choice.
 
-The blocking is BLIS's, with a register micro-kernel written in LLVM IR
+The method is Goto's [1], in BLIS's five-loop form [2]: five loops around a
+register micro-kernel, each loop sized so that the block of an operand it
+reuses stays in one level of the memory hierarchy, and B packed so that the
+innermost loop reads it in order. The micro-kernel is written in LLVM IR
 (numba's ``@intrinsic``), because a tile kept in a numba array lives in
-memory, not in registers:
+memory, not in registers.
 
+The loop nest (``_product_block``, one thread's block of C; 4-byte floats).
+Each block stays in the level named while the loop below it reuses it:
+
+  for jc in N, step NC = 768      loop 5  columns of C and B
+   for pc in K, step KC = 256     loop 4  pack B[pc:+KC, jc:+NC] -> packed_b   KC x NC = 768 KiB  L3
+    for ic in M, step MC = 256    loop 3  A[ic:+MC, pc:+KC] (copied if A.T)    MC x KC = 256 KiB  L2
+     for jr in NC, step NR = 48   loop 2  micro-panel of packed_b              KC x NR =  48 KiB  L1 (*)
+      for ir in MC, step MR = 8   loop 1  sliver A[ir:+MR, pc:+KC]             MR x KC =   8 KiB  from L2
+       for p in KC                _tile_product: C[ir:+MR, jr:+NR] +=          MR x NR = 1.5 KiB  24 zmm
+                                    A[ir:+MR, p] (8 broadcasts) * packed_b[p, jr:+NR] (3 vectors)
+
+Reuse: packed_b serves every ic block (M / MC of them), the A block all
+NC / NR = 16 micro-panels, a micro-panel all MC / MR = 32 slivers (each
+sliver is used once per micro-panel, streamed from L2 past it), each B
+vector MR = 8 FMAs and each broadcast NV = 3. C's tile is read and written
+once per K block. Above loop 5, ``_gemm`` gives each thread whole products
+or a block of C's rows or columns.
+
+Why the sizes fit, on this project's machine (``lscpu``,
+/sys/devices/system/cpu/cpu0/cache): AMD EPYC family 25 model 17 (Zen 4)
+as a 2-vCPU KVM guest, L1d 32 KiB 8-way and L2 1 MiB 8-way per core, L3
+32 MiB 16-way shared.
+- Registers: the 8 x 48 tile is 24 zmm registers of 64 bytes (below).
+- L1 (*): in BLIS's plan the micro-panel sits in L1 while loop 1 streams
+  the slivers past it; BLIS sizes KC so that it takes about half of L1.
+  Here the micro-panel, 256 x 48 x 4 = 48 KiB, is larger than the 32 KiB
+  L1: that would take KC ~ 80, and C's tile would be read and written
+  about 3x as often (10 K blocks instead of 3 for K = 768). At KC = 256
+  loop 1 re-reads the micro-panel from L2, in order (the prefetcher
+  follows it): 3 x 64 bytes per step p, i.e. per 24 FMAs, at most 16
+  bytes per cycle even at two 512-bit FMAs per cycle (Zen 4 issues one),
+  a fraction of what L2 delivers to L1.
+- L2: the A block, 256 x 256 x 4 = 256 KiB, plus the 48 KiB micro-panel
+  and the C tiles take about a third of the 1 MiB.
+- L3: packed_b, 256 x 768 x 4 = 768 KiB per thread (1.5 MiB for both), is
+  too big for L2 beside the A block and small beside the shared 32 MiB.
+  NC = 768 = 16 x NR is also GPT-2 small's C.
+
+The register budget of the micro-kernel (AVX-512: 32 zmm registers of
+16 floats): 24 accumulators (MR x NV = 8 x 3 vectors) + 3 vectors of
+packed B (one row p, 48 floats) + 1 broadcast of A[i, p] = 28 of 32. (The
+compiled loop, read with numba's ``inspect_asm`` on this machine, does two
+steps per iteration and loads the second step's operands into the spare
+registers: 31 zmm, no stack access inside the loop.) Why 24 accumulators:
+each is a chain of dependent FMAs, one per p, and the FMA pipes stay busy
+only with at least latency x issue rate chains in flight (4 cycles x 2 per
+cycle = 8 on Intel cores with two 512-bit FMA units; 4 x 1 on Zen 4). And
+the more accumulators, the fewer loads per FMA: each step issues MR
+broadcasts and NV vector loads for MR x NV FMAs. The shapes with 24
+accumulators (not timed against each other here; this one's speed is in
+benchmarks/results.md):
+    MR x NR    zmm registers   loads per 24 FMAs   micro-panel KC x NR
+    12 x 32    24 + 2 + 1 = 27   12 + 2 = 14          32 KiB
+     8 x 48    24 + 3 + 1 = 28    8 + 3 = 11          48 KiB
+     6 x 64    24 + 4 + 1 = 29    6 + 4 = 10          64 KiB
+12 x 32 needs 27% more loads per FMA. 6 x 64 saves one load in 11 but
+makes the micro-panel twice L1 and leaves 3 spare registers; and 6
+divides neither MC = 256 nor the sequence length T = 256, so every block
+of rows would end in a zero-padded tile, where 8 divides both (and
+B x T). The price of NR = 48: N = 64 (attention's att @ v per head with
+HS = 64) is one full panel and one 16-wide edge tile.
+
+The pieces:
 - ``_tile_product``: an MR x NR = 8 x 48 tile of C in 24 AVX-512 registers;
   per step p of the sum, 3 vector loads of packed B, 8 broadcasts of A and
   24 fused multiply-adds. A is read in place through two strides, so a row-
   or column-major operand needs no packing; B is read from packed panels.
+  ``_tile_product_scalar`` is its portable twin (any CPU, same arithmetic:
+  tests/test_kernels.py checks the two bit for bit on AVX-512).
 - B is packed KC rows by NC columns at a time into panels NR wide
   (``_pack_b``: 16-float vector copies, or 16-float gathers when B is a
   transposed view such as a weight's ``W.T``), zero-padded at the right edge.
@@ -42,7 +110,15 @@ Shapes: a (..., M, K), b (..., K, N), out (..., M, N), the leading axes
 equal; a and b may be C-contiguous arrays or transposed views of them. Anything else (other dtypes, other strides, a
 dimension under MIN_DIM: tiny test models, generation's one-token steps)
 goes to ``numpy.matmul``.
+
+[1] K. Goto and R. A. van de Geijn, "Anatomy of High-Performance Matrix
+    Multiplication", ACM Transactions on Mathematical Software 34(3), 2008.
+[2] F. G. Van Zee and R. A. van de Geijn, "BLIS: A Framework for Rapidly
+    Instantiating BLAS Functionality", ACM Transactions on Mathematical
+    Software 41(3), 2015.
 """
+import math
+
 import llvmlite.binding
 import numba
 import numpy
@@ -189,6 +265,51 @@ def _tile_product(typingctx, a, a_offset, a_row_stride, a_col_stride, packed_b, 
     return signature, codegen
 
 
+@njit(cache=True)
+def _fma32(x, y, z):
+    """x * y + z for float32 x, y, z, rounded once to float32 (one lane of llvm.fma.v16f32), on
+    any CPU, in float64 arithmetic:
+    1. x y is exact in float64 (24 + 24 significant bits fit in 53);
+    2. s = x y + z rounded to float64, and that rounding's error exactly (Knuth's two-sum);
+    3. if the error is not 0, s moves to its neighbour towards the exact sum when its last bit is
+       even ("round to odd"), so that rounding s to float32 (53 >= 24 + 2 bits) cannot meet a
+       false tie: the float32 is the exact sum rounded once (Boldo and Melquiond, "Emulation of
+       FMA and correctly rounded sums: proved algorithms using rounding to odd", IEEE
+       Transactions on Computers 57(4), 2008).
+    Without step 3 some sums round twice: x = 1 + 2^-23, y = 2^-24 - 2^-47, z = 1 + 2^-23 would
+    give 1 + 2^-22, not 1 + 2^-23."""
+    product = numpy.float64(x) * numpy.float64(y)                  # 1.
+    addend = numpy.float64(z)
+    s = product + addend                                           # 2.
+    if not math.isfinite(s):                                       # inf or NaN: nothing to round
+        return numpy.float32(s)
+    back = s - product
+    error = (product - (s - back)) + (addend - back)
+    if error != 0.0:                                               # 3.
+        mantissa, _ = math.frexp(s)                                # |s| = |mantissa| 2^e, 1/2 <= |mantissa| < 1
+        if numpy.int64(abs(mantissa) * 9007199254740992.0) % 2 == 0:   # its 53-bit significand, even
+            s = numpy.nextafter(s, math.inf if error > 0.0 else -math.inf)
+    return numpy.float32(s)
+
+
+@njit(cache=True)
+def _tile_product_scalar(a, a_offset, a_row_stride, a_col_stride, packed_b, b_offset, kc, c, c_offset, ldc,
+                         accumulate):
+    """``_tile_product``'s portable twin: the same arguments (float32 arrays, flat) and the same
+    arithmetic per element of the tile: a float32 sum from 0, over p < kc in order, one fused
+    multiply-add per step (``_fma32``), then stored to c or, when ``accumulate``, added to c in
+    one float32 addition. Plain numba, so it runs on any CPU; it is the reference that the AVX-512
+    micro-kernel is tested against (bit for bit), not a path the kernel takes."""
+    for i in range(MR):
+        for j in range(NR):
+            total = numpy.float32(0.0)
+            for p in range(kc):
+                total = _fma32(a[a_offset + i * a_row_stride + p * a_col_stride], packed_b[b_offset + p * NR + j],
+                               total)
+            k = c_offset + i * ldc + j
+            c[k] = c[k] + total if accumulate else total
+
+
 @njit(inline="always")
 def _pack_b(b, b_transposed, K, N, pc, kc, jc, nc, packed):
     """B[pc:pc+kc, jc:jc+nc] -> packed[panel kc NR + p NR + j], panels NR columns wide,
@@ -230,23 +351,24 @@ def _pack_a_columns(a, M, pc, kc, ic, mc, packed):
 def _product_block(a_stored, a_transposed, b_stored, b_transposed, c, i_lo, i_hi, j_lo, j_hi,
                    packed_b, packed_a, padded_a, tile):
     """c[i_lo:i_hi, j_lo:j_hi] = (A @ B)[i_lo:i_hi, j_lo:j_hi], one thread; A and B given by their
-    C-contiguous storage and a transposed flag, c (M, N) C-contiguous."""
+    C-contiguous storage and a transposed flag, c (M, N) C-contiguous. The loop nest is the
+    module docstring's picture."""
     M, N = c.shape
     K = a_stored.shape[0] if a_transposed else a_stored.shape[1]
     a, b, c_flat = a_stored.ravel(), b_stored.ravel(), c.ravel()
-    for jc in range(j_lo, j_hi, NC):
+    for jc in range(j_lo, j_hi, NC):                            # loop 5: NC columns of C and B
         nc = min(NC, j_hi - jc)
-        for pc in range(0, K, KC):
+        for pc in range(0, K, KC):                              # loop 4: a K block; B's block packed (L3)
             kc = min(KC, K - pc)
             later_block = pc > 0                                # C holds the earlier K blocks: add to it
             _pack_b(b, b_transposed, K, N, pc, kc, jc, nc, packed_b)
-            for ic in range(i_lo, i_hi, MC):
+            for ic in range(i_lo, i_hi, MC):                    # loop 3: MC rows; A's block (L2)
                 mc = min(MC, i_hi - ic)
                 if a_transposed:
                     _pack_a_columns(a, M, pc, kc, ic, mc, packed_a)
-                for jr in range(0, nc, NR):
+                for jr in range(0, nc, NR):                     # loop 2: a micro-panel of packed_b (L1 / L2)
                     width, j0, b_offset = min(NR, nc - jr), jc + jr, jr // NR * kc * NR
-                    for ir in range(0, mc, MR):
+                    for ir in range(0, mc, MR):                 # loop 1: a sliver of A, a tile of C
                         height, i0 = min(MR, mc - ir), ic + ir
                         if a_transposed:
                             source, offset, row_stride, col_stride = packed_a, ir, 1, mc
@@ -260,6 +382,7 @@ def _product_block(a_stored, a_transposed, b_stored, b_transposed, c, i_lo, i_hi
                             source, offset, row_stride, col_stride = padded_a, 0, 1, MR
                         full = height == MR and width == NR     # else an edge tile: through the buffer
                         target, target_offset, ldc = (c_flat, i0 * N + j0, N) if full else (tile, 0, NR)
+                        # the p loop, the tile in registers
                         _tile_product(source, offset, row_stride, col_stride, packed_b, b_offset, kc,
                                       target, target_offset, ldc, later_block and full)
                         if not full:

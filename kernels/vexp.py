@@ -10,8 +10,10 @@ a polynomial that compiles to straight-line code: x = n ln2 + r with
 -87.34 gives 0 (numpy gives denormals down to -103.97; no softmax or loss
 here can tell). Any other dtype (float64 for gradient checks) uses numpy.exp.
 
-numba's on-disk cache checks only the source file of each jitted function:
-after editing this file, delete kernels/__pycache__ so the kernels recompile.
+This code is inlined into kernels of other files (attention, GELU, cross-
+entropy), whose numba cache stamps only their own source; when this file
+changes, kernels/compile_cache.py removes their cached code, so they
+recompile with it.
 """
 import numpy
 from numba import types

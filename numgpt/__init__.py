@@ -18,12 +18,13 @@ from numgpt.checkpoint import (Checkpoint, CheckpointError, CheckpointManager, b
 from numgpt.data import (DataLoader, GPTDatasetV1, Subset, create_dataloader_v1, default_collate, load_the_verdict,
                          read_text, split_text)
 from numgpt.generate import generate, generate_text_simple
-from numgpt.gradcheck import GradcheckError, gradcheck
+from numgpt.gradcheck import GradcheckError, gradcheck, gradcheck_pair
+from numgpt.graph import draw_graph, explain
 from numgpt.model import (GPT_CONFIG_124M, PRESETS, FeedForward, GPTModel, MultiHeadAttention, TransformerBlock,
                           gpt2_config)
 from numgpt.nn import (GELU, Dropout, Embedding, LayerNorm, Linear, Module, Parameter, Sequential,
                        StateDictError)
-from numgpt.ops import cross_entropy
+from numgpt.ops import cross_entropy, use_backward
 from numgpt.optim import AdamW, clip_grad_norm_
 from numgpt.plot import plot_losses
 from numgpt.download import DownloadError, download_gpt2
@@ -72,8 +73,10 @@ __all__ = [
     "cross_entropy",
     "default_collate",
     "download_gpt2",
+    "draw_graph",
     "enable_grad",
     "evaluate_model",
+    "explain",
     "export_hf",
     "generate",
     "generate_and_print_sample",
@@ -83,6 +86,7 @@ __all__ = [
     "get_tokenizer",
     "gpt2_config",
     "gradcheck",
+    "gradcheck_pair",
     "is_grad_enabled",
     "load_checkpoint",
     "load_gpt2",
@@ -99,6 +103,7 @@ __all__ = [
     "split_text",
     "text_to_token_ids",
     "token_ids_to_text",
+    "use_backward",
     "train_model_simple",
 ]
 

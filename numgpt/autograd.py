@@ -3,13 +3,33 @@
 A ``Tensor`` wraps one array (``.data``). Each op in ``numgpt.ops`` is a pair
 of pure functions, ``<op>_forward(...) -> (out, cache)`` and
 ``<op>_backward(dout, cache) -> grads``; its tape wrapper calls the forward and
-hands ``record`` the output, the input tensors and a closure over the backward.
-``Tensor.backward`` sorts the graph topologically and runs those closures in
-reverse, summing the gradients of a tensor used more than once.
+hands ``record`` the output, the input tensors, a closure over the backward
+and the op's name. Every recorded tensor is a node of the graph: its
+``_parents``, its ``_backward`` and its ``_op`` name (``numgpt.graph`` draws
+them).
 
-Gradients of leaves (parameters, inputs made with ``requires_grad=True``)
-accumulate into ``.grad`` across backward calls, as in PyTorch; gradients of
-intermediate tensors live only while the backward pass needs them.
+``Tensor.backward`` is the chain rule, walked once over the graph:
+
+    1. order the nodes so that every node comes after all of its parents
+       (a topological sort), and start from d(loss)/d(loss) = 1;
+    2. walk that order backwards: a node's gradient is complete once every
+       node that used it has run (they all come later in the order), so
+       it is handed to the node's backward, which returns one gradient per
+       parent;
+    3. a tensor used by several ops (a residual stream, a tied weight, the
+       input of the query, key and value projections) receives one gradient
+       from each use, and its gradient is their sum:
+           y = f(x), z = g(x)  ->  dL/dx = dL/dy dy/dx + dL/dz dz/dx
+       (the "fan-out sum"; it is what makes residual connections pass the
+       gradient straight through: d(x + f(x))/dx = 1 + df/dx);
+    4. leaves (parameters, inputs made with ``requires_grad=True``) add
+       their gradient into ``.grad``, accumulating across backward calls
+       as in PyTorch. Gradients of intermediate tensors live only while
+       the walk needs them.
+
+The walk frees the graph as it goes (each node's backward closure and the
+arrays it holds), as PyTorch does: a second ``backward()`` through the same
+graph raises, unless the first was called with ``retain_graph=True``.
 """
 import contextlib
 
@@ -46,7 +66,7 @@ def enable_grad():
 class Tensor:
     """An array with an optional gradient and a place in the graph."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "__weakref__")
     __array_priority__ = 100  # ndarray + Tensor defers to Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None):
@@ -59,6 +79,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self._parents = ()
         self._backward = None
+        self._op = None
 
     # ------------------------------------------------------------ array facts
     @property
@@ -162,11 +183,12 @@ class Tensor:
         return self.sum() * (1.0 / self.data.size)
 
     # ------------------------------------------------------------ backward
-    def backward(self, gradient=None):
+    def backward(self, gradient=None, retain_graph=False):
         """Backpropagate from this tensor; leaves' ``.grad`` accumulate.
 
         ``gradient`` is d(objective)/d(self); it may be omitted for a scalar.
-        The graph is freed as it is walked (as ``retain_graph=False``).
+        The graph is freed as it is walked, unless ``retain_graph`` (see the
+        module docstring for the steps).
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (made under no_grad, or from constants)")
@@ -179,60 +201,58 @@ class Tensor:
             if gradient.shape != self.shape:
                 raise ValueError(f"gradient shape {gradient.shape} does not match tensor shape {self.shape}")
 
-        order = _topological_order(self)
+        order = _topological_order(self)                              # 1. parents before children
         grads = {id(self): gradient}
         leaves = {}                                   # id -> (leaf, its summed gradient in this pass)
         while order:
-            node = order.pop()   # children first; popping lets each tensor go once its backward has run
+            node = order.pop()                                        # 2. children first
             dout = grads.pop(id(node), None)
             if dout is None:
                 continue
             if node._backward is None:
                 leaves[id(node)] = (node, dout)
                 continue
+            if node._backward is _freed:
+                raise RuntimeError(f"backward() through the graph a second time: the {node._op} node's "
+                                   f"intermediate values were freed by the first backward(); call the first "
+                                   f"one with retain_graph=True to keep them")
             parent_grads = node._backward(dout)
             for parent, grad in zip(node._parents, parent_grads):
                 if grad is None or parent is None or not parent.requires_grad:
                     continue
                 key = id(parent)
-                # out of place: a grad array may be shared by two parents (add's backward)
-                grads[key] = grad if key not in grads else grads[key] + grad
-            node._parents, node._backward = (), None
-        _accumulate_leaves(leaves.values(), gradient)
+                grads[key] = grad if key not in grads else grads[key] + grad   # 3. the fan-out sum
+            if not retain_graph:
+                node._parents, node._backward = (), _freed
+        _accumulate_leaves(leaves.values(), gradient)                 # 4.
 
 
-def _owner(array):
-    """The array that owns ``array``'s memory."""
-    while isinstance(array.base, numpy.ndarray):
-        array = array.base
-    return array
+def _freed(dout):
+    """The backward of a node whose graph was freed (see Tensor.backward)."""
+    raise AssertionError("unreachable: Tensor.backward checks for freed nodes first")
 
 
 def _accumulate_leaves(leaf_grads, gradient):
     """Add each leaf's gradient of this pass into ``.grad`` (accumulating, as PyTorch).
 
-    A leaf without a gradient yet takes the array itself, without a copy, when
-    nothing else can write to it: writeable, contiguous, of the leaf's dtype,
-    not the caller's ``gradient`` and overlapping no other leaf's array (views
-    of one buffer in disjoint rows, like the split of the fused QKV gradient,
-    are fine). Anything else is copied.
+    A leaf without a gradient yet keeps the array its op's backward returned,
+    without a copy, when nothing else can see that array: it owns its memory
+    (it is not a view, so no other gradient shares it), it is writeable and
+    of the leaf's dtype, it is not the caller's ``gradient``, and no other
+    leaf got the same array in this pass (add's backward hands one array to
+    both of its inputs). Otherwise the leaf stores a copy.
     """
     leaf_grads = list(leaf_grads)
-    by_owner = {}
-    for _, grad in leaf_grads:
-        by_owner.setdefault(id(_owner(grad)), []).append(grad)
+    handed_out = [id(grad) for _, grad in leaf_grads]
     for leaf, grad in leaf_grads:
         if grad.shape != leaf.shape:
             raise RuntimeError(f"internal error: gradient of shape {grad.shape} for a leaf of shape {leaf.shape}")
         if leaf.grad is not None:
             leaf.grad += grad
             continue
-        siblings = by_owner[id(_owner(grad))]
-        ownable = (grad.flags.writeable and grad.flags.c_contiguous and grad.dtype == leaf.dtype
-                   and _owner(grad) is not _owner(gradient)
-                   and sum(other is grad for other in siblings) == 1
-                   and not any(other is not grad and numpy.may_share_memory(grad, other) for other in siblings))
-        leaf.grad = grad if ownable else backend.xp.array(grad, dtype=leaf.dtype, copy=True)
+        private = (grad.base is None and grad.flags.writeable and grad.flags.c_contiguous and grad.dtype == leaf.dtype
+                   and grad is not gradient and handed_out.count(id(grad)) == 1)
+        leaf.grad = grad if private else backend.xp.array(grad, dtype=leaf.dtype, copy=True)
 
 
 def _topological_order(root):
@@ -263,13 +283,14 @@ def as_tensor(value):
     return value if isinstance(value, Tensor) else Tensor(value)
 
 
-def record(out, parents, backward):
-    """Wrap ``out`` in a Tensor; when a parent needs grad, remember how to backprop.
+def record(out, parents, backward, op="custom"):
+    """Wrap ``out`` in a Tensor made by the op named ``op``; when a parent needs
+    grad, remember how to backprop.
 
     ``backward(dout)`` returns one gradient (or None) per entry of ``parents``.
     """
     result = Tensor.__new__(Tensor)
-    result.data, result.grad = out, None
+    result.data, result.grad, result._op = out, None, op
     result._parents, result._backward = (), None
     result.requires_grad = _grad_enabled and any(p is not None and p.requires_grad for p in parents)
     if result.requires_grad:

@@ -1,5 +1,5 @@
 """The one place numgpt chooses its array module, its dtype policy, its random
-generator and its kernels.
+generator and its kernel mode.
 
 - ``xp`` is the array module. It is NumPy today; a CuPy-compatible module can be
   put here later without touching model code, because every array numgpt
@@ -11,10 +11,9 @@ generator and its kernels.
   be saved in a checkpoint as JSON (``get_rng_state`` / ``set_rng_state``).
 - Threads: ``set_num_threads(n)`` sets how many threads the numba kernels and
   the BLAS library use (default: one per core).
-- Kernels: every hot op has a NumPy function (the reference, always present)
-  and may have a numba twin in ``numgpt.kernels``. ``dispatch(fn)`` returns the
-  twin when the kernel mode is ``numba`` (the default; ``NUMGPT_KERNELS=numpy``
-  selects the reference path).
+- The kernel mode: ``numba`` (the default where numba is installed) runs the
+  numba twins of the hot ops, ``numpy`` (``NUMGPT_KERNELS=numpy``) the NumPy
+  references alone; numgpt/registry.py says which function runs for which.
 """
 import importlib.util
 import os
@@ -145,14 +144,3 @@ def set_kernel_mode(mode):
     if mode not in KERNEL_MODES:
         raise ValueError(f"kernel mode {mode!r}: expected one of {', '.join(KERNEL_MODES)}")
     _kernel_mode = mode
-
-
-def dispatch(numpy_twin):
-    """The function to run for ``numpy_twin``: its numba kernel in numba mode when
-    one is registered in ``numgpt.kernels.NUMBA_TWINS`` (by function name), else
-    the NumPy function itself."""
-    if _kernel_mode == "numba":
-        from numgpt.kernels import NUMBA_TWINS
-
-        return NUMBA_TWINS.get(numpy_twin.__name__, numpy_twin)
-    return numpy_twin

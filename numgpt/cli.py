@@ -64,6 +64,7 @@ TRAIN_DEFAULTS = {
     "max_skipped_steps": 5, "eval_freq": 5, "eval_iter": 5, "train_ratio": 0.9, "start_context": SEED_START_CONTEXT,
     "seed": 123, "checkpoint_every": None, "keep_last": None, "allow_special": False, "warmup_steps": 0,
     "lr_schedule": "constant", "min_lr": 0.0, "initial_lr": 0.0, "grad_accum": 1, "threads": None,
+    "backward": [],
 }
 ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
 
@@ -182,7 +183,22 @@ def _initial_model(flags):
     return cfg, model
 
 
+def _learner_backwards(specs):
+    """[(op, function, spec)] from --backward OP=MODULE:FUNCTION flags."""
+    from numgpt.registry import op_pair
+    chosen = []
+    for spec in specs:
+        op, _, function = spec.partition("=")
+        if not function:
+            raise UsageError(f"--backward {spec}: expected OP=MODULE:FUNCTION, e.g. layer_norm=mine:layer_norm_backward")
+        op_pair(op)                                          # a clear error for an unknown op
+        chosen.append((op, load_function(function), spec))
+    return chosen
+
+
 def cmd_train(args):
+    import contextlib
+
     from numgpt.checkpoint import CheckpointManager, restore
     from numgpt.data import create_dataloader_v1, split_text
     from numgpt.model import GPTModel
@@ -199,6 +215,7 @@ def cmd_train(args):
     flags, saved = _train_settings(args, run)
     if flags["threads"] is not None:
         backend.set_num_threads(flags["threads"])
+    yours = _learner_backwards(flags["backward"])
     text, data_sha256 = _read_corpus(flags["data"])
     if saved is not None and data_sha256 != saved["data_sha256"]:
         raise RunError(f"the data {flags['data'] or 'bundled the-verdict.txt'} has sha256 {data_sha256}, but this "
@@ -274,8 +291,12 @@ def cmd_train(args):
         run.write_losses(current, records)
         run.draw_plot(records)
 
+    from numgpt.registry import use_backward
     start_time = time.time()
-    with StopRequest() as stop:
+    with StopRequest() as stop, contextlib.ExitStack() as backwards:
+        for op, function, spec in yours:
+            backwards.enter_context(use_backward(op, function))
+            print(f"{op} trains with your backward {spec.partition('=')[2]}", flush=True)
         def after_step(current):
             if stop.signum is not None:
                 save()
@@ -380,18 +401,129 @@ def cmd_eval(args):
 
 
 # ---------------------------------------------------------------- gradcheck
+# a numba twin computes in float64 what its reference computes, in another order: round-off apart
+TWIN_RTOL = 1e-9
+
+
+def load_function(spec):
+    """The function named by ``module:function`` or ``path/to/file.py:function`` (a learner's code)."""
+    import importlib
+    import importlib.util
+    module_name, _, function_name = spec.rpartition(":")
+    if not module_name or not function_name:
+        raise UsageError(f"{spec!r}: expected module:function or path/to/file.py:function")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            path = Path(module_name)
+            if not path.is_file():
+                raise UsageError(f"{spec!r}: no file {path}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())    # as `python -m` would: your modules in this directory
+            module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(f"{spec!r}: cannot import {module_name}: {error}") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise UsageError(f"{spec!r}: {module_name} has no function {function_name}")
+    return function
+
+
+def _gradcheck_line(name, label, result):
+    verdict = "ok    " if result.ok else "FAILED"
+    return (f"{name:<20} {label:<11} {verdict} worst rel error {result.worst_rel_error:.2e} "
+            f"(abs {result.worst_abs_error:.2e}, {result.checked} elements)")
+
+
+def _twin_difference(name):
+    """The largest difference of the numba twin's output and gradients from the reference's, relative."""
+    import numpy as np
+    from numgpt.gradcheck import analytic_gradients
+    reference = analytic_gradients(name, "reference")
+    twin = analytic_gradients(name, "numba")
+    pairs = [(reference[0], twin[0])] + list(zip(reference[1], twin[1]))
+    return max(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-300)) for a, b in pairs)
+
+
+def _has_twin(case):
+    from numgpt.registry import numba_twins, op_pairs
+    return case.op is not None and any(fn in numba_twins() for fn in op_pairs()[case.op])
+
+
 def cmd_gradcheck(args):
-    from numgpt.gradcheck import check_model, check_op, op_cases
-    names = sorted(op_cases()) + ["model"]
+    from numgpt.gradcheck import check_case, check_model, kernel_mode, op_cases
+    from numgpt.registry import op_pairs
+    cases = op_cases()
+    if args.list:
+        for name, case in cases.items():
+            pair = op_pairs()[case.op] if case.op else None
+            where = (f"{pair.forward.__module__}: {pair.forward.__name__} / {pair.backward.__name__}"
+                     if pair else "the autograd's own op (numgpt/ops/shape.py, elementwise.py)")
+            twin = " (numba twin)" if _has_twin(case) else ""
+            print(f"{name:<20} {where}{twin}")
+        print(f"{'model':<20} every parameter of a tiny GPTModel")
+        return 0
+    names = list(cases) + ["model"]
     if args.op and args.op not in names:
-        raise UsageError(f"unknown op {args.op!r}: expected one of {', '.join(names)}")
+        raise UsageError(f"unknown op {args.op!r}: expected one of {', '.join(names)} (numgpt gradcheck --list)")
+    if args.backward and not args.op:
+        raise UsageError("--backward needs the op it replaces: numgpt gradcheck OP --backward module:function")
+    if args.backward:
+        return _check_your_backward(args.op, load_function(args.backward), args.backward)
+    twins = args.kernels == "numba"
+    print("float64 central differences with a random upstream gradient, of numgpt's reference pairs (numgpt/ops)"
+          + (" and their numba twins (numgpt/registry.py)" if twins else ""))
     failed = 0
     for name in [args.op] if args.op else names:
-        result = check_model() if name == "model" else check_op(name)
-        failed += not result.ok
-        print(f"{name:<20} {'ok    ' if result.ok else 'FAILED'} worst rel error {result.worst_rel_error:.2e} "
-              f"(abs {result.worst_abs_error:.2e}, {result.checked} elements)")
+        if name == "model":
+            results = [("reference", check_model())]
+            if twins:
+                with kernel_mode("numba"):
+                    results.append(("numba twin", check_model()))
+        else:
+            results = [("reference", check_case(name))]
+            if twins and _has_twin(cases[name]):
+                results.append(("numba twin", check_case(name, "numba")))
+        for label, result in results:
+            failed += not result.ok
+            print(_gradcheck_line(name, label, result))
+            if args.op:
+                _print_inputs(result)
+        if twins and name != "model" and _has_twin(cases[name]):
+            difference = _twin_difference(name)
+            failed += difference > TWIN_RTOL
+            print(f"{'':<20} {'twin':<11} {'ok    ' if difference <= TWIN_RTOL else 'FAILED'} output and gradients "
+                  f"within {difference:.1e} of the reference (relative; limit {TWIN_RTOL:.0e})")
     return 1 if failed else 0
+
+
+def _print_inputs(result):
+    for report in result.inputs:
+        print(f"    {report.name:<10} {str(report.shape):<12} {'ok    ' if report.ok else 'FAILED'} worst abs "
+              f"{report.worst_abs_error:.2e}, worst rel {report.worst_rel_error:.2e}, at {report.worst_index}: "
+              f"analytic {report.analytic:.6e}, numeric {report.numeric:.6e}")
+
+
+def _check_your_backward(name, backward, spec):
+    from numgpt.gradcheck import check_case, first_difference, op_cases
+    if name == "model":
+        raise UsageError("--backward replaces one op's backward: name the op (numgpt gradcheck --list)")
+    result = check_case(name, backward=backward)
+    print(f"{name} with your backward {spec}, against float64 central differences:")
+    _print_inputs(result)
+    difference = first_difference(name, backward)
+    op = op_cases()[name].op
+    if difference is None:
+        print(f"    equal to numgpt's {op}_backward on every element")
+    else:
+        input_name, index, yours, numgpts = difference
+        print(f"    first differs from numgpt's {op}_backward at {input_name}{list(index)}: yours {yours:.6e}, "
+              f"numgpt's {numgpts:.6e}")
+    print("ok" if result.ok else "FAILED")
+    return 0 if result.ok else 1
 
 
 # ---------------------------------------------------------------- GPT-2 weights
@@ -476,6 +608,8 @@ def build_parser():
     train.add_argument("--resume", action="store_true", help="continue the run in --out with its settings")
     train.add_argument("--allow-special", action="store_true", default=None,
                        help="encode a literal <|endoftext|> in the text as the special token (default: as text)")
+    train.add_argument("--backward", action="append", metavar="OP=MODULE:FUNCTION",
+                       help="train with your backward for OP (repeatable), e.g. layer_norm=mine:layer_norm_backward")
     _add_threads(train)
     train.set_defaults(run=cmd_train)
 
@@ -510,8 +644,17 @@ def build_parser():
     _add_threads(ev)
     ev.set_defaults(run=cmd_eval)
 
-    gc = sub.add_parser("gradcheck", help="float64 gradient check of each op and a tiny model")
-    gc.add_argument("op", nargs="?", help="one op (default: all, then the model)")
+    gc = sub.add_parser("gradcheck", help="float64 gradient check of each op and a tiny model",
+                        description="Check numgpt's backward passes (the NumPy reference pairs in numgpt/ops, or "
+                                    "with --kernels numba their numba twins too) against float64 central "
+                                    "differences; or check your own backward of one op with --backward.")
+    gc.add_argument("op", nargs="?", help="one op, with its inputs' worst errors (default: all, then the model)")
+    gc.add_argument("--list", action="store_true", help="name every op and where its pair lives")
+    gc.add_argument("--kernels", choices=("numpy", "numba"), default="numpy",
+                    help="numpy: the reference pairs (default); numba: the numba twins as well")
+    gc.add_argument("--backward", metavar="MODULE:FUNCTION",
+                    help="your backward for OP (the signature of its <op>_backward), checked against finite "
+                         "differences and against numgpt's")
     gc.set_defaults(run=cmd_gradcheck)
 
     dl = sub.add_parser("download", help="fetch OpenAI's GPT-2 weights into the cache")

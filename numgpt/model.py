@@ -63,9 +63,9 @@ def check_config(cfg):
 class MultiHeadAttention(Module):
     """Causal self-attention: W_query, W_key, W_value, out_proj as in the seed.
 
-    The three projections run as one product over their stacked weights,
-    (B, T, C) -> (B, T, 3C); the heads are split and merged inside the
-    attention core.
+    The projections make queries, keys and values (B, T, C) each; the
+    attention core (numgpt/ops/attention.py) splits them into heads,
+    attends causally and merges the heads again.
     """
 
     ignored_state_keys = ("mask",)  # the reference's causal-mask buffer
@@ -80,24 +80,18 @@ class MultiHeadAttention(Module):
         self.W_query = Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = Linear(d_in, d_out, bias=qkv_bias)
-        # one (3C, C) buffer behind the three weights (one (3C,) behind their biases): the fused
-        # projection in forward() reads it as is, with no per-step concatenation
-        ops.share_buffer([self.W_query.weight, self.W_key.weight, self.W_value.weight])
-        if qkv_bias:
-            ops.share_buffer([self.W_query.bias, self.W_key.bias, self.W_value.bias])
         self.out_proj = Linear(d_out, d_out)
 
     def forward(self, x, kv_cache=None):
         """x (B, T, C) -> (B, T, C); with ``kv_cache`` (a LayerKVCache), the
         T new positions attend to the cached ones too (inference only)."""
-        projections = (self.W_query, self.W_key, self.W_value)
-        weight = ops.concat([p.weight for p in projections])                      # 3 x (C, C) -> (3C, C)
-        bias = ops.concat([p.bias for p in projections]) if self.W_query.bias is not None else None
-        qkv = ops.linear(x, weight, bias)                                          # (B, T, C) -> (B, T, 3C)
+        queries = self.W_query(x)                                                  # (B, T, C)
+        keys = self.W_key(x)                                                       # (B, T, C)
+        values = self.W_value(x)                                                   # (B, T, C)
         if kv_cache is None:
-            context = ops.causal_attention(qkv, self.num_heads, self.dropout, self.training)  # -> (B, T, C)
+            context = ops.causal_attention(queries, keys, values, self.num_heads, self.dropout, self.training)
         else:
-            context = ops.cached_attention(qkv, self.num_heads, kv_cache)                    # -> (B, T, C)
+            context = ops.cached_attention(queries, keys, values, self.num_heads, kv_cache)
         return self.out_proj(context)                                              # (B, T, C)
 
 

@@ -8,7 +8,7 @@ import math
 
 import numpy
 
-from numgpt import backend
+from numgpt.registry import implementation
 
 
 def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay):
@@ -65,7 +65,7 @@ class AdamW:
                 param.grad[...] = 0
 
     def step(self):
-        update = backend.dispatch(adamw_update)
+        update = implementation(adamw_update)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -119,7 +119,7 @@ def sum_of_squares(array):
 
 def grad_norm(parameters):
     """The global L2 norm of the gradients (inf or nan when any gradient is)."""
-    squares = backend.dispatch(sum_of_squares)
+    squares = implementation(sum_of_squares)
     return math.sqrt(sum(squares(p.grad) for p in parameters if p.grad is not None))
 
 

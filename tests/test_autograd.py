@@ -71,11 +71,31 @@ def test_backward_of_a_non_scalar_needs_a_gradient():
         (x * 2.0).backward(np.ones(4))
 
 
-def test_the_graph_is_freed_after_backward():
+def test_the_graph_is_freed_after_backward_and_a_second_backward_raises():
     x = make((3,))
     y = x * 2.0
-    y.sum().backward()
-    assert y.is_leaf
+    loss = y.sum()
+    loss.backward()
+    assert y._parents == () and not y.is_leaf          # freed, and still not a leaf
+    with pytest.raises(RuntimeError, match="second time.*retain_graph=True"):
+        loss.backward()
+    np.testing.assert_array_equal(x.grad, 2.0)         # the failed call added nothing
+
+
+def test_retain_graph_keeps_the_graph_for_a_second_backward():
+    x = make((3,))
+    loss = (x * 2.0).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    np.testing.assert_array_equal(x.grad, 4.0)         # accumulated twice
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()
+
+
+def test_nodes_record_their_op():
+    x = make((2, 3))
+    y = (x * 2.0 + x).sum()
+    assert y._op == "sum" and y._parents[0]._op == "add" and x._op is None
 
 
 def test_float32_stays_float32_through_the_tape():
@@ -113,10 +133,14 @@ def test_the_callers_gradient_is_never_owned_by_a_leaf():
     np.testing.assert_array_equal(upstream, 1.0)
 
 
-def test_split_views_of_one_gradient_are_owned_without_copies():
+def test_a_fresh_gradient_is_owned_and_a_view_is_copied():
+    w = make((4, 3))
+    x = make((2, 3), seed=1)
+    from numgpt.ops import concat, linear
+    linear(x, w).backward(np.ones((2, 4)))
+    assert w.grad.base is None and w.grad.flags.writeable   # the product's own array, kept without a copy
     parts = [make((2, 3), seed=i) for i in range(3)]
-    from numgpt.ops import concat
     concat(parts).backward(np.arange(18.0).reshape(6, 3))
-    owners = {id(p.grad.base) for p in parts}
-    assert len(owners) == 1                          # three disjoint views of one array, not three copies
+    for part in parts:                                # split hands out views of one array: each leaf copies
+        assert part.grad.base is None
     np.testing.assert_array_equal(parts[2].grad, np.arange(12.0, 18.0).reshape(2, 3))

@@ -68,11 +68,20 @@ def test_console_script_and_gradcheck():
     result = subprocess.run([script, "gradcheck"], capture_output=True, text=True, timeout=300)
     print(result.stdout)
     assert result.returncode == 0
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == len(op_cases()) + 1
-    assert all(" ok " in line for line in lines) and lines[-1].startswith("model")
-    one = numgpt_cli("gradcheck", "layer_norm", check=0)
-    assert one.stdout.startswith("layer_norm") and len(one.stdout.strip().splitlines()) == 1
+    header, *lines = result.stdout.strip().splitlines()
+    assert "reference pairs" in header and "numba" not in header
+    assert len(lines) == len(op_cases()) + 1 and lines[-1].startswith("model")
+    assert all(line.split()[1:3] == ["reference", "ok"] for line in lines)
+    listed = numgpt_cli("gradcheck", "--list", check=0).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == [*op_cases(), "model"]
+    assert "numgpt.ops.layer_norm: layer_norm_forward / layer_norm_backward" in listed[3]
+    one = numgpt_cli("gradcheck", "layer_norm", check=0).stdout.splitlines()
+    print("\n".join(one))
+    assert one[1].startswith("layer_norm") and [line.split()[0] for line in one[2:]] == ["x", "weight", "bias"]
+    assert all("worst abs" in line and "worst rel" in line and ", at (" in line for line in one[2:])
+    twins = numgpt_cli("gradcheck", "attention", "--kernels", "numba", check=0).stdout
+    print(twins)
+    assert "numba twin  ok" in twins and "within" in twins and "of the reference" in twins
     assert_usage_error(numgpt_cli("gradcheck", "softmaxx"), "unknown op 'softmaxx'")
 
 

@@ -3,20 +3,34 @@ backward: float32 within the named per-tensor tolerances below (the worst
 error is printed), float64 to round-off; run-to-run bitwise determinism; and
 the whole tiny GPTModel giving the same logits and gradients in both kernel
 modes."""
+import ast
+import importlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections import namedtuple
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
 pytest.importorskip("numba")
 
+from numba import njit  # noqa: E402
+
 import numgpt  # noqa: E402
 from numgpt import backend  # noqa: E402
-from numgpt.kernels import NUMBA_TWINS  # noqa: E402
+from numgpt import registry  # noqa: E402
 from numgpt.kernels import adamw as k_adamw  # noqa: E402
 from numgpt.kernels import attention as k_attention  # noqa: E402
 from numgpt.kernels import cross_entropy as k_cross_entropy  # noqa: E402
 from numgpt.kernels import embedding as k_embedding  # noqa: E402
 from numgpt.kernels import gelu as k_gelu  # noqa: E402
 from numgpt.kernels import layer_norm as k_layer_norm  # noqa: E402
+from numgpt.kernels import linear as k_linear  # noqa: E402
 from numgpt.kernels import matmul as k_matmul  # noqa: E402
 from numgpt.model import PRESETS, GPTModel  # noqa: E402
 from numgpt.ops.attention import attention_backward, attention_forward  # noqa: E402
@@ -25,14 +39,14 @@ from numgpt.ops.embedding import embedding_backward, embedding_forward  # noqa: 
 from numgpt.ops.gelu import gelu_backward, gelu_forward  # noqa: E402
 from numgpt.ops.layer_norm import layer_norm_backward, layer_norm_forward  # noqa: E402
 from numgpt.ops.dropout import dropout_mask  # noqa: E402
-from numgpt.ops.linear import matmul  # noqa: E402
+from numgpt.ops.linear import linear_backward, linear_forward  # noqa: E402
 from numgpt.optim import adamw_update, sum_of_squares  # noqa: E402
 
 B, T, C, NH, V = 3, 7, 12, 3, 37
 
 # float32 tolerances, relative to the largest magnitude of the reference tensor
 FLOAT32_RTOL = {
-    "attention.out": 1e-6, "attention.dqkv": 2e-6,
+    "attention.out": 1e-6, "attention.dqkv": 2e-6, "linear.out": 2e-6, "linear.grads": 2e-6,
     "layer_norm.out": 1e-6, "layer_norm.dx": 2e-6, "layer_norm.dweight": 1e-6, "layer_norm.dbias": 1e-6,
     "gelu.out": 1e-6, "gelu.dx": 5e-6,
     "cross_entropy.loss": 1e-6, "cross_entropy.dlogits": 1e-6,
@@ -70,35 +84,58 @@ def randn(shape, seed, dtype, scale=1.0):
 DTYPES = [np.float32, np.float64]
 
 
-def test_every_twin_is_registered_under_its_numpy_name():
-    twins = {f.__name__: f for f in (attention_forward, attention_backward,
-                                     layer_norm_forward, layer_norm_backward,
-                                     gelu_forward, gelu_backward,
-                                     cross_entropy_forward, cross_entropy_backward,
-                                     adamw_update, sum_of_squares, embedding_backward, matmul)}
-    assert set(NUMBA_TWINS) == set(twins)
-    for name, kernel in NUMBA_TWINS.items():
-        assert kernel.__name__ == name
+def test_every_twin_is_registered_against_its_reference_function():
+    twins = registry.numba_twins()
+    references = {f.__name__: f for f in (attention_forward, attention_backward, layer_norm_forward,
+                                          layer_norm_backward, gelu_forward, gelu_backward, cross_entropy_forward,
+                                          cross_entropy_backward, adamw_update, sum_of_squares, embedding_backward,
+                                          linear_forward, linear_backward)}
+    assert set(twins) == set(references.values())
+    for reference, twin in twins.items():
+        assert twin.__name__ == reference.__name__ and twin is not reference
+        assert twin.__module__ == "numgpt.kernels." + reference.__module__.split(".")[-1].replace("optim", "adamw")
+    previous = backend.get_kernel_mode()
+    try:
         backend.set_kernel_mode("numba")
-        assert backend.dispatch(twins[name]) is kernel
-    backend.set_kernel_mode("numpy")
-    assert backend.dispatch(twins["gelu_forward"]) is gelu_forward
-    backend.set_kernel_mode(backend._initial_kernel_mode())
+        assert all(registry.implementation(ref) is twin for ref, twin in twins.items())
+        backend.set_kernel_mode("numpy")
+        assert all(registry.implementation(ref) is ref for ref in twins)
+    finally:
+        backend.set_kernel_mode(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_matches_numpy(dtype, bias):
+    x, w = randn((B, T, 40), 0, dtype), randn((24, 40), 1, dtype)
+    b = randn((24,), 2, dtype) if bias else None
+    out, cache = k_linear.linear_forward(x, w, b)
+    want_out, want_cache = linear_forward(x, w, b)
+    assert type(cache) is type(want_cache)
+    assert_close("linear.out", out, want_out, tol("linear.out", dtype))
+    dout = randn(out.shape, 3, dtype)
+    for name, got, want in zip(("dx", "dweight", "dbias"), k_linear.linear_backward(dout, cache),
+                               linear_backward(dout, want_cache)):
+        if want is None:
+            assert got is None
+        else:
+            assert_close(f"linear.{name}", got, want, tol("linear.grads", dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_attention_matches_numpy(dtype, with_mask):
-    qkv = randn((B, T, 3 * C), 0, dtype, scale=2.0)
+    q, k, v = (randn((B, T, C), seed, dtype, scale=2.0) for seed in (0, 4, 5))
     mask = dropout_mask((B, NH, T, T), 0.3) if with_mask else None
-    out, cache = k_attention.attention_forward(qkv, NH, mask)
-    want_out, want_cache = attention_forward(qkv, NH, mask)
+    out, cache = k_attention.attention_forward(q, k, v, NH, mask)
+    want_out, want_cache = attention_forward(q, k, v, NH, mask)
     assert type(cache) is type(want_cache)
     assert_close("attention.out", out, want_out, tol("attention.out", dtype))
     assert_close("attention.att", cache.att, want_cache.att, tol("attention.out", dtype))
     dout = randn((B, T, C), 1, dtype)
-    assert_close("attention.dqkv", k_attention.attention_backward(dout, cache),
-                 attention_backward(dout, want_cache), tol("attention.dqkv", dtype))
+    for name, got, want in zip("qkv", k_attention.attention_backward(dout, cache),
+                               attention_backward(dout, want_cache)):
+        assert_close(f"attention.d{name}", got, want, tol("attention.dqkv", dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -212,7 +249,7 @@ def test_matmul_kernel_matches_numpy(shape, stack):
         for b_transposed in (False, True):
             a, b = matmul_operands(shape, a_transposed, b_transposed, stack)
             assert k_matmul.kernel_operands(a, b) is not None, "the product went to numpy.matmul, not the kernel"
-            want = matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
+            want = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
             got = k_matmul.matmul(a, b)
             assert_close(f"matmul.out {shape} stack {stack} a.T {a_transposed} b.T {b_transposed}", got, want,
                          tol("matmul.out", np.float32))
@@ -225,7 +262,7 @@ def test_matmul_kernel_matches_numpy(shape, stack):
 def test_matmul_kernel_propagates_inf_and_nan():
     a, b = matmul_operands((37, 50, 61), False, True)
     a[3, 7], a[20, 0], b[5, 60] = np.inf, np.nan, -np.inf
-    want = matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
     assert np.isnan(want).any() and np.isinf(want).any()
     assert_close("matmul.out with inf and NaN", k_matmul.matmul(a, b), want, tol("matmul.out", np.float32))
 
@@ -267,6 +304,145 @@ def test_matmul_kernel_hands_other_products_to_numpy():
         k_matmul.matmul(a, a)                                           # (37, 50) @ (37, 50): numpy's error
 
 
+# ---------------------------------------------------------------- the matmul micro-kernel and its scalar twin
+FLOAT32_EPS = 2.0 ** -24                 # unit round-off of float32
+X_TIE, Y_TIE = 1 + 2.0 ** -23, 2.0 ** -24 - 2.0 ** -47   # X_TIE Y_TIE + X_TIE: float64 rounds it onto a float32 tie
+
+TileArgs = namedtuple("TileArgs", "a a_offset a_row_stride a_col_stride packed_b b_offset kc c c_offset ldc")
+
+
+def round_to_float32(q):
+    """The float32 nearest the rational q, ties to even, in exact integer arithmetic."""
+    if q == 0:
+        return np.float32(0.0)
+    sign, q = (-1 if q < 0 else 1), abs(q)
+    e = math.frexp(float(q))[1] - 1                                  # 2^e <= q < 2^(e+1), up to float rounding
+    e += 1 if q >= Fraction(2) ** (e + 1) else -1 if q < Fraction(2) ** e else 0
+    ulp = Fraction(2) ** (max(e, -126) - 23)                         # float32's spacing at q (subnormals: 2^-149)
+    return np.float32(sign * float(round(q / ulp) * ulp))            # round(Fraction): half to even
+
+
+def test_fma32_rounds_once_as_a_fused_multiply_add_does():
+    rng = np.random.default_rng(0)
+    x, y, z = rng.standard_normal((3, 3000)).astype(np.float32)
+    z[::3] = -(x[::3] * y[::3])                                      # cancellation: the rounding error shows
+    z[1::3] *= np.float32(2.0) ** rng.integers(-30, 30, 1000).astype(np.float32)
+    cases = list(zip(x, y, z)) + [tuple(np.float32([X_TIE, Y_TIE, X_TIE]))]
+    for a, b, c in cases:
+        want = round_to_float32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+        got = np.float32(k_matmul._fma32(a, b, c))                   # numba returns the float32 as a Python float
+        assert got.view(np.uint32) == want.view(np.uint32), (a, b, c, got, want)
+    x, y = np.float32(X_TIE), np.float32(Y_TIE)
+    assert k_matmul._fma32(x, y, x) == np.float32(X_TIE)
+    assert np.float32(float(x) * float(y) + float(x)) == np.float32(1 + 2.0 ** -22), "rounded twice"
+    assert np.isnan(k_matmul._fma32(np.float32(np.inf), np.float32(0.0), np.float32(1.0)))
+    assert k_matmul._fma32(np.float32(np.inf), np.float32(2.0), np.float32(1.0)) == np.inf
+
+
+def micro_kernel_inputs(kc, a_transposed, seed):
+    """One tile's operands, in the layouts _product_block hands the micro-kernel: A read in place
+    (row-major, row stride K) or from the packed columns of a transposed A (row stride 1, column
+    stride mc); packed_b one NR-wide panel (p NR + j) after another; C inside a wider array.
+    The tile's row 0 of A and column 0 of B (kc >= 2) make its first element sum fma(x, 1, 0) = x,
+    then fma(x, y, x), which rounds twice unless fused (X_TIE, Y_TIE), then zeros.
+    Returns the arguments and the tile's A (MR, kc) and B (kc, NR)."""
+    MR, NR = k_matmul.MR, k_matmul.NR
+    rng = np.random.default_rng(seed)
+    mc, K, ir, pc = 2 * MR, kc + 5, MR, 3                           # the tile: rows ir:ir+MR, columns pc:pc+kc
+    A = rng.standard_normal((mc, K)).astype(np.float32)
+    B = rng.standard_normal((kc, NR)).astype(np.float32)
+    if kc >= 2:
+        A[ir, pc:pc + kc] = 0.0
+        A[ir, pc:pc + 2] = X_TIE
+        B[0:2, 0] = 1.0, Y_TIE
+    if a_transposed:
+        a, a_offset, row_stride, col_stride = np.ascontiguousarray(A[:, pc:pc + kc].T).ravel(), ir, 1, mc
+    else:
+        a, a_offset, row_stride, col_stride = A.ravel(), ir * K + pc, K, 1
+    packed_b = np.concatenate([rng.standard_normal(NR).astype(np.float32), B.ravel()])   # the panel at offset NR
+    ldc = NR + 7
+    c = rng.standard_normal((MR + 2) * ldc).astype(np.float32)
+    return (TileArgs(a, a_offset, row_stride, col_stride, packed_b, NR, kc, c, ldc + 2, ldc),
+            A[ir:ir + MR, pc:pc + kc], B)
+
+
+def tile_of(args):
+    """The indices of the tile in args.c, (MR, NR)."""
+    return args.c_offset + np.arange(k_matmul.MR)[:, None] * args.ldc + np.arange(k_matmul.NR)
+
+
+@pytest.mark.parametrize("a_transposed", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_tile_product_scalar_twin_is_a_fused_float32_sum(a_transposed, accumulate):
+    """On every CPU: within the float32 error bound of the exact (float64) product, exact on the
+    planted sum that only a single rounding gets right, and not the unfused sum."""
+    for kc in (0, 1, 37, k_matmul.KC):
+        args, A, B = micro_kernel_inputs(kc, a_transposed, seed=kc)
+        before, rows = args.c.copy(), tile_of(args)
+        k_matmul._tile_product_scalar(*args, accumulate)
+        outside = np.ones(args.c.size, dtype=bool)
+        outside[rows] = False
+        assert np.array_equal(args.c[outside], before[outside]), "the twin wrote outside its tile"
+        old = before[rows].astype(np.float64) if accumulate else 0.0
+        exact = A.astype(np.float64) @ B.astype(np.float64) + old
+        # a float32 sum of kc products, then one addition into c: |error| <= (kc + 1) u (|A| |B| + |c|)
+        bound = (kc + 1) * FLOAT32_EPS * (np.abs(A).astype(np.float64) @ np.abs(B) + np.abs(old))
+        worst = float(np.max(np.abs(args.c[rows] - exact) / np.maximum(bound, 1e-300)))
+        print(f"scalar twin, kc {kc}, a.T {a_transposed}, accumulate {accumulate}: worst error {worst:.2f} of its bound")
+        assert worst <= 1.0
+        if kc >= 2 and not accumulate:
+            assert args.c[rows][0, 0] == np.float32(X_TIE), "the planted sum was rounded twice"
+        if kc == k_matmul.KC and not accumulate:
+            unfused = np.zeros((k_matmul.MR, k_matmul.NR), dtype=np.float32)
+            for p in range(kc):
+                unfused += A[:, p:p + 1] * B[p]                      # float32 multiply, then float32 add
+            assert not np.array_equal(args.c[rows], unfused), "the data cannot tell fused from unfused"
+
+
+@njit
+def run_tile_product(a, a_offset, a_row_stride, a_col_stride, packed_b, b_offset, kc, c, c_offset, ldc, accumulate):
+    k_matmul._tile_product(a, a_offset, a_row_stride, a_col_stride, packed_b, b_offset, kc, c, c_offset, ldc,
+                           accumulate)
+
+
+@njit
+def run_pack_b(b, b_transposed, K, N, pc, kc, jc, nc, packed):
+    k_matmul._pack_b(b, b_transposed, K, N, pc, kc, jc, nc, packed)
+
+
+@needs_avx512
+@pytest.mark.parametrize("b_transposed", [False, True])
+def test_tile_product_is_its_scalar_twin_bit_for_bit(b_transposed):
+    """The AVX-512 micro-kernel against its twin on the same packed inputs: packed_b written by
+    _pack_b itself (its layout checked first), A in both of _product_block's layouts."""
+    NR = k_matmul.NR
+    K, pc, jc = 300, 20, 3
+    nc = 2 * NR + 5                                                  # two full panels and a 5-wide one
+    for kc in (0, 1, 37, k_matmul.KC):
+        _, _, B_tile = micro_kernel_inputs(kc, False, seed=kc + 100)
+        B = np.random.default_rng(kc).standard_normal((K, jc + nc)).astype(np.float32)
+        B[pc:pc + kc, jc + NR:jc + 2 * NR] = B_tile                  # the second panel carries the planted column
+        packed_b = np.full(3 * kc * NR, np.nan, dtype=np.float32)
+        run_pack_b(np.ascontiguousarray(B.T).ravel() if b_transposed else B.ravel(), b_transposed,
+                   K, jc + nc, pc, kc, jc, nc, packed_b)
+        for panel in range(3):                                       # packed_b[panel kc NR + p NR + j], zero-padded
+            want = np.zeros((kc, NR), dtype=np.float32)
+            block = B[pc:pc + kc, jc + panel * NR:jc + (panel + 1) * NR]
+            want[:, :block.shape[1]] = block
+            assert np.array_equal(packed_b[panel * kc * NR:(panel + 1) * kc * NR].reshape(kc, NR), want)
+        for a_transposed in (False, True):
+            args, _, _ = micro_kernel_inputs(kc, a_transposed, seed=kc + 100)
+            args = args._replace(packed_b=packed_b, b_offset=kc * NR)
+            for accumulate in (False, True):
+                twin, simd = args.c.copy(), args.c.copy()
+                k_matmul._tile_product_scalar(*args._replace(c=twin), accumulate)
+                run_tile_product(*args._replace(c=simd), accumulate)
+                assert np.array_equal(simd.view(np.uint32), twin.view(np.uint32)), \
+                    f"kc {kc}, a.T {a_transposed}, accumulate {accumulate}: the micro-kernel and its twin differ"
+                if kc >= 2 and not accumulate:
+                    assert simd[tile_of(args)][0, 0] == np.float32(X_TIE)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sum_of_squares_matches_float64(dtype):
     for shape in [(7,), (3, 70_001), (k_adamw.CHUNK * 2 + 17,)]:
@@ -288,17 +464,17 @@ def test_sum_of_squares_matches_float64(dtype):
 
 
 def test_kernels_are_deterministic_run_to_run():
-    qkv = randn((B, T, 3 * C), 0, np.float32)
+    q, k, v = (randn((B, T, C), seed, np.float32) for seed in (0, 5, 6))
     mask = dropout_mask((B, NH, T, T), 0.1)
     dout = randn((B, T, C), 1, np.float32)
     x = randn((40, C), 2, np.float32)                               # more rows than one LayerNorm chunk
     w, b = randn((C,), 3, np.float32), randn((C,), 4, np.float32)
     runs = []
     for _ in range(2):
-        out, cache = k_attention.attention_forward(qkv, NH, mask)
-        dqkv = k_attention.attention_backward(dout, cache)
+        out, cache = k_attention.attention_forward(q, k, v, NH, mask)
+        dq, dk, dv = k_attention.attention_backward(dout, cache)
         ln_out, ln_cache = k_layer_norm.layer_norm_forward(x, w, b)
-        runs.append((out, dqkv, ln_out) + k_layer_norm.layer_norm_backward(x, ln_cache))
+        runs.append((out, dq, dk, dv, ln_out) + k_layer_norm.layer_norm_backward(x, ln_cache))
     for first, second in zip(*runs):
         assert np.array_equal(first, second)
 
@@ -349,26 +525,6 @@ def test_warm_up_compiles_or_loads_every_kernel():
         assert dispatcher.signatures, f"{dispatcher.py_func.__name__} never compiled"
 
 
-def test_fused_qkv_weight_is_the_shared_buffer_and_survives_load_state_dict():
-    from numgpt import ops
-    numgpt.manual_seed(0)
-    model = GPTModel(dict(PRESETS["tiny"], qkv_bias=True))
-    att = model.trf_blocks[0].att
-    projections = (att.W_query, att.W_key, att.W_value)
-    fused = ops.concat([p.weight for p in projections]).data                 # (3C, C), no copy
-    assert fused.shape == (3 * att.d_out, att.d_out) and all(np.shares_memory(fused, p.weight.data) for p in projections)
-    assert np.shares_memory(ops.concat([p.bias for p in projections]).data, att.W_value.bias.data)
-    state = {key: value * 2 for key, value in model.state_dict().items()}
-    model.load_state_dict(state)
-    fused = ops.concat([p.weight for p in projections]).data
-    assert np.array_equal(fused[att.d_out:2 * att.d_out], state["trf_blocks.0.att.W_key.weight"])
-    assert np.shares_memory(fused, att.W_key.weight.data)
-    # arrays that are not consecutive views of one buffer are still concatenated (copied)
-    swapped = ops.concat([att.W_key.weight, att.W_query.weight, att.W_value.weight]).data
-    assert not np.shares_memory(swapped, att.W_key.weight.data)
-    assert np.array_equal(swapped[:att.d_out], att.W_key.weight.data)
-
-
 # ---------------------------------------------------------------- vexp
 VEXP_RTOL = 2e-7        # float32 exp by polynomial, relative to float64 exp (numpy's float32 exp: ~6e-8)
 
@@ -395,3 +551,127 @@ def test_vexp_matches_exp_over_the_whole_float32_range():
     assert np.all(out[exact > np.finfo(np.float32).max] == np.inf)
     assert np.all((out[exact < np.finfo(np.float32).tiny] >= 0) & (out[exact < np.finfo(np.float32).tiny] < 1.2e-38))
     np.testing.assert_array_equal(out[-2:], 1.0)
+
+
+# ---------------------------------------------------------------- numba's compile cache and cross-file code
+def numgpt_imports(path):
+    """{name bound in the module at path: the numgpt module it comes from}, from its import statements."""
+    names = {}
+    with open(path, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = ("numgpt.kernels." * (node.level > 0)) + (node.module or "")
+            for alias in node.names:
+                names[alias.asname or alias.name] = module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                names[alias.asname or alias.name.split(".")[0]] = alias.name
+    return {name: module for name, module in names.items() if module.startswith("numgpt")}
+
+
+def names_read(code):
+    """Every global name a function's code (and the code nested in it) reads."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if hasattr(constant, "co_names"):
+            names |= names_read(constant)
+    return names
+
+
+def test_compile_cache_dependencies_are_the_names_jitted_code_takes_from_other_files():
+    """compile_cache.DEPENDENCIES against the sources: a kernel module depends on the modules of
+    this folder whose names its jitted functions read (and on what those import from numgpt);
+    jitted code reads nothing from numgpt outside this folder (a new such name needs a line here)."""
+    from numba.core.dispatcher import Dispatcher
+
+    from numgpt.kernels import compile_cache
+    folder = os.path.dirname(compile_cache.__file__)
+    found = {}
+    for file in sorted(os.listdir(folder)):
+        name = file[:-3]
+        if not file.endswith(".py") or name in ("__init__", "compile_cache"):
+            continue
+        module = importlib.import_module(f"numgpt.kernels.{name}")
+        imports = numgpt_imports(os.path.join(folder, file))
+        read = set()
+        for value in vars(module).values():
+            if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__:
+                read |= {imports[n] for n in names_read(value.py_func.__code__) if n in imports}
+        for dependency in sorted(read):                              # and what a dependency itself imports
+            read |= set(numgpt_imports(os.path.join(folder, dependency.rsplit(".", 1)[1] + ".py")).values())
+        outside = sorted(m for m in read if not m.startswith("numgpt.kernels."))
+        assert not outside, f"{name}: its jitted code takes {outside}, which compile_cache does not follow"
+        depends = {m.rsplit(".", 1)[1] for m in read}
+        if depends:
+            found[name] = tuple(sorted(depends))
+    assert found == {module: tuple(sorted(d)) for module, d in compile_cache.DEPENDENCIES.items()}
+
+
+CACHE_PROBE = """
+import json, sys, types
+folder, refresh = sys.argv[1], sys.argv[2] == "refresh"
+package = types.ModuleType("numgpt.kernels")      # numgpt.kernels is the copy in folder (its __init__ not run)
+package.__path__ = [folder]
+sys.modules["numgpt.kernels"] = package
+import numpy
+from numba.core import event
+
+compiled = []
+
+
+class Compiles(event.Listener):                   # numba fires "numba:compile" on a cache miss only
+    def on_start(self, ev):
+        function = ev.data["dispatcher"].py_func
+        if function.__module__.startswith("numgpt.kernels."):    # not numba's own helpers
+            compiled.append(function.__name__)
+
+    def on_end(self, ev):
+        pass
+
+
+event.register("numba:compile", Compiles())
+from numgpt.kernels import compile_cache, embedding, gelu
+from numgpt.ops.embedding import embedding_forward
+
+removed = compile_cache.refresh() if refresh else None
+out, _ = gelu.gelu_forward(numpy.linspace(-3, 3, 7, dtype=numpy.float32))
+_, cache = embedding_forward(numpy.arange(3), numpy.ones((4, 2), dtype=numpy.float32))
+embedding.embedding_backward(numpy.ones((3, 2), dtype=numpy.float32), cache)
+print(json.dumps({"removed": removed, "compiled": sorted(compiled), "gelu": out.tolist(),
+                  "cache": compile_cache.cache_directory()}))
+"""
+
+
+def test_compile_cache_recompiles_the_kernels_that_inline_vexp_after_it_changes(tmp_path):
+    """In a copy of the kernels folder with its own NUMBA_CACHE_DIR, one subprocess per run:
+    gelu (inlines vexp) and embedding (does not) compile once, then load from the cache; after an
+    edit to vexp.py numba alone still loads gelu's old code, and with compile_cache.refresh gelu
+    (only gelu) compiles again, with the new vexp."""
+    from numgpt.kernels import compile_cache
+    folder = tmp_path / "kernels"
+    shutil.copytree(os.path.dirname(compile_cache.__file__), folder, ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+
+    def run(refresh=True):
+        result = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(folder), "refresh" if refresh else "no"],
+                                env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.splitlines()[-1])
+
+    first = run()
+    assert first["cache"].startswith(str(tmp_path / "numba-cache"))
+    assert first["removed"] == sorted(compile_cache.DEPENDENCIES)   # no stamp yet
+    assert first["compiled"] == ["_embedding_backward", "_gelu_forward", "vexp_float32"]   # vexp: with gelu
+    again = run()
+    assert again["removed"] == [] and again["compiled"] == [] and again["gelu"] == first["gelu"]
+
+    with open(folder / "vexp.py", "a", encoding="utf-8") as f:
+        f.write("\nHALF_POW2 *= 2   # the table vexp's compiled code reads: every exp doubled\n")
+    stale = run(refresh=False)
+    assert stale["compiled"] == [] and stale["gelu"] == first["gelu"], "numba noticed the edit by itself"
+    fresh = run()
+    assert fresh["removed"] == sorted(compile_cache.DEPENDENCIES)
+    assert fresh["compiled"] == ["_gelu_forward", "vexp_float32"]
+    assert fresh["gelu"] != first["gelu"]
+    assert run()["compiled"] == []

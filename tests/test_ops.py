@@ -27,13 +27,13 @@ OP_CASES = op_cases()
 
 @pytest.mark.parametrize("name", sorted(OP_CASES))
 def test_op_gradient_matches_central_differences(name):
-    fn, shapes = OP_CASES[name]
-    check(fn, *case_inputs(shapes))
+    case = OP_CASES[name]
+    check(case.fn, *case_inputs(case.shapes))
 
 
 @pytest.mark.parametrize("name", sorted(OP_CASES))
 def test_op_keeps_float32(name):
-    fn, shapes = OP_CASES[name]
+    fn, shapes = OP_CASES[name].fn, OP_CASES[name].shapes
     inputs = case_inputs(shapes, dtype=np.float32)
     out = fn(*inputs)
     assert out.dtype == np.float32
@@ -63,11 +63,12 @@ def test_cross_entropy_stays_finite_for_huge_logits():
 
 
 def test_attention_is_causal():
-    qkv = rand((1, 6, 12), 0)
-    out = ops.causal_attention(qkv, 2).data
-    changed = qkv.data.copy()
-    changed[0, 4:] += 10.0          # perturb the future of position 3
-    out2 = ops.causal_attention(Tensor(changed), 2).data
+    q, k, v = rand((1, 6, 4), 0), rand((1, 6, 4), 1), rand((1, 6, 4), 2)
+    out = ops.causal_attention(q, k, v, 2).data
+    future = [t.data.copy() for t in (q, k, v)]
+    for array in future:
+        array[0, 4:] += 10.0          # perturb the future of position 3
+    out2 = ops.causal_attention(*map(Tensor, future), 2).data
     np.testing.assert_array_equal(out[0, :4], out2[0, :4])
     assert not np.allclose(out[0, 4:], out2[0, 4:])
 

@@ -1,6 +1,9 @@
 """numgpt's ops. Each module holds ``<op>_forward`` / ``<op>_backward`` pairs
-(pure functions on arrays, the NumPy reference) and the thin tape wrapper that
-records them; the wrappers are re-exported here."""
+(pure functions on arrays, the NumPy reference, with the backward derived in
+the module docstring) and the thin tape wrapper that records them; the
+wrappers are re-exported here. What runs when a wrapper is called (the
+reference, a numba twin, or your backward through ``use_backward``) is
+decided in one place, numgpt/registry.py."""
 from numgpt.ops.attention import cached_attention, causal_attention
 from numgpt.ops.cross_entropy import cross_entropy
 from numgpt.ops.dropout import dropout
@@ -9,7 +12,8 @@ from numgpt.ops.embedding import embedding
 from numgpt.ops.gelu import gelu
 from numgpt.ops.layer_norm import layer_norm
 from numgpt.ops.linear import linear
-from numgpt.ops.shape import concat, getitem, reshape, share_buffer, transpose
+from numgpt.ops.shape import concat, getitem, reshape, transpose
+from numgpt.registry import use_backward
 
 __all__ = ["add", "cached_attention", "causal_attention", "concat", "cross_entropy", "dropout", "embedding", "gelu",
-           "getitem", "layer_norm", "linear", "mul", "reshape", "share_buffer", "sum_all", "transpose"]
+           "getitem", "layer_norm", "linear", "mul", "reshape", "sum_all", "transpose", "use_backward"]

@@ -1,90 +1,120 @@
-"""The causal multi-head attention core, from the fused query/key/value
-projection to the merged heads (the part of the seed's MultiHeadAttention
-between the projections and ``out_proj``).
+"""Causal multi-head attention, between the query/key/value projections and
+``out_proj`` (the core of the seed's MultiHeadAttention).
 
-Shapes: qkv (B, T, 3C) holding queries, keys and values side by side;
-NH heads of HS = C / NH channels; att and scores (B, NH, T, T); out (B, T, C).
-Dropout on the attention weights takes a precomputed DropoutMask, so that
-the NumPy path and the numba kernel see the same random numbers.
+Shapes: q, k, v (B, T, C), split into NH heads of HS = C / NH channels;
+scores and att (B, NH, T, T); out (B, T, C).
+
+Forward, per head (q, k, v now (T, HS)):
+
+    1. split heads     (B, T, C) -> (B, NH, T, HS)
+    2. scores = q k^T / sqrt(HS)                   (T, T)
+    3. causal mask     scores[t, t2] = -inf for t2 > t (a position sees only the past)
+    4. att = softmax(scores) along each row
+    5. dropout on att  (training only): att_dropped = att * keep / (1 - p)
+    6. y = att_dropped v                           (T, HS)
+    7. merge heads     (B, NH, T, HS) -> (B, T, C)
+
+Backward, the same steps in reverse:
+
+    7. dy is dout with its heads split again (a reshape has no arithmetic).
+    6. y = A v with A = att_dropped, a matrix product as in Linear:
+           dA = dy v^T   (T, T)        dv = A^T dy   (T, HS)
+    5. A = att * keep * scale:  datt = dA * keep * scale (the same mask).
+    4. The softmax of one row s: a_j = exp(s_j) / sum_m exp(s_m). Its
+       Jacobian is  da_j/ds_i = a_j (delta_ij - a_i), so for the row
+           ds_i = sum_j datt_j da_j/ds_i = a_i (datt_i - sum_j datt_j a_j)
+       i.e. ds = att * (datt - rowsum(datt * att)): a vector-Jacobian
+       product in O(T) per row, without ever forming the T x T Jacobian.
+    3. A masked score is a constant (-inf), not a function of q or k: it
+       needs no gradient. Its weight a_j = exp(-inf) = 0, so step 4 already
+       gives ds_j = 0 there, and dq, dk below receive nothing from the future.
+    2. scores = q k^T * c, c = 1/sqrt(HS), again a matrix product:
+           dq = ds k * c   (T, HS)     dk = ds^T q * c   (T, HS)
+    1. dq, dk, dv get their heads merged back to (B, T, C).
+
+Dropout takes a precomputed DropoutMask, so that the reference and the numba
+twin see the same random numbers.
 """
 from typing import NamedTuple, Optional
 
 import numpy
 
-from numgpt import backend
 from numgpt.autograd import record
 from numgpt.ops.dropout import DropoutMask, dropout_mask
+from numgpt.registry import resolve
 
 
 class AttentionCache(NamedTuple):
-    qkv: numpy.ndarray                  # (B, T, 3C)
+    q: numpy.ndarray                    # (B, NH, T, HS)
+    k: numpy.ndarray                    # (B, NH, T, HS)
+    v: numpy.ndarray                    # (B, NH, T, HS)
     att: numpy.ndarray                  # (B, NH, T, T) softmax weights, before dropout
     mask: Optional[DropoutMask]         # keep (B, NH, T, T) and scale, or None
-    n_heads: int
 
 
-def split_heads(qkv, n_heads):
-    """(B, T, 3C) -> three views (B, NH, T, HS)."""
-    B, T, C3 = qkv.shape
-    HS = C3 // (3 * n_heads)
-    heads = qkv.reshape(B, T, 3, n_heads, HS)                      # (B, T, 3, NH, HS)
-    return [heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3)]
+def split_heads(x, n_heads):
+    """(B, T, C) -> (B, NH, T, HS), a view."""
+    B, T, C = x.shape
+    return x.reshape(B, T, n_heads, C // n_heads).transpose(0, 2, 1, 3)
 
 
-def attention_forward(qkv, n_heads, mask=None):
-    B, T, C3 = qkv.shape
-    q, k, v = split_heads(qkv, n_heads)                            # 1. 3 x (B, NH, T, HS)
-    scale = qkv.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+def merge_heads(x):
+    """(B, NH, T, HS) -> (B, T, C)."""
+    B, NH, T, HS = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, NH * HS)
+
+
+def attention_forward(q, k, v, n_heads, mask=None):
+    T = q.shape[1]
+    q, k, v = (split_heads(x, n_heads) for x in (q, k, v))        # 1. 3 x (B, NH, T, HS)
+    scale = q.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
     scores = (q @ k.swapaxes(-1, -2)) * scale                      # 2. (B, NH, T, T)
     future = numpy.triu(numpy.ones((T, T), dtype=bool), k=1)
     scores[..., future] = -numpy.inf                               # 3. causal mask
-    scores -= scores.max(axis=-1, keepdims=True)                   # 4. softmax
+    scores -= scores.max(axis=-1, keepdims=True)                   # 4. softmax (shifted: exp never overflows)
     att = numpy.exp(scores)
     att /= att.sum(axis=-1, keepdims=True)
-    att_dropped = att if mask is None else mask.apply(att)         # 5. dropout on weights
-    y = att_dropped @ v                                            # 6. (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
-    out = y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)           # 7. (B, NH, T, HS) -> (B, T, C)
-    return out, AttentionCache(qkv, att, mask, n_heads)
+    att_dropped = att if mask is None else mask.apply(att)         # 5. dropout on the weights
+    y = att_dropped @ v                                            # 6. (B, NH, T, T) @ (B, NH, T, HS)
+    return merge_heads(y), AttentionCache(q, k, v, att, mask)      # 7. (B, NH, T, HS) -> (B, T, C)
 
 
 def attention_backward(dout, cache):
-    qkv, att, mask, n_heads = cache
-    B, T, C3 = qkv.shape
-    q, k, v = split_heads(qkv, n_heads)
-    HS = q.shape[-1]
-    scale = qkv.dtype.type(1.0 / numpy.sqrt(HS))
-    dqkv = numpy.empty_like(qkv)
-    dq, dk, dv = split_heads(dqkv, n_heads)
-    # 7. out = y.transpose(0, 2, 1, 3).reshape(B, T, C)
-    dy = dout.reshape(B, T, n_heads, HS).transpose(0, 2, 1, 3)     # (B, NH, T, HS)
+    q, k, v, att, mask = cache
+    n_heads = q.shape[1]
+    scale = q.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+    # 7. out = merge_heads(y)
+    dy = split_heads(dout, n_heads)                                # (B, NH, T, HS)
     # 6. y = att_dropped @ v
     att_dropped = att if mask is None else mask.apply(att)
-    dv[...] = att_dropped.swapaxes(-1, -2) @ dy                    # (B, NH, T, HS)
+    dv = att_dropped.swapaxes(-1, -2) @ dy                         # (B, NH, T, HS)
     datt = dy @ v.swapaxes(-1, -2)                                 # (B, NH, T, T)
     # 5. att_dropped = att * keep * scale
     if mask is not None:
         datt = mask.apply(datt)
-    # 4. att = softmax(scores): dscores = att * (datt - sum(datt * att))
+    # 4. att = softmax(scores): dscores = att * (datt - rowsum(datt * att))
     dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     # 3. masked scores are constants: att is 0 there, so dscores is already 0
     # 2. scores = q @ k^T * scale
     dscores *= scale
-    dq[...] = dscores @ k                                          # (B, NH, T, HS)
-    dk[...] = dscores.swapaxes(-1, -2) @ q                         # (B, NH, T, HS)
-    return dqkv
+    dq = dscores @ k                                               # (B, NH, T, HS)
+    dk = dscores.swapaxes(-1, -2) @ q                              # (B, NH, T, HS)
+    # 1. split heads
+    return merge_heads(dq), merge_heads(dk), merge_heads(dv)       # 3 x (B, T, C)
 
 
-def causal_attention(qkv, n_heads, dropout_p=0.0, training=False):
-    """Scaled dot-product attention with a causal mask over fused (B, T, 3C) projections."""
-    B, T, C3 = qkv.shape
-    if C3 % (3 * n_heads):
-        raise ValueError(f"qkv width {C3} is not 3 x n_heads ({n_heads}) x head size")
+def causal_attention(q, k, v, n_heads, dropout_p=0.0, training=False):
+    """Scaled dot-product attention with a causal mask: q, k, v (B, T, C) -> (B, T, C)."""
+    B, T, C = q.shape
+    if C % n_heads or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"attention needs q, k, v of one shape (B, T, C) with C divisible by n_heads "
+                         f"({n_heads}); got {q.shape}, {k.shape}, {v.shape}")
     mask = None
     if training and dropout_p > 0.0:
         mask = dropout_mask((B, n_heads, T, T), dropout_p)
-    out, cache = backend.dispatch(attention_forward)(qkv.data, n_heads, mask)
-    backward = backend.dispatch(attention_backward)
-    return record(out, (qkv,), lambda dout: (backward(dout, cache),))
+    forward, backward = resolve(attention_forward, attention_backward)
+    out, cache = forward(q.data, k.data, v.data, n_heads, mask)
+    return record(out, (q, k, v), lambda dout: backward(dout, cache), "attention")
 
 
 # ---------------------------------------------------------------- inference with a KV cache
@@ -101,34 +131,34 @@ class LayerKVCache:
         self.length = 0
 
 
-def cached_attention_forward(qkv, n_heads, cache):
+def cached_attention_forward(q, k, v, n_heads, cache):
     """Attention of Tn new positions over the cached ones and themselves, causal.
 
-    Inference only (no backward). qkv (B, Tn, 3C) -> out (B, Tn, C); appends
-    the new keys and values to ``cache``.
+    Inference only (no backward). q, k, v (B, Tn, C) -> out (B, Tn, C);
+    appends the new keys and values to ``cache``.
     """
-    B, Tn, C3 = qkv.shape
+    Tn = q.shape[1]
     start, end = cache.length, cache.length + Tn
     if end > cache.keys.shape[2]:
         raise ValueError(f"KV cache holds {cache.keys.shape[2]} positions, {end} were asked for")
-    q, k, v = split_heads(qkv, n_heads)                            # 3 x (B, NH, Tn, HS)
+    q, k, v = (split_heads(x, n_heads) for x in (q, k, v))        # 3 x (B, NH, Tn, HS)
     cache.keys[:, :, start:end] = k
     cache.values[:, :, start:end] = v
     cache.length = end
     keys, values = cache.keys[:, :, :end], cache.values[:, :, :end]
-    scale = qkv.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+    scale = q.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
     scores = (q @ keys.swapaxes(-1, -2)) * scale                   # (B, NH, Tn, end)
     future = numpy.arange(end)[None, :] > numpy.arange(start, end)[:, None]   # (Tn, end)
     scores[..., future] = -numpy.inf
     scores -= scores.max(axis=-1, keepdims=True)
     att = numpy.exp(scores)
     att /= att.sum(axis=-1, keepdims=True)
-    y = att @ values                                               # (B, NH, Tn, HS)
-    return y.transpose(0, 2, 1, 3).reshape(B, Tn, C3 // 3)         # (B, Tn, C)
+    return merge_heads(att @ values)                               # (B, NH, Tn, HS) -> (B, Tn, C)
 
 
-def cached_attention(qkv, n_heads, cache):
+def cached_attention(q, k, v, n_heads, cache):
     """The tape wrapper: refuses to run where a gradient is wanted."""
-    if qkv.requires_grad:
+    if q.requires_grad or k.requires_grad or v.requires_grad:
         raise RuntimeError("attention with a KV cache is for inference: run it under numgpt.no_grad()")
-    return record(cached_attention_forward(qkv.data, n_heads, cache), (qkv,), None)
+    return record(cached_attention_forward(q.data, k.data, v.data, n_heads, cache), (q, k, v), None,
+                  "cached_attention")

@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 import numpy
 
-from numgpt import backend
 from numgpt.autograd import array_of, as_tensor, record
+from numgpt.registry import resolve
 
 IGNORE_INDEX = -100
 
@@ -57,6 +57,6 @@ def cross_entropy(logits, targets, ignore_index=IGNORE_INDEX):
     bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
     if bad.any():
         raise IndexError(f"target {targets[bad][0]} is outside [0, {vocab}) and is not ignore_index {ignore_index}")
-    loss, cache = backend.dispatch(cross_entropy_forward)(logits.data, targets, ignore_index)
-    backward = backend.dispatch(cross_entropy_backward)
-    return record(loss, (logits,), lambda dout: (backward(dout, cache),))
+    forward, backward = resolve(cross_entropy_forward, cross_entropy_backward)
+    loss, cache = forward(logits.data, targets, ignore_index)
+    return record(loss, (logits,), lambda dout: (backward(dout, cache),), "cross_entropy")

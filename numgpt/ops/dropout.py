@@ -10,6 +10,7 @@ import numpy
 
 from numgpt import backend
 from numgpt.autograd import record
+from numgpt.registry import resolve
 
 
 class DropoutMask(NamedTuple):
@@ -48,5 +49,6 @@ def dropout_backward(dout, cache):
 def dropout(x, p, training):
     if not training or p == 0.0:
         return x
-    out, cache = dropout_forward(x.data, dropout_mask(x.shape, p))
-    return record(out, (x,), lambda dout: (dropout_backward(dout, cache),))
+    forward, backward = resolve(dropout_forward, dropout_backward)
+    out, cache = forward(x.data, dropout_mask(x.shape, p))
+    return record(out, (x,), lambda dout: (backward(dout, cache),), "dropout")

@@ -2,6 +2,7 @@
 import numpy
 
 from numgpt.autograd import Tensor, as_tensor, record
+from numgpt.registry import resolve
 
 
 def unbroadcast(grad, shape):
@@ -28,8 +29,9 @@ def add_backward(dout, cache):
 
 def add(a, b):
     a, b = as_tensor(a), as_tensor(b)
-    out, cache = add_forward(a.data, b.data)
-    return record(out, (a, b), lambda dout: add_backward(dout, cache))
+    forward, backward = resolve(add_forward, add_backward)
+    out, cache = forward(a.data, b.data)
+    return record(out, (a, b), lambda dout: backward(dout, cache), "add")
 
 
 # ------------------------------------------------------------------ mul
@@ -50,10 +52,11 @@ def mul(a, b):
     """a * b; a Python scalar stays a scalar (no float64 array is made of it)."""
     if not isinstance(b, Tensor) and numpy.isscalar(b):
         scale = a.dtype.type(b)
-        return record(a.data * scale, (a,), lambda dout: (dout * scale,))
+        return record(a.data * scale, (a,), lambda dout: (dout * scale,), "scale")
     a, b = as_tensor(a), as_tensor(b)
-    out, cache = mul_forward(a.data, b.data)
-    return record(out, (a, b), lambda dout: mul_backward(dout, cache))
+    forward, backward = resolve(mul_forward, mul_backward)
+    out, cache = forward(a.data, b.data)
+    return record(out, (a, b), lambda dout: backward(dout, cache), "mul")
 
 
 # ------------------------------------------------------------------ sum
@@ -61,4 +64,4 @@ def sum_all(x):
     """The sum of every element, as a 0-d tensor."""
     shape = x.shape
     out = x.data.sum(dtype=x.dtype)
-    return record(numpy.asarray(out), (x,), lambda dout: (numpy.broadcast_to(dout, shape),))
+    return record(numpy.asarray(out), (x,), lambda dout: (numpy.broadcast_to(dout, shape),), "sum")

@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import numpy
 
-from numgpt import backend
 from numgpt.autograd import array_of, record
+from numgpt.registry import resolve
 
 
 class EmbeddingCache(NamedTuple):
@@ -41,6 +41,6 @@ def embedding_backward(dout, cache):
 def embedding(idx, weight):
     idx = array_of(idx)
     check_indices(idx, weight.shape[0])
-    out, cache = embedding_forward(idx, weight.data)
-    backward = backend.dispatch(embedding_backward)
-    return record(out, (weight,), lambda dout: (backward(dout, cache),))
+    forward, backward = resolve(embedding_forward, embedding_backward)
+    out, cache = forward(idx, weight.data)
+    return record(out, (weight,), lambda dout: (backward(dout, cache),), "embedding")

@@ -7,8 +7,8 @@ import math
 
 import numpy
 
-from numgpt import backend
 from numgpt.autograd import record
+from numgpt.registry import resolve
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 CUBIC = 0.044715
@@ -34,6 +34,6 @@ def gelu_backward(dout, cache):
 
 
 def gelu(x):
-    out, cache = backend.dispatch(gelu_forward)(x.data)
-    backward = backend.dispatch(gelu_backward)
-    return record(out, (x,), lambda dout: (backward(dout, cache),))
+    forward, backward = resolve(gelu_forward, gelu_backward)
+    out, cache = forward(x.data)
+    return record(out, (x,), lambda dout: (backward(dout, cache),), "gelu")

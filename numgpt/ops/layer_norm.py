@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import numpy
 
-from numgpt import backend
 from numgpt.autograd import record
+from numgpt.registry import resolve
 
 EPS = 1e-5
 
@@ -47,6 +47,6 @@ def layer_norm_backward(dout, cache):
 
 
 def layer_norm(x, weight, bias, eps=EPS):
-    out, cache = backend.dispatch(layer_norm_forward)(x.data, weight.data, bias.data, eps)
-    backward = backend.dispatch(layer_norm_backward)
-    return record(out, (x, weight, bias), lambda dout: backward(dout, cache))
+    forward, backward = resolve(layer_norm_forward, layer_norm_backward)
+    out, cache = forward(x.data, weight.data, bias.data, eps)
+    return record(out, (x, weight, bias), lambda dout: backward(dout, cache), "layer_norm")

@@ -1,0 +1,144 @@
+"""What runs when you call an op: the one answer, in this file.
+
+Each op in ``numgpt/ops`` is a pair of reference functions, ``<op>_forward``
+and ``<op>_backward``: plain NumPy, what a learner reads and what
+``numgpt gradcheck`` checks. An op's tape wrapper (``ops.linear``,
+``ops.layer_norm``, ...) asks ``resolve(forward, backward)`` which pair to
+run, and the answer is, in this order:
+
+1. the op's reference forward with a learner's backward, while
+   ``use_backward(op, fn)`` is in force (the reference forward, so that the
+   learner's backward receives the cache the reference backward would);
+2. in kernel mode ``numba`` (``backend.set_kernel_mode``; ``NUMGPT_KERNELS``),
+   the twins registered for the reference functions in ``numba_twins()``
+   below, where one is registered;
+3. the reference functions themselves.
+
+A twin takes the same arguments, returns the same values within float32
+round-off (tests/test_kernels.py) and the same cache type, and carries the
+speed measures the reference leaves out: numgpt's matmul kernel, one pass
+over memory where NumPy makes temporaries, reused large buffers, gradients
+written in place. Twins are registered by the reference function object,
+so that ``grep`` finds every use.
+
+``op_pairs()`` names every op with a reference pair (for ``use_backward``,
+``numgpt gradcheck --list`` and ``numgpt train --backward``). The tables are
+built on first use: the op modules import this one.
+"""
+import contextlib
+import functools
+from typing import Callable, NamedTuple
+
+from numgpt import backend
+from numgpt.errors import UsageError
+
+
+class OpPair(NamedTuple):
+    forward: Callable
+    backward: Callable
+
+
+@functools.lru_cache(maxsize=None)
+def op_pairs():
+    """op name -> its reference (forward, backward)."""
+    from numgpt.ops.attention import attention_backward, attention_forward
+    from numgpt.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+    from numgpt.ops.dropout import dropout_backward, dropout_forward
+    from numgpt.ops.elementwise import add_backward, add_forward, mul_backward, mul_forward
+    from numgpt.ops.embedding import embedding_backward, embedding_forward
+    from numgpt.ops.gelu import gelu_backward, gelu_forward
+    from numgpt.ops.layer_norm import layer_norm_backward, layer_norm_forward
+    from numgpt.ops.linear import linear_backward, linear_forward
+    return {
+        "linear": OpPair(linear_forward, linear_backward),
+        "embedding": OpPair(embedding_forward, embedding_backward),
+        "layer_norm": OpPair(layer_norm_forward, layer_norm_backward),
+        "gelu": OpPair(gelu_forward, gelu_backward),
+        "dropout": OpPair(dropout_forward, dropout_backward),
+        "attention": OpPair(attention_forward, attention_backward),
+        "cross_entropy": OpPair(cross_entropy_forward, cross_entropy_backward),
+        "add": OpPair(add_forward, add_backward),
+        "mul": OpPair(mul_forward, mul_backward),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def numba_twins():
+    """reference function -> its numba twin (imported, not compiled, on the first call)."""
+    from numgpt import kernels
+    from numgpt.optim import adamw_update, sum_of_squares
+    ops = op_pairs()
+    return {
+        ops["linear"].forward: kernels.linear.linear_forward,
+        ops["linear"].backward: kernels.linear.linear_backward,
+        ops["attention"].forward: kernels.attention.attention_forward,
+        ops["attention"].backward: kernels.attention.attention_backward,
+        ops["layer_norm"].forward: kernels.layer_norm.layer_norm_forward,
+        ops["layer_norm"].backward: kernels.layer_norm.layer_norm_backward,
+        ops["gelu"].forward: kernels.gelu.gelu_forward,
+        ops["gelu"].backward: kernels.gelu.gelu_backward,
+        ops["cross_entropy"].forward: kernels.cross_entropy.cross_entropy_forward,
+        ops["cross_entropy"].backward: kernels.cross_entropy.cross_entropy_backward,
+        ops["embedding"].backward: kernels.embedding.embedding_backward,
+        adamw_update: kernels.adamw.adamw_update,
+        sum_of_squares: kernels.adamw.sum_of_squares,
+    }
+
+
+_learner_backwards = {}   # reference backward -> a learner's function, while use_backward is in force
+
+
+def implementation(reference):
+    """The function that runs for one reference function (see the module docstring)."""
+    learner = _learner_backwards.get(reference)
+    if learner is not None:
+        return learner
+    if backend.get_kernel_mode() == "numba":
+        return numba_twins().get(reference, reference)
+    return reference
+
+
+def resolve(forward, backward):
+    """(forward, backward) to run for the op whose reference pair is ``forward, backward``."""
+    if backward in _learner_backwards:
+        return forward, _learner_backwards[backward]
+    return implementation(forward), implementation(backward)
+
+
+def which(op):
+    """'reference', 'numba twin' or 'yours' (use_backward): what runs for ``op``'s forward and backward."""
+    pair = op_pair(op)
+    run = resolve(*pair)
+
+    def name(reference, running):
+        if running is reference:
+            return "reference"
+        return "yours" if _learner_backwards.get(reference) is running else "numba twin"
+    return name(pair.forward, run[0]), name(pair.backward, run[1])
+
+
+def op_pair(op):
+    """The reference pair of the op named ``op``; UsageError naming the ops otherwise."""
+    pairs = op_pairs()
+    if op not in pairs:
+        raise UsageError(f"unknown op {op!r}: expected one of {', '.join(pairs)}")
+    return pairs[op]
+
+
+@contextlib.contextmanager
+def use_backward(op, fn):
+    """Within the block, ``op`` runs its reference forward and ``fn`` as its backward
+    (``fn(dout, cache)``, the signature of the op's ``<op>_backward``): the model
+    trains with your gradient."""
+    backward = op_pair(op).backward
+    if not callable(fn):
+        raise UsageError(f"use_backward({op!r}, ...): {fn!r} is not a function")
+    previous = _learner_backwards.get(backward)
+    _learner_backwards[backward] = fn
+    try:
+        yield fn
+    finally:
+        if previous is None:
+            del _learner_backwards[backward]
+        else:
+            _learner_backwards[backward] = previous
