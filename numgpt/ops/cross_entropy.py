@@ -3,6 +3,34 @@ as ``torch.nn.functional.cross_entropy`` with reduction 'mean' and
 ignore_index -100: the mean over the targets that are not ignored.
 
 Shapes: logits (N, V), targets (N,) int, loss () ; probs (N, V).
+For one row, z = logits[n] (V,) and y = targets[n]; forward as in the code:
+
+    1. s = z - max(z)                      (V,)  the largest entry becomes 0
+    2. e = exp(s)                          (V,)  every entry in (0, 1]
+    3. S = sum(e)                          ()    >= 1, so log S is finite
+    4. nll = log S - s[y]                  ()    = logsumexp(z) - z[y]
+    5. loss = sum of nll over the valid rows / n_valid    ()
+
+Why the shift changes nothing: log sum exp(z - m) = logsumexp(z) - m and
+s[y] = z[y] - m, so m cancels in step 4 (and softmax(z - m) = softmax(z)).
+The loss does not depend on m at all, so no gradient flows through the max;
+the shift only keeps exp from overflowing (exp(1000) is inf in float64).
+
+Backward, the same steps in reverse:
+
+    5. loss is a mean over the valid rows: dnll[n] = dout / n_valid for a
+       valid row, 0 for an ignored one (it is not in the sum).
+    4. d logsumexp(z) / dz_i = exp(z_i) / sum_m exp(z_m) = softmax(z)_i
+       d z[y] / dz_i         = [i == y] = one_hot(y)_i
+       so dz = dnll * (softmax(z) - one_hot(y))                   (V,)
+    3..1. nothing more: the shift cancelled, and probs = e / S is the
+       softmax already computed.
+
+For the batch:  dlogits = (probs - one_hot(targets)) * valid[:, None] * dout / n_valid
+(N, V). Each row of dlogits sums to 0: raising every logit of a row by the
+same amount leaves the loss unchanged. An ignored row's target is replaced by
+0 so that the indexing stays in range; its row is then zeroed by valid.
+With no valid target the loss is nan and the gradient 0 (max(n_valid, 1)).
 """
 from typing import NamedTuple
 
@@ -32,16 +60,18 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX):
     n_valid = int(valid.sum())
     loss = numpy.asarray(nll[valid].sum(dtype=logits.dtype) / logits.dtype.type(n_valid) if n_valid
                          else logits.dtype.type(numpy.nan))       # 5. mean over valid rows ()
-    probs = exp / sumexp[:, None]
+    probs = exp / sumexp[:, None]                                  # softmax, for the backward (N, V)
     return loss, CrossEntropyCache(probs, safe_targets, valid, n_valid)
 
 
 def cross_entropy_backward(dout, cache):
     probs, targets, valid, n_valid = cache
-    # 5. loss = mean(nll[valid])      4. nll = logsumexp(logits) - logits[target]
-    dlogits = probs.copy()                                         # d logsumexp / d logits = softmax
-    dlogits[numpy.arange(len(targets)), targets] -= 1.0
-    dlogits *= (valid * (dout / max(n_valid, 1))).astype(probs.dtype)[:, None]
+    # 4. nll = logsumexp(logits) - logits[target]   (3..1: the shift cancels, no gradient)
+    dlogits = probs.copy()                                         # d logsumexp / d logits = softmax (N, V)
+    dlogits[numpy.arange(len(targets)), targets] -= 1.0            # minus d logits[target] / d logits = one_hot
+    # 5. loss = mean(nll[valid])  -> dnll = dout / n_valid on valid rows, 0 on ignored ones;
+    #    a factor per row, applied last (it commutes with step 4's difference)
+    dlogits *= (valid * (dout / max(n_valid, 1))).astype(probs.dtype)[:, None]   # (N, V) * (N, 1)
     return dlogits
 
 

@@ -2,7 +2,30 @@
 by 1/(1-p), so that evaluation needs no rescaling. The mask comes from
 numgpt's seeded generator and is kept as one byte per element.
 
-Shapes: x (...), mask.keep (...) bool, out (...).
+Shapes: x (...), mask.keep (...) bool, out (...); s = 1 / (1 - p).
+
+Forward, one step (DropoutMask.apply):
+
+    1. out = x * keep * s                  keep[i] = 1 with probability 1 - p, else 0
+
+Backward. For a fixed mask, out is linear in x and element-wise:
+d out[i] / d x[i] = keep[i] * s, and 0 across elements. So
+
+    1. dx = dout * keep * s                (...)
+
+the same mask and the same scale, applied to dout: a dropped element had no
+effect on the loss and gets no gradient; a kept one passes its gradient on,
+scaled by s as its value was. The mask is the whole cache: it must be the one
+the forward drew, never a fresh draw.
+
+Why "inverted", and why evaluation needs no rescaling. Over the random mask,
+
+    E[out[i]] = x[i] * (1 - p) * s = x[i]
+
+so the training-time output already has the scale of the undropped input.
+In evaluation (or with p = 0) dropout is the identity, out = x, with nothing
+to rescale and nothing recorded. (The original dropout paper scales at
+evaluation time instead, multiplying by 1 - p.)
 """
 from typing import NamedTuple
 
@@ -37,12 +60,12 @@ def dropout_mask(shape, p):
 
 
 def dropout_forward(x, mask):
-    return mask.apply(x), mask
+    return mask.apply(x), mask                   # 1. out = x * keep * scale (...)
 
 
 def dropout_backward(dout, cache):
     mask = cache
-    # out = x * keep * scale
+    # 1. out = x * keep * scale: linear in x, so dx = dout * keep * scale (same mask)
     return mask.apply(dout)
 
 

@@ -1,4 +1,28 @@
-"""Ops that move elements without arithmetic: reshape, transpose, indexing, concatenation."""
+"""Ops that move elements without arithmetic: reshape, transpose, indexing, concatenation.
+
+Each output element is a copy of one input element: out[j] = x[src(j)] for
+some map src, so d out[j] / d x[i] is 1 if i = src(j) and 0 otherwise. The
+backward therefore does no arithmetic on values either: it moves each
+gradient back to where its element came from,
+
+    dx[i] = sum over the j with src(j) = i of dout[j]
+
+reshape    (...) -> shape, the same elements in the same C order:
+           dx = dout.reshape(x.shape)
+transpose  swap axes dim0 and dim1 (a view); swapping twice is the identity:
+           dx = dout.swapaxes(dim0, dim1)
+concat     x1 (..., n1, ...), x2 (..., n2, ...) -> (..., n1 + n2, ...):
+           dx1, dx2 = dout split at the same bounds along the same axis
+getitem    out = x[index]. For a slice each element is picked at most once;
+           one never picked gets 0. An integer array index may pick the same
+           element twice (x[[0, 0]]): that is fan-out, so its gradient is the
+           sum. dx starts at zeros of x's shape and numpy.add.at scatter-ADDs
+           dout into it, unbuffered; dx[index] += dout would keep only one of
+           the repeats (the embedding's backward, for the same reason).
+
+The first three are one-to-one, so the sum has a single term and the
+backward is the inverse move.
+"""
 import numpy
 
 from numgpt.autograd import Tensor, record
