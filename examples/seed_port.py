@@ -98,7 +98,7 @@ print("Training tokens:", train_tokens)
 print("Validation tokens:", val_tokens)
 print("All tokens:", train_tokens + val_tokens)
 
-device = "cpu"                                                # torch.device("cuda" if ... else "cpu")
+device = "cuda" if numgpt.cuda.is_available() else "cpu"     # torch.device("cuda" if torch.cuda.is_available() else "cpu")
 model.to(device)
 numgpt.manual_seed(123)
 with numgpt.no_grad():                                        # torch.no_grad

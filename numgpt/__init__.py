@@ -11,6 +11,7 @@ train_model_simple, generate_text_simple, generate, plot_losses, ...
 """
 __version__ = "0.1.0"    # the one place the version is declared (setup.cfg reads it)
 
+from numgpt import cuda, device
 from numgpt.autograd import Tensor, enable_grad, is_grad_enabled, no_grad
 from numgpt.backend import get_default_dtype, get_rng_state, manual_seed, set_default_dtype, set_rng_state
 from numgpt.checkpoint import (Checkpoint, CheckpointError, CheckpointManager, build_model, load_checkpoint,
@@ -70,8 +71,10 @@ __all__ = [
     "calc_loss_loader",
     "clip_grad_norm_",
     "create_dataloader_v1",
+    "cuda",
     "cross_entropy",
     "default_collate",
+    "device",
     "download_gpt2",
     "draw_graph",
     "enable_grad",

@@ -36,6 +36,7 @@ import contextlib
 import numpy
 
 from numgpt import backend
+from numgpt.device import array_module, device_of, to_device, to_host
 
 _grad_enabled = True
 
@@ -113,7 +114,21 @@ class Tensor:
         return self.data.item()
 
     def numpy(self):
-        return self.data
+        """The data as a NumPy array: an explicit copy to the host for a tensor on a CUDA device."""
+        return to_host(self.data)
+
+    @property
+    def device(self):
+        """Where the data lives: a numgpt.device.Device ("cpu", "cuda:0", ...)."""
+        return device_of(self.data)
+
+    def to(self, device):
+        """This tensor's data on ``device`` (a new leaf tensor when it moves, this one when it is there)."""
+        moved = to_device(self.data, device)
+        return self if moved is self.data else Tensor(moved, requires_grad=self.requires_grad)
+
+    def cpu(self):
+        return self.to("cpu")
 
     def tolist(self):
         return self.data.tolist()
@@ -195,7 +210,7 @@ class Tensor:
         if gradient is None:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar, this tensor has shape {self.shape}")
-            gradient = backend.xp.ones_like(self.data)
+            gradient = array_module(self.data).ones_like(self.data)
         else:
             gradient = array_of(gradient).astype(self.dtype, copy=False)
             if gradient.shape != self.shape:
@@ -250,9 +265,10 @@ def _accumulate_leaves(leaf_grads, gradient):
         if leaf.grad is not None:
             leaf.grad += grad
             continue
-        private = (grad.base is None and grad.flags.writeable and grad.flags.c_contiguous and grad.dtype == leaf.dtype
+        private = (grad.base is None and getattr(grad.flags, "writeable", True) and grad.flags.c_contiguous
+                   and grad.dtype == leaf.dtype
                    and grad is not gradient and handed_out.count(id(grad)) == 1)
-        leaf.grad = grad if private else backend.xp.array(grad, dtype=leaf.dtype, copy=True)
+        leaf.grad = grad if private else array_module(grad).array(grad, dtype=leaf.dtype, copy=True)
 
 
 def _topological_order(root):

@@ -1,9 +1,9 @@
 """The one place numgpt chooses its array module, its dtype policy, its random
 generator and its kernel mode.
 
-- ``xp`` is the array module. It is NumPy today; a CuPy-compatible module can be
-  put here later without touching model code, because every array numgpt
-  creates is created through this module.
+- ``xp`` is the array module of new host arrays (NumPy). Arrays on a CUDA
+  device are CuPy arrays; ops take the module from their inputs
+  (``numgpt.device.array_module``), so one model code runs on both.
 - The default float dtype is float32. float64 is selectable (gradient checks)
   with ``set_default_dtype``; nothing else is accepted.
 - One ``numpy.random.Generator`` serves initialisation, dropout, shuffling and
@@ -45,9 +45,12 @@ def set_default_dtype(dtype):
 
 
 def asarray(data, dtype=None):
-    """``data`` as an array of the backend, as ``torch.tensor`` does: an array
-    keeps its dtype, Python floats (scalars, lists) get the default dtype,
-    unless ``dtype`` is given."""
+    """``data`` as an array, as ``torch.tensor`` does: an array keeps its dtype
+    and its device (a CuPy array stays one), Python floats (scalars, lists) get
+    the default dtype, unless ``dtype`` is given."""
+    from numgpt.device import is_host
+    if not is_host(data):
+        return data if dtype is None else data.astype(dtype, copy=False)
     if dtype is not None:
         return xp.asarray(data).astype(dtype, copy=False)
     if isinstance(data, xp.ndarray):

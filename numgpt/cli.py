@@ -64,7 +64,7 @@ TRAIN_DEFAULTS = {
     "max_skipped_steps": 5, "eval_freq": 5, "eval_iter": 5, "train_ratio": 0.9, "start_context": SEED_START_CONTEXT,
     "seed": 123, "checkpoint_every": None, "keep_last": None, "allow_special": False, "warmup_steps": 0,
     "lr_schedule": "constant", "min_lr": 0.0, "initial_lr": 0.0, "grad_accum": 1, "threads": None,
-    "backward": [],
+    "backward": [], "device": "auto",
 }
 ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
 
@@ -216,6 +216,7 @@ def cmd_train(args):
     if flags["threads"] is not None:
         backend.set_num_threads(flags["threads"])
     yours = _learner_backwards(flags["backward"])
+    device = resolve_device(flags["device"])
     text, data_sha256 = _read_corpus(flags["data"])
     if saved is not None and data_sha256 != saved["data_sha256"]:
         raise RunError(f"the data {flags['data'] or 'bundled the-verdict.txt'} has sha256 {data_sha256}, but this "
@@ -253,7 +254,8 @@ def cmd_train(args):
                           kind=flags["lr_schedule"], min_lr=flags["min_lr"], initial_lr=flags["initial_lr"])
 
     backend.manual_seed(flags["seed"])
-    model = pretrained if pretrained is not None else GPTModel(cfg)
+    model = pretrained if pretrained is not None else GPTModel(cfg)   # initialised on the host, as on every device
+    model.to(device)
     optimizer = AdamW(model.parameters(), lr=flags["lr"], betas=ADAMW_BETAS, eps=ADAMW_EPS,
                       weight_decay=flags["weight_decay"])
     manager = CheckpointManager(run.checkpoints, keep_last=flags["keep_last"])
@@ -368,11 +370,24 @@ def _use_threads(args):
         backend.set_num_threads(args.threads)
 
 
+def resolve_device(spec):
+    """--device: "auto" is "cuda" when numgpt.cuda.is_available(), else "cpu"; a "cuda" device
+    asked for without CuPy or without a GPU is a one-line error."""
+    from numgpt import cuda
+    from numgpt.device import cupy_module, parse_device
+    if spec == "auto":
+        return parse_device("cuda" if cuda.is_available() else "cpu")
+    device = parse_device(spec)
+    if device.type == "cuda":
+        cupy_module()
+    return device
+
+
 def cmd_generate(args):
     from numgpt.generate import generate
     from numgpt.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
     _use_threads(args)
-    model = _load_model(args).eval()
+    model = _load_model(args).eval().to(resolve_device(args.device))
     tokenizer = get_tokenizer()
     backend.manual_seed(args.seed)
     idx = text_to_token_ids(args.prompt, tokenizer)
@@ -389,7 +404,7 @@ def cmd_eval(args):
     from numgpt.tokenizer import get_tokenizer
     from numgpt.train import calc_loss_loader, perplexity
     _use_threads(args)
-    model = _load_model(args).eval()
+    model = _load_model(args).eval().to(resolve_device(args.device))
     context = min(args.context_length or model.cfg["context_length"], model.cfg["context_length"])
     loader = create_dataloader_v1(read_text(args.data), batch_size=args.batch_size, max_length=context,
                                   stride=context, shuffle=False, drop_last=False, tokenizer=get_tokenizer())
@@ -555,6 +570,8 @@ def cmd_info(args):
 def _add_threads(p):
     p.add_argument("--threads", type=_positive_int,
                    help="threads for the numba kernels and the BLAS (default: one per core)")
+    p.add_argument("--device", default=None if p.prog.endswith("train") else "auto",
+                   help="cpu, cuda, cuda:N or auto (default: cuda when numgpt.cuda.is_available(), else cpu)")
 
 
 def build_parser():

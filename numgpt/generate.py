@@ -13,15 +13,21 @@ batch-safe and deterministic.
   window is full, every position's embedding shifts with each new token, so
   the cache is rebuilt from the cropped window (the same logits as a full
   recomputation, which is what cache-less generation does).
+
+On a CUDA device the model runs there and token ids stay on the host: the
+model's embedding moves them in, and each step brings back only the last
+position's logits (B, V) to sample from numgpt's host generator, so a seed
+gives the same text on every device.
 """
 import numpy
 
 from numgpt import backend
 from numgpt.autograd import array_of, no_grad
+from numgpt.device import to_host
 
 
 def _check_idx(idx):
-    idx = array_of(idx)
+    idx = to_host(array_of(idx))
     if idx.ndim != 2 or idx.shape[1] == 0 or idx.dtype.kind not in "iu":
         raise ValueError(f"idx must be integer token ids of shape (batch, n >= 1), got {idx.dtype} {idx.shape}")
     return idx.astype(backend.INDEX_DTYPE, copy=False)
@@ -36,7 +42,7 @@ def next_token_logits(model, idx, context_size, use_cache=True):
 
     def last_logits(ids):
         with no_grad():  # only around the model: the caller's grad mode is left alone between yields
-            return model(ids, kv_cache=cache).data[:, -1, :]                  # (B, T, V) -> (B, V)
+            return to_host(model(ids, kv_cache=cache).data[:, -1, :])         # (B, T, V) -> (B, V), on the host
 
     logits = last_logits(idx_cond)
     while True:

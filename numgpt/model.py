@@ -7,6 +7,7 @@ Dimensions: B batch, T tokens, C = emb_dim, NH = n_heads, HS = C / NH, V = vocab
 import numpy
 
 from numgpt import ops
+from numgpt.device import array_module
 from numgpt.autograd import array_of
 from numgpt.ops.attention import LayerKVCache
 from numgpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, Sequential
@@ -149,8 +150,9 @@ class GPTModel(Module):
         """Empty per-layer key/value buffers for ``forward(idx, kv_cache=...)``."""
         C, NH = self.cfg["emb_dim"], self.cfg["n_heads"]
         max_len = max_len or self.cfg["context_length"]
-        dtype = self.tok_emb.weight.dtype
-        return [LayerKVCache(batch_size, NH, max_len, C // NH, dtype) for _ in range(self.cfg["n_layers"])]
+        weight = self.tok_emb.weight.data
+        return [LayerKVCache(batch_size, NH, max_len, C // NH, weight.dtype, array_module(weight))
+                for _ in range(self.cfg["n_layers"])]
 
     def forward(self, in_idx, kv_cache=None):
         """Token ids (B, T) -> logits (B, T, V). With ``kv_cache`` (from
@@ -165,7 +167,8 @@ class GPTModel(Module):
             raise ValueError(f"input has {start + T} tokens, more than context_length {self.cfg['context_length']}: "
                              f"crop it to the last {self.cfg['context_length']}")
         tok_embeds = self.tok_emb(in_idx)                                        # (B, T) -> (B, T, C)
-        pos_embeds = self.pos_emb(numpy.arange(start, start + T))               # (T,) -> (T, C)
+        positions = array_module(self.pos_emb.weight.data).arange(start, start + T)   # (T,), on the model's device
+        pos_embeds = self.pos_emb(positions)                                    # (T,) -> (T, C)
         x = self.drop_emb(tok_embeds + pos_embeds)                              # (B, T, C)
         for i, block in enumerate(self.trf_blocks):
             x = block(x, None if kv_cache is None else kv_cache[i])             # (B, T, C)

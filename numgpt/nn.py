@@ -10,6 +10,7 @@ import numpy
 
 from numgpt import backend, ops
 from numgpt.autograd import Tensor
+from numgpt.device import device_of, is_host, like, parse_device, to_device
 from numgpt.errors import NumgptError
 from numgpt.ops.layer_norm import EPS as LAYER_NORM_EPS
 
@@ -24,6 +25,10 @@ class Parameter(Tensor):
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+def _shape(value):
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(numpy.shape(value))
 
 
 class StateDictError(NumgptError, ValueError):
@@ -119,17 +124,28 @@ class Module:
         return self.train(False)
 
     def to(self, device=None, dtype=None):
-        """Accepts device 'cpu' (numgpt runs on the CPU) and casts parameters to ``dtype``."""
-        if device is not None and str(device) != "cpu":
-            raise ValueError(f"device {device!r} is not available: numgpt runs on the CPU ('cpu')")
+        """Move the parameters (and their gradients) to ``device`` ("cpu", "cuda", "cuda:N"),
+        and cast them to ``dtype`` (float32 or float64), in place; returns the module, as torch.
+        A parameter shared by two modules (a tied weight) stays one parameter."""
         if dtype is not None:
             dtype = numpy.dtype(dtype)
             if dtype not in backend.FLOAT_DTYPES:
                 raise ValueError(f"parameters can be float32 or float64, not {dtype}")
-            for param in self.parameters():
+        target = None if device is None else parse_device(device)
+        for param in self.parameters():
+            if target is not None:
+                param.data = to_device(param.data, target)
+                param.grad = None if param.grad is None else to_device(param.grad, target)
+            if dtype is not None and param.data.dtype != dtype:
                 param.data = param.data.astype(dtype)
                 param.grad = None
         return self
+
+    @property
+    def device(self):
+        """The device of the parameters (of the first one; ``to`` keeps them together)."""
+        params = self.parameters()
+        return device_of(params[0].data) if params else parse_device("cpu")
 
     # ------------------------------------------------------------ state
     def state_dict(self):
@@ -148,8 +164,8 @@ class Module:
         given = {key: value for key, value in state_dict.items() if key not in ignored}
         missing = [key for key in own if key not in given]
         unexpected = [key for key in given if key not in own]
-        misshapen = [f"{key}: expected {own[key].shape}, got {tuple(numpy.shape(given[key]))}"
-                     for key in own if key in given and tuple(numpy.shape(given[key])) != own[key].shape]
+        misshapen = [f"{key}: expected {own[key].shape}, got {_shape(given[key])}"
+                     for key in own if key in given and _shape(given[key]) != own[key].shape]
         problems = [f"misshapen: {m}" for m in misshapen]
         if strict:
             problems += [f"missing: {key}" for key in missing] + [f"unexpected: {key}" for key in unexpected]
@@ -157,8 +173,9 @@ class Module:
             raise StateDictError(f"state_dict does not fit {type(self).__name__} "
                                  f"({len(problems)} problems):\n  " + "\n  ".join(problems))
         for key, param in own.items():
-            if key in given:
-                param.data[...] = numpy.asarray(given[key])
+            if key in given:                                   # one tensor at a time, to the parameter's device
+                value = given[key]
+                param.data[...] = like(value if not is_host(value) else numpy.asarray(value), param.data)
         return IncompatibleKeys(missing, unexpected)
 
     def __repr__(self):

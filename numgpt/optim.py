@@ -6,8 +6,8 @@ reference; its numba twin updates in a single pass over memory).
 """
 import math
 
-import numpy
 
+from numgpt.device import array_module, is_host, like
 from numgpt.registry import implementation
 
 
@@ -20,7 +20,7 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, 
     exp_avg_sq *= dtype(beta2)                                           # 3. v = b2 v + (1 - b2) g^2
     exp_avg_sq += dtype(1.0 - beta2) * grad * grad
     step_size = lr / (1.0 - beta1 ** step)                               # 4. bias corrections
-    denom = numpy.sqrt(exp_avg_sq) / dtype(math.sqrt(1.0 - beta2 ** step))
+    denom = array_module(exp_avg_sq).sqrt(exp_avg_sq) / dtype(math.sqrt(1.0 - beta2 ** step))
     denom += dtype(eps)
     param -= dtype(step_size) * exp_avg / denom                          # 5. p -= lr m_hat / (sqrt(v_hat) + eps)
 
@@ -65,7 +65,8 @@ class AdamW:
                 param.grad[...] = 0
 
     def step(self):
-        update = implementation(adamw_update)
+        """One AdamW update of every parameter with a gradient. The moments live on their
+        parameter's device: made there on the first step, moved there if the model moved."""
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -73,8 +74,13 @@ class AdamW:
                     continue
                 state = self.state.get(id(param))
                 if state is None:
-                    state = self.state[id(param)] = {"step": 0, "exp_avg": numpy.zeros_like(param.data),
-                                                     "exp_avg_sq": numpy.zeros_like(param.data)}
+                    xp = array_module(param.data)
+                    state = self.state[id(param)] = {"step": 0, "exp_avg": xp.zeros_like(param.data),
+                                                     "exp_avg_sq": xp.zeros_like(param.data)}
+                elif is_host(state["exp_avg"]) != is_host(param.data):
+                    state["exp_avg"], state["exp_avg_sq"] = (like(state[name], param.data)
+                                                             for name in ("exp_avg", "exp_avg_sq"))
+                update = implementation(adamw_update, param.data)
                 state["step"] += 1
                 update(param.data, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
                        group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
@@ -100,27 +106,33 @@ class AdamW:
         for key, value in state_dict["state"].items():
             param = params[int(key)]
             for name in ("exp_avg", "exp_avg_sq"):
-                if numpy.shape(value[name]) != param.shape:
-                    raise ValueError(f"optimizer state {key}.{name} has shape {numpy.shape(value[name])}, "
+                if tuple(value[name].shape) != param.shape:
+                    raise ValueError(f"optimizer state {key}.{name} has shape {tuple(value[name].shape)}, "
                                      f"the parameter has {param.shape}")
             new_state[id(param)] = {"step": int(value["step"]),
-                                    "exp_avg": numpy.array(value["exp_avg"], dtype=param.dtype),
-                                    "exp_avg_sq": numpy.array(value["exp_avg_sq"], dtype=param.dtype)}
+                                    **{name: like(array_module(value[name]).array(value[name], dtype=param.dtype),
+                                                  param.data)                       # a copy, on the parameter's device
+                                       for name in ("exp_avg", "exp_avg_sq")}}
         for group, saved in zip(self.param_groups, groups):
             group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
         self.state = new_state
 
 
 def sum_of_squares(array):
-    """The sum of the squared elements, a Python float (the NumPy twin: one BLAS dot product)."""
+    """The sum of the squared elements (the NumPy reference: one BLAS dot product): a Python
+    float for a host array; for a device array a 0-d array on its device, so that grad_norm
+    fetches one number for all the parameters."""
     flat = array.ravel()
-    return float(numpy.vdot(flat, flat))
+    squares = array_module(array).vdot(flat, flat)
+    return float(squares) if is_host(array) else squares
 
 
 def grad_norm(parameters):
-    """The global L2 norm of the gradients (inf or nan when any gradient is)."""
-    squares = implementation(sum_of_squares)
-    return math.sqrt(sum(squares(p.grad) for p in parameters if p.grad is not None))
+    """The global L2 norm of the gradients, a Python float (inf or nan when any gradient is).
+    The squares are summed on the gradients' device and fetched once."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = sum(implementation(sum_of_squares, grad)(grad) for grad in grads)
+    return math.sqrt(float(total))
 
 
 def clip_grad_norm_(parameters, max_norm, total_norm=None):

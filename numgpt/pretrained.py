@@ -22,6 +22,7 @@ import numpy
 from safetensors import safe_open
 
 from numgpt.download import canonical_size, download_gpt2
+from numgpt.device import to_host
 from numgpt.errors import NumgptError
 from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
 from numgpt.nn import LayerNorm
@@ -273,7 +274,7 @@ def export_hf(model, directory):
             arrays.setdefault(f"trf_blocks.{i}.{name}.bias", numpy.zeros(cfg["emb_dim"], dtype))
 
     def hf_tensor(entry):
-        parts = [arrays[name] for name in entry.numgpt]
+        parts = [to_host(arrays[name]) for name in entry.numgpt]                     # one tensor at a time
         value = parts[0] if len(parts) == 1 else numpy.concatenate(parts, axis=0)   # 3 x (C, C) -> (3C, C)
         return value.T if entry.conv1d else value                                   # (out, in) -> (in, out)
 

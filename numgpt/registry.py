@@ -9,9 +9,10 @@ run, and the answer is, in this order:
 1. the op's reference forward with a learner's backward, while
    ``use_backward(op, fn)`` is in force (the reference forward, so that the
    learner's backward receives the cache the reference backward would);
-2. in kernel mode ``numba`` (``backend.set_kernel_mode``; ``NUMGPT_KERNELS``),
-   the twins registered for the reference functions in ``numba_twins()``
-   below, where one is registered;
+2. for arrays on the CPU in kernel mode ``numba`` (``backend.set_kernel_mode``;
+   ``NUMGPT_KERNELS``), the twins registered for the reference functions in
+   ``numba_twins()`` below, where one is registered (CuPy arrays on a CUDA
+   device run the references, which take their array module from the inputs);
 3. the reference functions themselves.
 
 A twin takes the same arguments, returns the same values within float32
@@ -30,6 +31,7 @@ import functools
 from typing import Callable, NamedTuple
 
 from numgpt import backend
+from numgpt.device import is_host
 from numgpt.errors import UsageError
 
 
@@ -88,21 +90,23 @@ def numba_twins():
 _learner_backwards = {}   # reference backward -> a learner's function, while use_backward is in force
 
 
-def implementation(reference):
-    """The function that runs for one reference function (see the module docstring)."""
+def implementation(reference, data=None):
+    """The function that runs for one reference function on ``data`` (an input
+    array: its device decides too; see the module docstring)."""
     learner = _learner_backwards.get(reference)
     if learner is not None:
         return learner
-    if backend.get_kernel_mode() == "numba":
+    if backend.get_kernel_mode() == "numba" and (data is None or is_host(data)):
         return numba_twins().get(reference, reference)
     return reference
 
 
-def resolve(forward, backward):
-    """(forward, backward) to run for the op whose reference pair is ``forward, backward``."""
+def resolve(forward, backward, data=None):
+    """(forward, backward) to run for the op whose reference pair is ``forward, backward``,
+    on inputs like ``data``."""
     if backward in _learner_backwards:
         return forward, _learner_backwards[backward]
-    return implementation(forward), implementation(backward)
+    return implementation(forward, data), implementation(backward, data)
 
 
 def which(op):

@@ -35,7 +35,7 @@ SETTINGS_VERSION = 1
 
 # flags a resumed run may change: how long it runs, how often it saves, evaluates and reports
 SAFE_TO_CHANGE = ("epochs", "max_steps", "checkpoint_every", "keep_last", "eval_freq", "eval_iter",
-                  "start_context", "threads")
+                  "start_context", "threads", "device")
 
 
 class RunError(UsageError):

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy
 from safetensors import SafetensorError, safe_open
 
+from numgpt.device import array_module, is_host, to_host
 from numgpt.errors import NumgptError
 
 MAX_HEADER_BYTES = 100_000_000      # the safetensors library's own limit; a caller may set a lower one
@@ -376,9 +377,10 @@ def check_finite(arrays, path):
     """Raise NonFiniteError naming every float array in ``arrays`` (name -> array) that holds NaN or Inf."""
     bad = []
     for name, array in arrays.items():
-        array = numpy.asarray(array)
-        if array.dtype.kind in "fc" and not numpy.isfinite(array).all():
-            bad.append(f"{name} ({int(numpy.isnan(array).sum())} NaN, {int(numpy.isinf(array).sum())} Inf)")
+        array = numpy.asarray(array) if is_host(array) else array      # a device array is checked on its device
+        xp = array_module(array)
+        if array.dtype.kind in "fc" and not bool(xp.isfinite(array).all()):
+            bad.append(f"{name} ({int(xp.isnan(array).sum())} NaN, {int(xp.isinf(array).sum())} Inf)")
     if bad:
         error = NonFiniteError(path, "non-finite", f"non-finite values in {len(bad)} tensor(s): " + ", ".join(bad))
         error.tensors = [entry.split(" (")[0] for entry in bad]
@@ -449,7 +451,7 @@ def stream_safetensors(fh, header, arrays, metadata=None):
     fh.write(len(text).to_bytes(8, "little"))
     fh.write(text)
     for (name, (shape, dtype)), array in zip(header.items(), arrays, strict=True):
-        array = numpy.asarray(array, dtype=numpy.dtype(dtype).newbyteorder("<"), order="C")   # 0-d stays 0-d
+        array = numpy.asarray(to_host(array), dtype=numpy.dtype(dtype).newbyteorder("<"), order="C")   # 0-d stays 0-d
         if array.shape != tuple(shape):
             raise ValueError(f"stream_safetensors: {name} has shape {array.shape}, the header says {tuple(shape)}")
         fh.write(memoryview(array.reshape(-1)).cast("B"))
@@ -457,13 +459,15 @@ def stream_safetensors(fh, header, arrays, metadata=None):
 
 def write_safetensors(path, arrays, metadata=None):
     """Write ``arrays`` (name -> array) with string ``metadata`` to ``path``
-    atomically. Arrays must not share memory (store a tied weight once)."""
+    atomically. Arrays must not share memory (store a tied weight once). Arrays
+    on a CUDA device are copied to the host one at a time as they are written."""
     path = Path(path)
-    arrays = {name: numpy.asarray(array) for name, array in arrays.items()}
+    arrays = {name: numpy.asarray(array) if is_host(array) else array for name, array in arrays.items()}
     names = list(arrays)
     for i, first in enumerate(names):
         for second in names[i + 1:]:
-            if numpy.may_share_memory(arrays[first], arrays[second]):
+            a, b = arrays[first], arrays[second]
+            if is_host(a) == is_host(b) and array_module(a).may_share_memory(a, b):
                 raise ValueError(f"{path}: tensors {first!r} and {second!r} share memory; store a tied weight once")
     header = {name: (array.shape, array.dtype) for name, array in arrays.items()}
     atomic_write(path, lambda fh: stream_safetensors(fh, header, arrays.values(), metadata))

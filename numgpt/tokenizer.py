@@ -26,6 +26,7 @@ import tiktoken
 
 from numgpt import backend, bundled
 from numgpt.autograd import array_of
+from numgpt.device import to_host
 
 ENCODING_NAME = "gpt2"
 N_VOCAB = 50257
@@ -72,7 +73,7 @@ def text_to_token_ids(text, tokenizer):
 
 def token_ids_to_text(token_ids, tokenizer):
     """(1, n) or (n,) ids (array, list, or numgpt Tensor) -> text."""
-    ids = numpy.asarray(array_of(token_ids))
+    ids = numpy.asarray(to_host(array_of(token_ids)))
     if ids.ndim == 2 and ids.shape[0] == 1:
         ids = ids[0]  # (1, n) -> (n,)
     if ids.ndim != 1:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from numgpt import backend
 from numgpt.autograd import no_grad
+from numgpt.device import to_host
 from numgpt.errors import UsageError
 from numgpt.generate import generate_text_simple
 from numgpt.ops import cross_entropy
@@ -34,7 +35,9 @@ from numgpt.tokenizer import text_to_token_ids, token_ids_to_text
 
 def calc_loss_batch(input_batch, target_batch, model, device=None):
     """Mean cross-entropy of the model's logits (B, T, V) against targets (B, T).
-    The batches may be arrays or nested lists of token ids."""
+    The batches may be arrays or nested lists of token ids, on the host or on the
+    model's device; host batches are moved to the model's device (``device`` is
+    accepted as the seed passes it: the model's own device decides)."""
     logits = model(backend.asarray(input_batch, dtype=backend.INDEX_DTYPE))
     return cross_entropy(logits.flatten(0, 1), backend.asarray(target_batch, dtype=backend.INDEX_DTYPE).reshape(-1))
 
@@ -88,8 +91,8 @@ class NonFiniteTraining(RuntimeError):
 def chain_digest(digest, input_batch, target_batch):
     """Extend a hex digest with one batch: equal digests mean equal batch sequences."""
     h = hashlib.sha256(digest.encode())
-    h.update(numpy.ascontiguousarray(input_batch, dtype=numpy.int64).tobytes())
-    h.update(numpy.ascontiguousarray(target_batch, dtype=numpy.int64).tobytes())
+    for batch in (input_batch, target_batch):     # token ids on the host (a device batch is copied back)
+        h.update(numpy.ascontiguousarray(to_host(backend.asarray(batch)), dtype=numpy.int64).tobytes())
     return h.hexdigest()
 
 
@@ -237,7 +240,7 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                     loss = calc_loss_batch(input_batch, target_batch, model, device)
                     (loss / grad_accum if grad_accum > 1 else loss).backward()   # gradients add up over the group
                     loss_sum += loss.item()
-                    state.tokens_seen += numpy.size(input_batch)
+                    state.tokens_seen += backend.asarray(input_batch).size
                     state.batches_digest = chain_digest(state.batches_digest, input_batch, target_batch)
                 loss_value = loss_sum / grad_accum
                 norm = grad_norm(model.parameters())

@@ -1,6 +1,8 @@
 """GPTModel: the reference's keys and shapes, the book's parameter count,
 PyTorch's init distributions, clear errors, float64 gradcheck of every
 parameter, and a few SGD steps that lower the loss."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -117,8 +119,16 @@ def test_bad_input_gets_clear_errors():
         numgpt.GPTModel({k: v for k, v in TINY.items() if k != "n_heads"})
     with pytest.raises(ValueError, match="not divisible"):
         numgpt.GPTModel(dict(TINY, n_heads=3))
-    with pytest.raises(ValueError, match="runs on the CPU"):
+    with pytest.raises(ValueError, match="device 'tpu'"):
+        model.to("tpu")
+
+
+def test_asking_for_cuda_without_cupy_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)            # as where CuPy is not installed
+    model = numgpt.GPTModel(TINY)
+    with pytest.raises(numgpt.UsageError, match=r"CuPy is not installed: pip install 'numgpt\[cuda12\]'"):
         model.to("cuda")
+    assert model.device == numgpt.device.CPU and not numgpt.cuda.is_available()
 
 
 def test_eval_disables_dropout_and_train_enables_it():

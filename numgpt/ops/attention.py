@@ -35,11 +35,13 @@ Backward, the same steps in reverse:
 Dropout takes a precomputed DropoutMask, so that the reference and the numba
 twin see the same random numbers.
 """
+import math
 from typing import NamedTuple, Optional
 
 import numpy
 
 from numgpt.autograd import record
+from numgpt.device import array_module
 from numgpt.ops.dropout import DropoutMask, dropout_mask
 from numgpt.registry import resolve
 
@@ -65,14 +67,14 @@ def merge_heads(x):
 
 
 def attention_forward(q, k, v, n_heads, mask=None):
-    T = q.shape[1]
+    xp, T = array_module(q), q.shape[1]
     q, k, v = (split_heads(x, n_heads) for x in (q, k, v))        # 1. 3 x (B, NH, T, HS)
-    scale = q.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     scores = (q @ k.swapaxes(-1, -2)) * scale                      # 2. (B, NH, T, T)
-    future = numpy.triu(numpy.ones((T, T), dtype=bool), k=1)
-    scores[..., future] = -numpy.inf                               # 3. causal mask
+    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)
+    scores[..., future] = -math.inf                                # 3. causal mask
     scores -= scores.max(axis=-1, keepdims=True)                   # 4. softmax (shifted: exp never overflows)
-    att = numpy.exp(scores)
+    att = xp.exp(scores)
     att /= att.sum(axis=-1, keepdims=True)
     att_dropped = att if mask is None else mask.apply(att)         # 5. dropout on the weights
     y = att_dropped @ v                                            # 6. (B, NH, T, T) @ (B, NH, T, HS)
@@ -82,7 +84,7 @@ def attention_forward(q, k, v, n_heads, mask=None):
 def attention_backward(dout, cache):
     q, k, v, att, mask = cache
     n_heads = q.shape[1]
-    scale = q.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     # 7. out = merge_heads(y)
     dy = split_heads(dout, n_heads)                                # (B, NH, T, HS)
     # 6. y = att_dropped @ v
@@ -111,8 +113,8 @@ def causal_attention(q, k, v, n_heads, dropout_p=0.0, training=False):
                          f"({n_heads}); got {q.shape}, {k.shape}, {v.shape}")
     mask = None
     if training and dropout_p > 0.0:
-        mask = dropout_mask((B, n_heads, T, T), dropout_p)
-    forward, backward = resolve(attention_forward, attention_backward)
+        mask = dropout_mask((B, n_heads, T, T), dropout_p, like=q.data)
+    forward, backward = resolve(attention_forward, attention_backward, q.data)
     out, cache = forward(q.data, k.data, v.data, n_heads, mask)
     return record(out, (q, k, v), lambda dout: backward(dout, cache), "attention")
 
@@ -125,9 +127,9 @@ class LayerKVCache:
     positions [0, length) are filled.
     """
 
-    def __init__(self, batch, n_heads, max_len, head_dim, dtype):
-        self.keys = numpy.empty((batch, n_heads, max_len, head_dim), dtype=dtype)
-        self.values = numpy.empty((batch, n_heads, max_len, head_dim), dtype=dtype)
+    def __init__(self, batch, n_heads, max_len, head_dim, dtype, xp=numpy):
+        self.keys = xp.empty((batch, n_heads, max_len, head_dim), dtype=dtype)
+        self.values = xp.empty((batch, n_heads, max_len, head_dim), dtype=dtype)
         self.length = 0
 
 
@@ -146,12 +148,13 @@ def cached_attention_forward(q, k, v, n_heads, cache):
     cache.values[:, :, start:end] = v
     cache.length = end
     keys, values = cache.keys[:, :, :end], cache.values[:, :, :end]
-    scale = q.dtype.type(1.0 / numpy.sqrt(q.shape[-1]))
+    xp = array_module(q)
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     scores = (q @ keys.swapaxes(-1, -2)) * scale                   # (B, NH, Tn, end)
-    future = numpy.arange(end)[None, :] > numpy.arange(start, end)[:, None]   # (Tn, end)
-    scores[..., future] = -numpy.inf
+    future = xp.arange(end)[None, :] > xp.arange(start, end)[:, None]   # (Tn, end)
+    scores[..., future] = -math.inf
     scores -= scores.max(axis=-1, keepdims=True)
-    att = numpy.exp(scores)
+    att = xp.exp(scores)
     att /= att.sum(axis=-1, keepdims=True)
     return merge_heads(att @ values)                               # (B, NH, Tn, HS) -> (B, Tn, C)
 

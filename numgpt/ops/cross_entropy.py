@@ -32,11 +32,13 @@ same amount leaves the loss unchanged. An ignored row's target is replaced by
 0 so that the indexing stays in range; its row is then zeroed by valid.
 With no valid target the loss is nan and the gradient 0 (max(n_valid, 1)).
 """
+import math
 from typing import NamedTuple
 
 import numpy
 
 from numgpt.autograd import array_of, as_tensor, record
+from numgpt.device import array_module, is_host, like
 from numgpt.registry import resolve
 
 IGNORE_INDEX = -100
@@ -50,16 +52,18 @@ class CrossEntropyCache(NamedTuple):
 
 
 def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX):
+    xp = array_module(logits)
     valid = targets != ignore_index                                # (N,)
-    safe_targets = numpy.where(valid, targets, 0)
+    safe_targets = xp.where(valid, targets, 0)
     shifted = logits - logits.max(axis=1, keepdims=True)           # 1. (N, V), max 0 per row
-    exp = numpy.exp(shifted)                                       # 2. (N, V)
+    exp = xp.exp(shifted)                                          # 2. (N, V)
     sumexp = exp.sum(axis=1)                                       # 3. (N,)
-    rows = numpy.arange(len(targets))
-    nll = numpy.log(sumexp) - shifted[rows, safe_targets]          # 4. log-sum-exp - target logit (N,)
-    n_valid = int(valid.sum())
-    loss = numpy.asarray(nll[valid].sum(dtype=logits.dtype) / logits.dtype.type(n_valid) if n_valid
-                         else logits.dtype.type(numpy.nan))       # 5. mean over valid rows ()
+    rows = xp.arange(len(targets))
+    nll = xp.log(sumexp) - shifted[rows, safe_targets]             # 4. log-sum-exp - target logit (N,)
+    n_valid = valid.sum()                                          # () on the logits' device: no host round trip
+    total = (nll * valid).sum(dtype=logits.dtype)                  # ignored rows add 0
+    loss = xp.where(n_valid > 0, total / xp.maximum(n_valid, 1).astype(logits.dtype),
+                    math.nan).astype(logits.dtype)                 # 5. mean over valid rows (), nan if none
     probs = exp / sumexp[:, None]                                  # softmax, for the backward (N, V)
     return loss, CrossEntropyCache(probs, safe_targets, valid, n_valid)
 
@@ -68,10 +72,10 @@ def cross_entropy_backward(dout, cache):
     probs, targets, valid, n_valid = cache
     # 4. nll = logsumexp(logits) - logits[target]   (3..1: the shift cancels, no gradient)
     dlogits = probs.copy()                                         # d logsumexp / d logits = softmax (N, V)
-    dlogits[numpy.arange(len(targets)), targets] -= 1.0            # minus d logits[target] / d logits = one_hot
+    dlogits[array_module(probs).arange(len(targets)), targets] -= 1.0   # minus d logits[target] / d logits = one_hot
     # 5. loss = mean(nll[valid])  -> dnll = dout / n_valid on valid rows, 0 on ignored ones;
     #    a factor per row, applied last (it commutes with step 4's difference)
-    dlogits *= (valid * (dout / max(n_valid, 1))).astype(probs.dtype)[:, None]   # (N, V) * (N, 1)
+    dlogits *= (valid * (dout / array_module(probs).maximum(n_valid, 1))).astype(probs.dtype)[:, None]   # (N, 1)
     return dlogits
 
 
@@ -84,9 +88,11 @@ def cross_entropy(logits, targets, ignore_index=IGNORE_INDEX):
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
     vocab = logits.shape[1]
-    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
-    if bad.any():
-        raise IndexError(f"target {targets[bad][0]} is outside [0, {vocab}) and is not ignore_index {ignore_index}")
-    forward, backward = resolve(cross_entropy_forward, cross_entropy_backward)
+    if is_host(targets):       # checked on the host, then moved to the logits' device; device targets are not checked
+        bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+        if bad.any():
+            raise IndexError(f"target {targets[bad][0]} is outside [0, {vocab}) and is not ignore_index {ignore_index}")
+        targets = like(targets, logits.data)
+    forward, backward = resolve(cross_entropy_forward, cross_entropy_backward, logits.data)
     loss, cache = forward(logits.data, targets, ignore_index)
     return record(loss, (logits,), lambda dout: (backward(dout, cache),), "cross_entropy")

@@ -33,6 +33,8 @@ import numpy
 
 from numgpt import backend
 from numgpt.autograd import record
+from numgpt.device import like as on_device_of
+from numgpt.device import array_module
 from numgpt.registry import resolve
 
 
@@ -42,21 +44,24 @@ class DropoutMask(NamedTuple):
 
     def apply(self, x):
         """x * keep / (1 - p), in x's dtype."""
-        out = numpy.multiply(x, self.keep, dtype=x.dtype)
+        out = array_module(x).multiply(x, self.keep, dtype=x.dtype)
         out *= x.dtype.type(self.scale)
         return out
 
 
-def dropout_mask(shape, p):
+def dropout_mask(shape, p, like=None):
     """Keep each element with probability 1 - p, drawn from numgpt's generator:
-    one raw 32-bit draw per element against p * 2^32 (exact to 2^-32)."""
+    one raw 32-bit draw per element against p * 2^32 (exact to 2^-32). The
+    draws are made on the host, so a model on a CUDA device drops exactly what
+    it drops on the CPU; the mask (one byte per element) is then copied to the
+    device of ``like``."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     size = int(numpy.prod(shape))
     bits = backend.get_generator().bit_generator.random_raw((size + 1) // 2)      # uint64, two draws each
     draws = bits.view(numpy.uint32)[:size].reshape(shape)
     keep = draws >= numpy.uint32(min(round(p * 2.0 ** 32), 2 ** 32 - 1))
-    return DropoutMask(keep, 1.0 / (1.0 - p))
+    return DropoutMask(keep if like is None else on_device_of(keep, like), 1.0 / (1.0 - p))
 
 
 def dropout_forward(x, mask):
@@ -72,6 +77,6 @@ def dropout_backward(dout, cache):
 def dropout(x, p, training):
     if not training or p == 0.0:
         return x
-    forward, backward = resolve(dropout_forward, dropout_backward)
-    out, cache = forward(x.data, dropout_mask(x.shape, p))
+    forward, backward = resolve(dropout_forward, dropout_backward, x.data)
+    out, cache = forward(x.data, dropout_mask(x.shape, p, like=x.data))
     return record(out, (x,), lambda dout: (backward(dout, cache),), "dropout")

@@ -25,6 +25,7 @@ sum:  out = sum_i x[i]   () ;  d out/dx[i] = 1 for every i, so
 import numpy
 
 from numgpt.autograd import Tensor, as_tensor, record
+from numgpt.device import array_module
 from numgpt.registry import resolve
 
 
@@ -52,7 +53,7 @@ def add_backward(dout, cache):
 
 def add(a, b):
     a, b = as_tensor(a), as_tensor(b)
-    forward, backward = resolve(add_forward, add_backward)
+    forward, backward = resolve(add_forward, add_backward, a.data)
     out, cache = forward(a.data, b.data)
     return record(out, (a, b), lambda dout: backward(dout, cache), "add")
 
@@ -66,8 +67,8 @@ def mul_forward(a, b):
 def mul_backward(dout, cache):
     a, b = cache
     # out = a * b: the product rule, d out/da = b, d out/db = a
-    da = unbroadcast(dout * b, numpy.shape(a))
-    db = unbroadcast(dout * a, numpy.shape(b))
+    da = unbroadcast(dout * b, a.shape)
+    db = unbroadcast(dout * a, b.shape)
     return da, db
 
 
@@ -77,7 +78,7 @@ def mul(a, b):
         scale = a.dtype.type(b)
         return record(a.data * scale, (a,), lambda dout: (dout * scale,), "scale")
     a, b = as_tensor(a), as_tensor(b)
-    forward, backward = resolve(mul_forward, mul_backward)
+    forward, backward = resolve(mul_forward, mul_backward, a.data)
     out, cache = forward(a.data, b.data)
     return record(out, (a, b), lambda dout: backward(dout, cache), "mul")
 
@@ -87,4 +88,5 @@ def sum_all(x):
     """The sum of every element, as a 0-d tensor."""
     shape = x.shape
     out = x.data.sum(dtype=x.dtype)          # (...) -> (); backward: every x[i] gets dout (a broadcast view)
-    return record(numpy.asarray(out), (x,), lambda dout: (numpy.broadcast_to(dout, shape),), "sum")
+    xp = array_module(x.data)
+    return record(xp.asarray(out), (x,), lambda dout: (xp.broadcast_to(dout, shape),), "sum")

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy
 
 from numgpt.autograd import array_of, record
+from numgpt.device import array_module, is_host, like
 from numgpt.registry import resolve
 
 
@@ -56,14 +57,19 @@ def embedding_backward(dout, cache):
     idx, num_embeddings = cache
     channels = dout.shape[-1]
     # 1. out = weight[idx]: scatter-ADD each row of dout into row idx[n] (repeats sum)
-    dweight = numpy.zeros((num_embeddings, channels), dtype=dout.dtype)            # (V, C)
-    numpy.add.at(dweight, idx.reshape(-1), dout.reshape(-1, channels))             # rows of (N, C) into (V, C)
+    xp = array_module(dout)
+    dweight = xp.zeros((num_embeddings, channels), dtype=dout.dtype)               # (V, C)
+    xp.add.at(dweight, idx.reshape(-1), dout.reshape(-1, channels))                # rows of (N, C) into (V, C)
     return dweight
 
 
 def embedding(idx, weight):
+    """weight[idx]. Host indices are checked, then moved to the weight's device (the one
+    place token ids enter a device); indices already on a device are not checked."""
     idx = array_of(idx)
-    check_indices(idx, weight.shape[0])
-    forward, backward = resolve(embedding_forward, embedding_backward)
+    if is_host(idx):
+        check_indices(idx, weight.shape[0])
+        idx = like(idx, weight.data)
+    forward, backward = resolve(embedding_forward, embedding_backward, weight.data)
     out, cache = forward(idx, weight.data)
     return record(out, (weight,), lambda dout: (backward(dout, cache),), "embedding")

@@ -25,9 +25,9 @@ Only x is cached; t is recomputed (one tanh) rather than stored.
 """
 import math
 
-import numpy
 
 from numgpt.autograd import record
+from numgpt.device import array_module
 from numgpt.registry import resolve
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -37,7 +37,7 @@ CUBIC = 0.044715
 def gelu_forward(x):
     c, k = x.dtype.type(SQRT_2_OVER_PI), x.dtype.type(CUBIC)
     u = c * (x + k * x * x * x)                                    # 1. inner polynomial
-    t = numpy.tanh(u)                                              # 2.
+    t = array_module(x).tanh(u)                                              # 2.
     out = 0.5 * x * (1.0 + t)                                      # 3. (...)
     return out, x
 
@@ -45,7 +45,7 @@ def gelu_forward(x):
 def gelu_backward(dout, cache):
     x = cache
     c, k = x.dtype.type(SQRT_2_OVER_PI), x.dtype.type(CUBIC)
-    t = numpy.tanh(c * (x + k * x * x * x))                       # 1., 2. recomputed
+    t = array_module(x).tanh(c * (x + k * x * x * x))                       # 1., 2. recomputed
     # 3. out = 0.5 x (1 + t)         -> d/dx = 0.5 (1 + t) + 0.5 x dt/dx
     # 2. t = tanh(u)                 -> dt/du = 1 - t^2
     # 1. u = c (x + k x^3)           -> du/dx = c (1 + 3 k x^2)
@@ -55,6 +55,6 @@ def gelu_backward(dout, cache):
 
 
 def gelu(x):
-    forward, backward = resolve(gelu_forward, gelu_backward)
+    forward, backward = resolve(gelu_forward, gelu_backward, x.data)
     out, cache = forward(x.data)
     return record(out, (x,), lambda dout: (backward(dout, cache),), "gelu")

@@ -46,6 +46,7 @@ from typing import NamedTuple
 import numpy
 
 from numgpt.autograd import record
+from numgpt.device import array_module
 from numgpt.registry import resolve
 
 EPS = 1e-5
@@ -62,7 +63,7 @@ def layer_norm_forward(x, weight, bias, eps=EPS):
     mean = x.mean(axis=-1, keepdims=True)                          # 1. (..., C) -> (..., 1)
     xc = x - mean                                                  # 2. (..., C)
     var = (xc * xc).mean(axis=-1, keepdims=True)                   # 3. biased variance (..., 1)
-    rstd = 1.0 / numpy.sqrt(var + x.dtype.type(eps))               # 4. (..., 1)
+    rstd = 1.0 / array_module(x).sqrt(var + x.dtype.type(eps))               # 4. (..., 1)
     xhat = xc * rstd                                               # 5. (..., C)
     out = xhat * weight + bias                                     # 6. (..., C)
     return out, LayerNormCache(x, weight, mean, rstd)
@@ -90,6 +91,6 @@ def layer_norm_backward(dout, cache):
 
 
 def layer_norm(x, weight, bias, eps=EPS):
-    forward, backward = resolve(layer_norm_forward, layer_norm_backward)
+    forward, backward = resolve(layer_norm_forward, layer_norm_backward, x.data)
     out, cache = forward(x.data, weight.data, bias.data, eps)
     return record(out, (x, weight, bias), lambda dout: backward(dout, cache), "layer_norm")

@@ -56,6 +56,6 @@ def linear_backward(dout, cache):
 
 
 def linear(x, weight, bias=None):
-    forward, backward = resolve(linear_forward, linear_backward)
+    forward, backward = resolve(linear_forward, linear_backward, x.data)
     out, cache = forward(x.data, weight.data, None if bias is None else bias.data)
     return record(out, (x, weight, bias), lambda dout: backward(dout, cache), "linear")

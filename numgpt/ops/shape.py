@@ -23,9 +23,11 @@ getitem    out = x[index]. For a slice each element is picked at most once;
 The first three are one-to-one, so the sum has a single term and the
 backward is the inverse move.
 """
-import numpy
+import itertools
+
 
 from numgpt.autograd import Tensor, record
+from numgpt.device import array_module
 
 
 def reshape(x, shape):
@@ -47,8 +49,9 @@ def getitem(x, index):
     out = x.data[index]
 
     def backward(dout):
-        dx = numpy.zeros_like(x.data)
-        numpy.add.at(dx, index, dout)
+        xp = array_module(x.data)
+        dx = xp.zeros_like(x.data)
+        xp.add.at(dx, index, dout)
         return (dx,)
 
     return record(out, (x,), backward, "getitem")
@@ -57,6 +60,7 @@ def getitem(x, index):
 def concat(tensors, axis=0):
     """numpy.concatenate of tensors; the gradient is split back into views."""
     arrays = [t.data for t in tensors]
-    out = numpy.concatenate(arrays, axis=axis)
-    bounds = numpy.cumsum([a.shape[axis] for a in arrays])[:-1]
-    return record(out, tuple(tensors), lambda dout: tuple(numpy.split(dout, bounds, axis=axis)), "concat")
+    xp = array_module(*arrays)
+    out = xp.concatenate(arrays, axis=axis)
+    bounds = list(itertools.accumulate(a.shape[axis] for a in arrays))[:-1]
+    return record(out, tuple(tensors), lambda dout: tuple(xp.split(dout, bounds, axis=axis)), "concat")
