@@ -210,3 +210,51 @@ def test_device_arrays_run_the_references_whatever_the_kernel_mode():
     with kernel_mode("numba"):
         model = fresh_model("cuda")
         assert train(model, numgpt.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1), steps) == expected
+
+
+def test_nothing_imports_cupy_unless_a_cuda_device_is_asked_for():
+    script = ("import sys, numpy as np, numgpt\n"
+              "m = numgpt.GPTModel(numgpt.PRESETS['tiny']).to('cpu')\n"
+              "loss = numgpt.calc_loss_batch(np.zeros((1, 4), dtype=np.int64), np.zeros((1, 4), dtype=np.int64), m)\n"
+              "loss.backward()\n"
+              "assert 'cupy' not in sys.modules, 'CuPy was imported'\n"
+              "m.to('cuda')\n"
+              "assert 'cupy' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=STAND_IN))
+    assert result.returncode == 0, result.stderr
+
+
+def real_cupy():
+    """CuPy itself with a CUDA device, or None (then the real-GPU test is skipped, saying why)."""
+    code = "import cupy, sys; sys.exit(0 if cupy.cuda.is_available() and not hasattr(cupy, 'stand_in') else 1)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
+    return found
+
+
+@pytest.mark.skipif(not real_cupy(), reason="no CuPy with a CUDA device here: the GPU path is tested on the "
+                                            "stand-in only")
+def test_real_gpu_losses_match_the_cpu_within_1e_4():
+    """On a real GPU (cuBLAS sums in its own order): the first 10 steps from the same initial weights,
+    dropout 0, within 1e-4 relative of the CPU's (the issue's target)."""
+    script = """
+import numpy as np, numgpt
+cfg = dict(numgpt.PRESETS["tiny"], drop_rate=0.0)
+rng = np.random.default_rng(0)
+steps = [(rng.integers(0, 50257, (2, 32)), rng.integers(0, 50257, (2, 32))) for _ in range(10)]
+losses = {}
+for device in ("cpu", "cuda"):
+    numgpt.manual_seed(123)
+    model = numgpt.GPTModel(cfg).to(device)
+    optimizer = numgpt.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    losses[device] = []
+    for x, y in steps:
+        optimizer.zero_grad(); loss = numgpt.calc_loss_batch(x, y, model); loss.backward(); optimizer.step()
+        losses[device].append(loss.item())
+worst = max(abs(a - b) / abs(a) for a, b in zip(losses["cpu"], losses["cuda"]))
+print(f"worst relative loss difference over 10 steps: {worst:.2e}")
+assert worst <= 1e-4
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0
