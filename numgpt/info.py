@@ -36,6 +36,17 @@ def _matmul_kernel():
     return "in use (AVX-512, kernels/matmul.py)"
 
 
+def _cuda():
+    from numgpt import cuda
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy not installed (pip install 'numgpt[cuda12]' for --device cuda)"
+    if not cuda.is_available():
+        return f"CuPy {cupy.__version__}, no CUDA device"
+    return f"CuPy {cupy.__version__}, {cuda.device_count()} device(s)"
+
+
 def _caches():
     import numba
 
@@ -65,5 +76,6 @@ def describe():
         ("kernel mode", f"{backend.get_kernel_mode()} ({mode_source})"),
         ("matmul kernel", _matmul_kernel()),
         ("threads", f"{kernel_threads} for numba kernels, {blas_threads} for the BLAS, {os.cpu_count()} cores"),
+        ("CUDA", _cuda()),
         *_caches(),
     ]

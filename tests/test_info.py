@@ -42,6 +42,7 @@ def test_info_prints_the_install_the_libraries_kernels_threads_and_caches(tmp_pa
     assert facts["kernel mode"].startswith(os.environ.get("NUMGPT_KERNELS", "numba"))
     assert facts["matmul kernel"].startswith(("in use", "not used"))
     assert f"{os.cpu_count()} cores" in facts["threads"]
+    assert facts["CUDA"].startswith("CuPy not installed")      # the test environment has no CuPy
     assert facts["numgpt cache"] == str(tmp_path / "home")
     assert facts["Hugging Face hub cache"] == str(tmp_path / "hf" / "hub")
     assert facts["numba cache"].endswith("__pycache__")
