@@ -169,6 +169,17 @@ _IDX = numpy.array([[0, 3, 3, 1], [4, 0, 2, 3]])          # repeats: the embeddi
 _TARGETS = numpy.array([1, 0, -100, 4, 2, 2])             # one ignored target
 
 
+def _rope_tables(T, D):
+    """cos, sin (T, D/2) of positions 3 .. 3 + T - 1 with Llama 3's scaling (all three bands at D = 8)."""
+    from numgpt.ops.rope import rope_frequencies, rope_tables
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+    return rope_tables(rope_frequencies(D, 500000.0, scaling), 3, T, numpy.float64)
+
+
+_COS, _SIN = _rope_tables(3, 8)
+
+
 class Case(NamedTuple):
     op: Optional[str]           # the registry op whose reference pair it exercises (None: the autograd's own)
     fn: Callable
@@ -201,7 +212,15 @@ def op_cases():
         "attention_dropout": Case("attention",
                                   _seeded(lambda q, k, v: ops.causal_attention(q, k, v, 2, 0.3, training=True)),
                                   ("q", "k", "v"), ((2, 5, 4),) * 3),
+        "grouped_query_attention": Case("attention", lambda q, k, v: ops.causal_attention(q, k, v, 4, n_kv_heads=2),
+                                        ("q", "k", "v"), ((2, 5, 8), (2, 5, 4), (2, 5, 4))),
+        "repeat_kv": Case("repeat_kv", lambda x: ops.repeat_kv(x, 2, 3), ("x",), ((2, 3, 4),)),
         "cross_entropy": Case("cross_entropy", lambda z: ops.cross_entropy(z, _TARGETS), ("logits",), ((6, 5),)),
+        "rms_norm": Case("rms_norm", lambda x, w: ops.rms_norm(x, w), ("x", "weight"), ((2, 3, 6), (6,))),
+        "rms_norm_heads": Case("rms_norm", lambda x, w: ops.rms_norm(x, w, 1e-5), ("x", "weight"),
+                               ((2, 3, 2, 4), (4,))),
+        "rope": Case("rope", lambda x: ops.rope(x, _COS, _SIN), ("x",), ((2, 3, 2, 8),)),
+        "swiglu": Case("swiglu", ops.swiglu, ("gate", "up"), ((3, 7), (3, 7))),
         "add_broadcast": Case("add", lambda a, b: a + b, ("a", "b"), ((2, 3, 4), (3, 4))),
         "mul_broadcast": Case("mul", lambda a, b: a * b, ("a", "b"), ((2, 3, 4), (1, 4))),
         "reshape_transpose": Case(None, lambda x: x.reshape(3, 2, 4).transpose(0, 2) * 1.5, ("x",), ((6, 4),)),

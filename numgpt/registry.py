@@ -43,7 +43,7 @@ class OpPair(NamedTuple):
 @functools.lru_cache(maxsize=None)
 def op_pairs():
     """op name -> its reference (forward, backward)."""
-    from numgpt.ops.attention import attention_backward, attention_forward
+    from numgpt.ops.attention import attention_backward, attention_forward, repeat_kv_backward, repeat_kv_forward
     from numgpt.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
     from numgpt.ops.dropout import dropout_backward, dropout_forward
     from numgpt.ops.elementwise import add_backward, add_forward, mul_backward, mul_forward
@@ -51,6 +51,9 @@ def op_pairs():
     from numgpt.ops.gelu import gelu_backward, gelu_forward
     from numgpt.ops.layer_norm import layer_norm_backward, layer_norm_forward
     from numgpt.ops.linear import linear_backward, linear_forward
+    from numgpt.ops.rms_norm import rms_norm_backward, rms_norm_forward
+    from numgpt.ops.rope import rope_backward, rope_forward
+    from numgpt.ops.swiglu import swiglu_backward, swiglu_forward
     return {
         "linear": OpPair(linear_forward, linear_backward),
         "embedding": OpPair(embedding_forward, embedding_backward),
@@ -61,6 +64,10 @@ def op_pairs():
         "cross_entropy": OpPair(cross_entropy_forward, cross_entropy_backward),
         "add": OpPair(add_forward, add_backward),
         "mul": OpPair(mul_forward, mul_backward),
+        "rms_norm": OpPair(rms_norm_forward, rms_norm_backward),
+        "rope": OpPair(rope_forward, rope_backward),
+        "swiglu": OpPair(swiglu_forward, swiglu_backward),
+        "repeat_kv": OpPair(repeat_kv_forward, repeat_kv_backward),
     }
 
 

@@ -34,6 +34,18 @@ Backward, the same steps in reverse:
 
 Dropout takes a precomputed DropoutMask, so that the reference and the numba
 twin see the same random numbers.
+
+Grouped-query attention (Llama 3, SmolLM2, Qwen): k and v have fewer heads,
+NKV, than q, NH = NKV * G; query head h reads key/value head h // G (Hugging
+Face's order). ``repeat_kv`` copies each key/value head G times before the
+core above, and its backward is that of any copy used G times (fan-out): the
+gradient of a key/value head is the sum of its G copies' gradients,
+
+    repeat_kv   x (B, T, NKV * HS) -> (B, T, NH * HS),  head h = x's head h // G
+                dx[kv] = sum over g < G of dout[kv * G + g]
+
+The KV cache of generation keeps only the NKV heads (``LayerKVCache``) and
+groups the queries instead: no copies are made there.
 """
 import math
 from typing import NamedTuple, Optional
@@ -105,12 +117,51 @@ def attention_backward(dout, cache):
     return merge_heads(dq), merge_heads(dk), merge_heads(dv)       # 3 x (B, T, C)
 
 
-def causal_attention(q, k, v, n_heads, dropout_p=0.0, training=False):
-    """Scaled dot-product attention with a causal mask: q, k, v (B, T, C) -> (B, T, C)."""
+class RepeatKVCache(NamedTuple):
+    n_kv_heads: int
+    n_rep: int
+
+
+def repeat_kv_forward(x, n_kv_heads, n_rep):
+    """x (B, T, NKV * HS) -> (B, T, NKV * n_rep * HS): each head n_rep times in a row."""
+    B, T, C = x.shape
+    HS = C // n_kv_heads
+    heads = x.reshape(B, T, n_kv_heads, 1, HS)                                   # (B, T, NKV, 1, HS)
+    repeated = array_module(x).broadcast_to(heads, (B, T, n_kv_heads, n_rep, HS))
+    return repeated.reshape(B, T, C * n_rep), RepeatKVCache(n_kv_heads, n_rep)   # a copy: (B, T, NH * HS)
+
+
+def repeat_kv_backward(dout, cache):
+    """dout (B, T, NH * HS) -> dx (B, T, NKV * HS): the sum over each head's n_rep copies."""
+    B, T, C = dout.shape
+    n_kv_heads, n_rep = cache
+    copies = dout.reshape(B, T, n_kv_heads, n_rep, C // (n_kv_heads * n_rep))    # (B, T, NKV, G, HS)
+    return (copies.sum(axis=3).reshape(B, T, C // n_rep),)
+
+
+def repeat_kv(x, n_kv_heads, n_rep):
+    forward, backward = resolve(repeat_kv_forward, repeat_kv_backward, x.data)
+    out, cache = forward(x.data, n_kv_heads, n_rep)
+    return record(out, (x,), lambda dout: backward(dout, cache), "repeat_kv")
+
+
+def _check_heads(q, k, v, n_heads, n_kv_heads):
     B, T, C = q.shape
-    if C % n_heads or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"attention needs q, k, v of one shape (B, T, C) with C divisible by n_heads "
-                         f"({n_heads}); got {q.shape}, {k.shape}, {v.shape}")
+    if (C % n_heads or n_heads % n_kv_heads or k.shape != (B, T, C // n_heads * n_kv_heads)
+            or v.shape != k.shape):
+        raise ValueError(f"attention needs q (B, T, NH * HS) and k, v (B, T, NKV * HS) with NH = {n_heads} a "
+                         f"multiple of NKV = {n_kv_heads}; got {q.shape}, {k.shape}, {v.shape}")
+
+
+def causal_attention(q, k, v, n_heads, dropout_p=0.0, training=False, n_kv_heads=None):
+    """Scaled dot-product attention with a causal mask: q (B, T, NH * HS), k, v
+    (B, T, NKV * HS) -> (B, T, NH * HS). ``n_kv_heads`` (default n_heads) below
+    n_heads is grouped-query attention."""
+    n_kv_heads = n_kv_heads or n_heads
+    _check_heads(q, k, v, n_heads, n_kv_heads)
+    if n_kv_heads != n_heads:
+        k, v = repeat_kv(k, n_kv_heads, n_heads // n_kv_heads), repeat_kv(v, n_kv_heads, n_heads // n_kv_heads)
+    B, T, C = q.shape
     mask = None
     if training and dropout_p > 0.0:
         mask = dropout_mask((B, n_heads, T, T), dropout_p, like=q.data)
@@ -123,7 +174,8 @@ def causal_attention(q, k, v, n_heads, dropout_p=0.0, training=False):
 class LayerKVCache:
     """One layer's keys and values of the positions seen so far.
 
-    Shapes: keys, values (B, NH, L, HS), L the longest sequence the cache holds;
+    Shapes: keys, values (B, NKV, L, HS), NKV the key/value heads (all heads
+    but in grouped-query attention), L the longest sequence the cache holds;
     positions [0, length) are filled.
     """
 
@@ -133,35 +185,41 @@ class LayerKVCache:
         self.length = 0
 
 
-def cached_attention_forward(q, k, v, n_heads, cache):
+def cached_attention_forward(q, k, v, n_heads, cache, n_kv_heads=None):
     """Attention of Tn new positions over the cached ones and themselves, causal.
 
-    Inference only (no backward). q, k, v (B, Tn, C) -> out (B, Tn, C);
-    appends the new keys and values to ``cache``.
+    Inference only (no backward). q (B, Tn, NH * HS), k, v (B, Tn, NKV * HS)
+    -> out (B, Tn, NH * HS); appends the new keys and values to ``cache``. The
+    G = NH / NKV query heads of a group share one cached key/value head.
     """
-    Tn = q.shape[1]
+    n_kv_heads = n_kv_heads or n_heads
+    B, Tn = q.shape[:2]
     start, end = cache.length, cache.length + Tn
     if end > cache.keys.shape[2]:
         raise ValueError(f"KV cache holds {cache.keys.shape[2]} positions, {end} were asked for")
-    q, k, v = (split_heads(x, n_heads) for x in (q, k, v))        # 3 x (B, NH, Tn, HS)
-    cache.keys[:, :, start:end] = k
-    cache.values[:, :, start:end] = v
+    q = split_heads(q, n_heads)                                    # (B, NH, Tn, HS)
+    HS = q.shape[-1]
+    cache.keys[:, :, start:end] = split_heads(k, n_kv_heads)       # (B, NKV, Tn, HS)
+    cache.values[:, :, start:end] = split_heads(v, n_kv_heads)
     cache.length = end
-    keys, values = cache.keys[:, :, :end], cache.values[:, :, :end]
+    keys = cache.keys[:, :, None, :end]                            # (B, NKV, 1, end, HS)
+    values = cache.values[:, :, None, :end]
+    q = q.reshape(B, n_kv_heads, n_heads // n_kv_heads, Tn, HS)    # (B, NKV, G, Tn, HS): head h = kv * G + g
     xp = array_module(q)
-    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    scores = (q @ keys.swapaxes(-1, -2)) * scale                   # (B, NH, Tn, end)
+    scale = q.dtype.type(1.0 / math.sqrt(HS))
+    scores = (q @ keys.swapaxes(-1, -2)) * scale                   # (B, NKV, G, Tn, end)
     future = xp.arange(end)[None, :] > xp.arange(start, end)[:, None]   # (Tn, end)
     scores[..., future] = -math.inf
     scores -= scores.max(axis=-1, keepdims=True)
     att = xp.exp(scores)
     att /= att.sum(axis=-1, keepdims=True)
-    return merge_heads(att @ values)                               # (B, NH, Tn, HS) -> (B, Tn, C)
+    y = (att @ values).reshape(B, n_heads, Tn, HS)                 # (B, NKV, G, Tn, HS) -> (B, NH, Tn, HS)
+    return merge_heads(y)                                          # (B, Tn, NH * HS)
 
 
-def cached_attention(q, k, v, n_heads, cache):
+def cached_attention(q, k, v, n_heads, cache, n_kv_heads=None):
     """The tape wrapper: refuses to run where a gradient is wanted."""
     if q.requires_grad or k.requires_grad or v.requires_grad:
         raise RuntimeError("attention with a KV cache is for inference: run it under numgpt.no_grad()")
-    return record(cached_attention_forward(q.data, k.data, v.data, n_heads, cache), (q, k, v), None,
+    return record(cached_attention_forward(q.data, k.data, v.data, n_heads, cache, n_kv_heads), (q, k, v), None,
                   "cached_attention")

@@ -1,0 +1,358 @@
+"""The Llama decoder family: Llama 3.x, SmolLM2, Qwen2.5 and Qwen3, one model
+configured from Hugging Face's ``config.json``, with the parameter names of
+Hugging Face's ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM``
+(so its state_dict is the checkpoint's, key for key).
+
+A block, pre-norm as GPT-2's, with RMSNorm in place of LayerNorm, rotary
+positions in place of a position table, and a gated MLP:
+
+    h = x + o_proj(attention(rope(q), rope(k), v))      q, k, v from input_layernorm(x)
+    y = h + down_proj(silu(gate_proj(n)) * up_proj(n))   n = post_attention_layernorm(h)
+
+What differs between the families is configuration, read from config.json:
+
+- grouped-query attention: ``num_key_value_heads`` below ``num_attention_heads``
+  (SmolLM2, Llama 3.2, Qwen); the KV cache holds only the key/value heads;
+- Qwen3: an RMSNorm on each head of the queries and keys (``q_norm``, ``k_norm``)
+  before the rotation, and a ``head_dim`` of its own (heads * head_dim may
+  differ from hidden_size);
+- Qwen2.5: biases on q, k, v (not on o); Llama's ``attention_bias`` puts them
+  on all four, its ``mlp_bias`` on the MLP;
+- Llama 3.x: ``rope_scaling`` of type llama3 (numgpt/ops/rope.py);
+- a head tied to the embedding (``tie_word_embeddings``) or its own ``lm_head``.
+
+Dimensions: B batch, T tokens, C hidden_size, NH heads, NKV key/value heads,
+HS head_dim, F intermediate_size, V vocab_size.
+
+``cfg`` is a plain dict (saved in checkpoints and settings.json): the
+Hugging Face fields below under their Hugging Face names, plus numgpt's
+``model_type``, ``context_length`` (= max_position_embeddings) and
+``drop_rate`` (0: these models train without dropout).
+"""
+import copy
+
+import numpy
+
+from numgpt import backend, ops
+from numgpt.autograd import array_of
+from numgpt.device import array_module
+from numgpt.errors import NumgptError
+from numgpt.nn import Embedding, Linear, Module, Parameter, Sequential, normal_
+from numgpt.ops.attention import LayerKVCache
+from numgpt.ops.rope import rope_frequencies, rope_tables
+
+# model_type -> the Hugging Face class whose checkpoints it reads
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+ROPE_TYPES = ("default", "llama3")
+
+
+class ConfigError(NumgptError, ValueError):
+    """A config.json numgpt cannot build a model from; the message names the file and the field."""
+
+
+def _preset(model_type, **fields):
+    cfg = {"model_type": model_type, "architectures": [ARCHITECTURES[model_type]], "hidden_act": "silu",
+           "rope_scaling": None, "attention_bias": model_type == "qwen2", "o_proj_bias": False, "mlp_bias": False,
+           "qk_norm": model_type == "qwen3", "initializer_range": 0.02, "drop_rate": 0.0, **fields}
+    cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    cfg["context_length"] = cfg["max_position_embeddings"]
+    return cfg
+
+
+# The shapes of the published models (their config.json files), for a run from
+# scratch with --preset and for the memory estimate; pretrained weights bring their own.
+PRESETS = {
+    "smollm2-135m": _preset("llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                            num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                            rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
+                            tie_word_embeddings=True, bos_token_id=0, eos_token_id=0),
+    "smollm2-360m": _preset("llama", vocab_size=49152, hidden_size=960, intermediate_size=2560,
+                            num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5,
+                            rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
+                            tie_word_embeddings=True, bos_token_id=0, eos_token_id=0),
+    "qwen3-0.6b": _preset("qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                          num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                          rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=40960,
+                          tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645),
+    "qwen2.5-0.5b": _preset("qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                            num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                            rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=32768,
+                            tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643),
+    "llama-3.2-1b": _preset("llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                            num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                            rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=131072,
+                            rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                            tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+}
+
+_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def is_llama_config(cfg):
+    """Whether ``cfg`` (a numgpt model config) is of this family (GPT-2's has no model_type)."""
+    return cfg.get("model_type") in ARCHITECTURES
+
+
+def from_hf_config(hf, where="config.json"):
+    """numgpt's cfg from the dict of a Hugging Face config.json (transformers 4's
+    ``rope_theta`` / ``rope_scaling`` or 5's ``rope_parameters``); a ConfigError
+    names the file and the field numgpt cannot follow."""
+    model_type = hf.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ConfigError(f"{where}: model_type {model_type!r} is not supported: numgpt reads "
+                          f"{', '.join(ARCHITECTURES)} (and gpt2) checkpoints")
+    missing = [key for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if key not in hf]
+    if missing:
+        raise ConfigError(f"{where}: lacks {', '.join(missing)} (expected a {ARCHITECTURES[model_type]} config)")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (expected 'silu')")
+    if hf.get("use_sliding_window"):
+        raise ConfigError(f"{where}: use_sliding_window is true; numgpt attends over the whole context only")
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(f"{where}: rope type {rope_type!r} is not supported (expected one of {', '.join(ROPE_TYPES)})")
+    theta = float(rope.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    scaling = None
+    if rope_type == "llama3":
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        absent = [key for key in keys if key not in rope]
+        if absent:
+            raise ConfigError(f"{where}: llama3 rope scaling lacks {', '.join(absent)}")
+        scaling = {"rope_type": "llama3", **{key: rope[key] for key in keys}}
+    n_heads = hf["num_attention_heads"]
+    attention_bias = bool(hf.get("attention_bias", False))
+    cfg = {
+        "model_type": model_type,
+        "architectures": [ARCHITECTURES[model_type]],
+        "hidden_act": "silu",
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hf["hidden_size"],
+        "intermediate_size": hf["intermediate_size"],
+        "num_hidden_layers": hf["num_hidden_layers"],
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": hf.get("num_key_value_heads") or n_heads,
+        "head_dim": hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        "rms_norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+        "max_position_embeddings": hf.get("max_position_embeddings", 2048),
+        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        # Qwen2 always biases q, k, v (never o); Llama's attention_bias is all four; Qwen3's q, k, v and o
+        "attention_bias": True if model_type == "qwen2" else attention_bias,
+        "o_proj_bias": attention_bias and model_type != "qwen2",
+        "mlp_bias": bool(hf.get("mlp_bias", False)) if model_type == "llama" else False,
+        "qk_norm": model_type == "qwen3",
+        "initializer_range": float(hf.get("initializer_range", 0.02)),
+        "bos_token_id": hf.get("bos_token_id"),
+        "eos_token_id": hf.get("eos_token_id"),
+        "drop_rate": 0.0,
+    }
+    cfg["context_length"] = cfg["max_position_embeddings"]
+    check_config(cfg, where)
+    return cfg
+
+
+def check_config(cfg, where="model config"):
+    """Raise a ConfigError naming the first impossible field."""
+    for key in _INT_FIELDS:
+        if not isinstance(cfg.get(key), (int, numpy.integer)) or isinstance(cfg.get(key), bool) or cfg[key] < 1:
+            raise ConfigError(f"{where}: {key} must be a positive integer, got {cfg.get(key)!r}")
+    if cfg["num_attention_heads"] % cfg["num_key_value_heads"]:
+        raise ConfigError(f"{where}: num_attention_heads {cfg['num_attention_heads']} is not a multiple of "
+                          f"num_key_value_heads {cfg['num_key_value_heads']}")
+    if cfg["head_dim"] % 2:
+        raise ConfigError(f"{where}: head_dim {cfg['head_dim']} must be even for rotary positions")
+
+
+def to_hf_config(cfg):
+    """The config.json of a numgpt Llama-family model, as transformers writes it (transformers 5's
+    ``rope_parameters``, with transformers 4's ``rope_theta`` / ``rope_scaling`` beside it)."""
+    rope = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
+    if cfg["rope_scaling"]:
+        rope = dict(cfg["rope_scaling"], rope_theta=cfg["rope_theta"])
+    hf = {
+        "architectures": [ARCHITECTURES[cfg["model_type"]]],
+        "model_type": cfg["model_type"],
+        "hidden_act": "silu",
+        **{key: cfg[key] for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                     "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+                                     "max_position_embeddings", "tie_word_embeddings", "initializer_range",
+                                     "bos_token_id", "eos_token_id")},
+        "rope_parameters": rope,
+        "rope_theta": cfg["rope_theta"],
+        "rope_scaling": copy.deepcopy(cfg["rope_scaling"]),
+        "attention_dropout": 0.0,
+        "dtype": "float32",
+    }
+    if cfg["model_type"] != "qwen2":
+        hf["attention_bias"] = cfg["attention_bias"]
+    if cfg["model_type"] == "llama":
+        hf["mlp_bias"] = cfg["mlp_bias"]
+    if cfg["model_type"] in ("qwen2", "qwen3"):
+        hf["use_sliding_window"] = False
+    return hf
+
+
+def describe(cfg):
+    """One line: the family and the shape."""
+    gqa = f", {cfg['num_key_value_heads']} kv heads" if cfg["num_key_value_heads"] != cfg["num_attention_heads"] else ""
+    return (f"{ARCHITECTURES[cfg['model_type']]} ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
+            f"{cfg['num_attention_heads']} heads{gqa}, vocab {cfg['vocab_size']})")
+
+
+def count_parameters(cfg):
+    """The number of distinct parameters of the model ``cfg`` describes (a tied head counted once)."""
+    C, F, V, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+    q, kv = cfg["num_attention_heads"] * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
+    attention = C * q + 2 * C * kv + q * C
+    attention += (q + 2 * kv) * cfg["attention_bias"] + C * cfg["o_proj_bias"] + 2 * cfg["head_dim"] * cfg["qk_norm"]
+    mlp = 3 * C * F + (2 * F + C) * cfg["mlp_bias"]
+    head = 0 if cfg["tie_word_embeddings"] else V * C
+    return V * C + L * (attention + mlp + 2 * C) + C + head
+
+
+# ---------------------------------------------------------------- modules
+def _normal_linear(in_features, out_features, bias, std):
+    """A Linear initialised as Hugging Face's Llama: N(0, std) weights, zero bias."""
+    layer = Linear(in_features, out_features, bias=bias)
+    layer.weight.data = normal_((out_features, in_features)) * layer.weight.dtype.type(std)
+    if bias:
+        layer.bias.data = numpy.zeros_like(layer.bias.data)
+    return layer
+
+
+class RMSNorm(Module):
+    """RMSNorm with a learned ``weight`` (ones), as Hugging Face's LlamaRMSNorm."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(numpy.ones(dim, dtype=backend.get_default_dtype()))
+
+    def forward(self, x):
+        return ops.rms_norm(x, self.weight, self.eps)
+
+    def extra_repr(self):
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class LlamaAttention(Module):
+    """q_proj, k_proj, v_proj, o_proj (and Qwen3's q_norm, k_norm); rotary positions; GQA."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        C, HS, std = cfg["hidden_size"], cfg["head_dim"], cfg["initializer_range"]
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg["num_attention_heads"], cfg["num_key_value_heads"], HS
+        self.q_proj = _normal_linear(C, self.n_heads * HS, cfg["attention_bias"], std)
+        self.k_proj = _normal_linear(C, self.n_kv_heads * HS, cfg["attention_bias"], std)
+        self.v_proj = _normal_linear(C, self.n_kv_heads * HS, cfg["attention_bias"], std)
+        self.o_proj = _normal_linear(self.n_heads * HS, C, cfg["o_proj_bias"], std)
+        if cfg["qk_norm"]:
+            self.q_norm = RMSNorm(HS, cfg["rms_norm_eps"])
+            self.k_norm = RMSNorm(HS, cfg["rms_norm_eps"])
+
+    def forward(self, x, cos, sin, kv_cache=None):
+        """x (B, T, C), cos/sin (T, HS/2) of the T positions -> (B, T, C)."""
+        B, T, _ = x.shape
+        NH, NKV, HS = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).reshape(B, T, NH, HS)                                  # (B, T, NH, HS)
+        k = self.k_proj(x).reshape(B, T, NKV, HS)                                 # (B, T, NKV, HS)
+        v = self.v_proj(x)                                                        # (B, T, NKV * HS)
+        if "q_norm" in self._modules:                                             # Qwen3: per-head RMSNorm
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = ops.rope(q, cos, sin).reshape(B, T, NH * HS)
+        k = ops.rope(k, cos, sin).reshape(B, T, NKV * HS)
+        if kv_cache is None:
+            context = ops.causal_attention(q, k, v, NH, 0.0, self.training, n_kv_heads=NKV)
+        else:
+            context = ops.cached_attention(q, k, v, NH, kv_cache, n_kv_heads=NKV)
+        return self.o_proj(context)                                               # (B, T, NH * HS) -> (B, T, C)
+
+
+class LlamaMLP(Module):
+    """down_proj(silu(gate_proj(x)) * up_proj(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        C, F, bias, std = cfg["hidden_size"], cfg["intermediate_size"], cfg["mlp_bias"], cfg["initializer_range"]
+        self.gate_proj = _normal_linear(C, F, bias, std)
+        self.up_proj = _normal_linear(C, F, bias, std)
+        self.down_proj = _normal_linear(F, C, bias, std)
+
+    def forward(self, x):                                                         # (B, T, C)
+        return self.down_proj(ops.swiglu(self.gate_proj(x), self.up_proj(x)))     # (B, T, F) -> (B, T, C)
+
+
+class LlamaDecoderLayer(Module):
+    """Pre-norm block: attention and MLP, each around a shortcut."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg)
+        self.mlp = LlamaMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
+        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
+
+    def forward(self, x, cos, sin, kv_cache=None):                                # x (B, T, C)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(Module):
+    """embed_tokens, the decoder layers, the final norm (Hugging Face's ``model.``)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.embed_tokens = Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.embed_tokens.weight.data *= self.embed_tokens.weight.dtype.type(cfg["initializer_range"])
+        self.layers = Sequential(*[LlamaDecoderLayer(cfg) for _ in range(cfg["num_hidden_layers"])])
+        self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
+
+
+class LlamaForCausalLM(Module):
+    """The decoder with its output head: token ids (B, T) -> logits (B, T, V).
+
+    The same interface as GPTModel (``cfg``, ``new_kv_cache``,
+    ``forward(idx, kv_cache=None)``), so training, generation and checkpoints
+    run it unchanged."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        check_config(cfg)
+        self.cfg = copy.deepcopy(dict(cfg))
+        self.model = LlamaModel(cfg)
+        self.lm_head = _normal_linear(cfg["hidden_size"], cfg["vocab_size"], False, cfg["initializer_range"])
+        if cfg["tie_word_embeddings"]:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.inv_freq = rope_frequencies(cfg["head_dim"], cfg["rope_theta"], cfg["rope_scaling"])   # (HS/2,)
+
+    def new_kv_cache(self, batch_size, max_len=None):
+        """Empty per-layer key/value buffers (NKV heads) for ``forward(idx, kv_cache=...)``."""
+        max_len = max_len or self.cfg["context_length"]
+        weight = self.model.embed_tokens.weight.data
+        return [LayerKVCache(batch_size, self.cfg["num_key_value_heads"], max_len, self.cfg["head_dim"],
+                             weight.dtype, array_module(weight)) for _ in range(self.cfg["num_hidden_layers"])]
+
+    def forward(self, in_idx, kv_cache=None):
+        """Token ids (B, T) -> logits (B, T, V). With ``kv_cache`` (from
+        ``new_kv_cache``), in_idx holds only the new positions, placed after
+        the cached ones (inference under no_grad)."""
+        in_idx = array_of(in_idx)
+        if in_idx.ndim != 2:
+            raise ValueError(f"{type(self).__name__} expects token ids of shape (batch, tokens), got {in_idx.shape}")
+        T = in_idx.shape[1]
+        start = 0 if kv_cache is None else kv_cache[0].length
+        if start + T > self.cfg["context_length"]:
+            raise ValueError(f"input has {start + T} tokens, more than context_length {self.cfg['context_length']}: "
+                             f"crop it to the last {self.cfg['context_length']}")
+        weight = self.model.embed_tokens.weight.data
+        cos, sin = rope_tables(self.inv_freq, start, T, weight.dtype, array_module(weight))   # (T, HS/2) each
+        x = self.model.embed_tokens(in_idx)                                       # (B, T) -> (B, T, C)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, None if kv_cache is None else kv_cache[i])     # (B, T, C)
+        x = self.model.norm(x)
+        return self.lm_head(x)                                                    # (B, T, C) -> (B, T, V)

@@ -1,0 +1,65 @@
+"""SwiGLU, the gate of Llama's feed-forward: silu(gate) * up.
+
+The MLP around it is ``down_proj(swiglu(gate_proj(x), up_proj(x)))``: two
+projections of the same input, one squashed into a gate for the other.
+
+Shapes: gate, up, out (..., F), F = intermediate_size; sig (..., F).
+
+Forward, elementwise, as numbered in the code:
+
+    1. sig  = 1 / (1 + exp(-gate))        the logistic sigmoid
+    2. silu = gate * sig                  SiLU ("swish")
+    3. out  = silu * up
+
+Backward (dv means dL/dv):
+
+    3. dup   = dout * silu                dsilu = dout * up
+    2. d silu / d gate = sig + gate * d sig / d gate, and the sigmoid's
+       derivative is sig * (1 - sig), so
+           d silu / d gate = sig * (1 + gate * (1 - sig))
+    1. collected: dgate = dout * up * sig * (1 + gate * (1 - sig))
+
+For a very negative gate, exp(-gate) overflows to inf in float32 and sig
+becomes exactly 0, which is the right limit: silu and its derivative both
+go to 0 there. NumPy's overflow warning is silenced for that reason.
+"""
+from typing import NamedTuple
+
+import numpy
+
+from numgpt.autograd import record
+from numgpt.device import array_module
+from numgpt.registry import resolve
+
+
+class SwiGLUCache(NamedTuple):
+    gate: numpy.ndarray      # (..., F)
+    up: numpy.ndarray        # (..., F)
+    sig: numpy.ndarray       # (..., F) sigmoid(gate)
+
+
+def sigmoid(x):
+    xp = array_module(x)
+    with numpy.errstate(over="ignore"):
+        return 1.0 / (1.0 + xp.exp(-x))
+
+
+def swiglu_forward(gate, up):
+    sig = sigmoid(gate)                                             # 1. (..., F)
+    out = gate * sig * up                                           # 2., 3. (..., F)
+    return out, SwiGLUCache(gate, up, sig)
+
+
+def swiglu_backward(dout, cache):
+    gate, up, sig = cache
+    dup = dout * gate * sig                                         # 3. d out / d up = silu
+    dgate = dout * up * sig * (1.0 + gate * (1.0 - sig))            # 3., 2., 1. (..., F)
+    return dgate, dup
+
+
+def swiglu(gate, up):
+    if gate.shape != up.shape:
+        raise ValueError(f"swiglu needs gate and up of one shape, got {gate.shape} and {up.shape}")
+    forward, backward = resolve(swiglu_forward, swiglu_backward, gate.data)
+    out, cache = forward(gate.data, up.data)
+    return record(out, (gate, up), lambda dout: backward(dout, cache), "swiglu")
