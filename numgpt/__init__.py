@@ -31,7 +31,9 @@ from numgpt.plot import plot_losses
 from numgpt.download import DownloadError, download_gpt2
 from numgpt.errors import NumgptError, UsageError
 from numgpt.pretrained import WeightsError, export_hf, load_gpt2
-from numgpt.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
+from numgpt.tokenizer import text_to_token_ids, token_ids_to_text
+from numgpt.families import export_pretrained, get_tokenizer, load_pretrained
+from numgpt.llama import LlamaForCausalLM
 from numgpt.train import (LRSchedule, TrainState, calc_loss_batch, calc_loss_loader, evaluate_model,
                           generate_and_print_sample, perplexity, train_model_simple)
 
@@ -53,6 +55,7 @@ __all__ = [
     "LayerNorm",
     "LRSchedule",
     "Linear",
+    "LlamaForCausalLM",
     "Module",
     "MultiHeadAttention",
     "NumgptError",
@@ -81,6 +84,7 @@ __all__ = [
     "evaluate_model",
     "explain",
     "export_hf",
+    "export_pretrained",
     "generate",
     "generate_and_print_sample",
     "generate_text_simple",
@@ -93,6 +97,7 @@ __all__ = [
     "is_grad_enabled",
     "load_checkpoint",
     "load_gpt2",
+    "load_pretrained",
     "load_the_verdict",
     "manual_seed",
     "no_grad",

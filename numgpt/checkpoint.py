@@ -352,6 +352,14 @@ def _optimizer_state(path, opt, data):
 
 def check_config(checkpoint, cfg):
     """CheckpointError naming the first architecture field where ``cfg`` differs from the checkpoint's."""
+    from numgpt.llama import is_llama_config
+    if is_llama_config(checkpoint.config) or is_llama_config(cfg):
+        for key in sorted(set(checkpoint.config) | set(cfg)):
+            if key != "drop_rate" and checkpoint.config.get(key) != cfg.get(key):
+                raise CheckpointError(f"checkpoint {checkpoint.path} was saved with {key}={checkpoint.config.get(key)!r} "
+                                      f"but the model has {key}={cfg.get(key)!r}: build the model from the "
+                                      f"checkpoint (numgpt.build_model)")
+        return
     for key in ARCHITECTURE_KEYS:
         default = False if key == "tie_weights" else None
         saved, given = checkpoint.config.get(key, default), cfg.get(key, default)
@@ -398,12 +406,13 @@ def restore(checkpoint, model, optimizer=None, require=()):
 
 
 def build_model(checkpoint):
-    """A GPTModel with the checkpoint's config and weights; numgpt's RNG state is left as it was."""
-    from numgpt.model import GPTModel
+    """The model (GPTModel or LlamaForCausalLM) of the checkpoint's config, with its weights;
+    numgpt's RNG state is left as it was."""
+    from numgpt.families import model_from_config
 
     rng_state = backend.get_rng_state()
     try:
-        model = GPTModel(checkpoint.config)
+        model = model_from_config(checkpoint.config)
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {checkpoint.path}: invalid model config: {exc}") from None
     finally:

@@ -64,8 +64,11 @@ TRAIN_DEFAULTS = {
     "max_skipped_steps": 5, "eval_freq": 5, "eval_iter": 5, "train_ratio": 0.9, "start_context": SEED_START_CONTEXT,
     "seed": 123, "checkpoint_every": None, "keep_last": None, "allow_special": False, "warmup_steps": 0,
     "lr_schedule": "constant", "min_lr": 0.0, "initial_lr": 0.0, "grad_accum": 1, "threads": None,
-    "backward": [], "device": "auto",
+    "backward": [], "device": "auto", "tokenizer": None,
 }
+# The training window when --context-length is not given and the model's own context is longer
+# (a Llama-family model knows 8192 to 131072 positions; GPT-2's 1024 stays).
+DEFAULT_MAX_WINDOW = 1024
 ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
 
 
@@ -92,8 +95,16 @@ def _check_memory(cfg, batch_size, context, available):
         print(f"numgpt train: note: memory check skipped: the available memory is unknown here "
               f"(this run needs about {needed / 2**30:.1f} GiB)", file=sys.stderr)
     elif needed > available:
-        raise UsageError(f"this run needs about {needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB are "
-                         f"available: try a smaller --batch-size or --context-length")
+        from numgpt.train import model_state_bytes
+        state = model_state_bytes(cfg)
+        if state > available:
+            raise UsageError(f"this model does not fit: its weights, gradients and AdamW moments alone take "
+                             f"{state:,} bytes ({state / 2**30:.1f} GiB) in float32 and {available:,} bytes "
+                             f"({available / 2**30:.1f} GiB) are available: choose a smaller model, e.g. "
+                             f"--init HuggingFaceTB/SmolLM2-135M or SmolLM2-360M")
+        raise UsageError(f"this run needs about {needed:,} bytes ({needed / 2**30:.1f} GiB) but {available:,} bytes "
+                         f"({available / 2**30:.1f} GiB) are available: try a smaller --batch-size or "
+                         f"--context-length")
 
 
 class StopRequest:
@@ -159,7 +170,12 @@ def _train_settings(args, run):
 
 def _model_config(flags):
     """The model config of a new run from a preset (the weights of --init come with theirs)."""
+    import copy
+
+    from numgpt.llama import PRESETS as LLAMA_PRESETS
     from numgpt.model import PRESETS
+    if flags["preset"] in LLAMA_PRESETS:
+        return copy.deepcopy(LLAMA_PRESETS[flags["preset"]])
     cfg = dict(PRESETS[flags["preset"]])
     if flags["context_length"] is not None:
         cfg["context_length"] = flags["context_length"]
@@ -169,18 +185,35 @@ def _model_config(flags):
 
 
 def _initial_model(flags):
-    """(model config, pretrained model or None) of a new run."""
+    """(model config, pretrained model or None, tokenizer directory or None) of a new run.
+    A tokenizer directory means the model's own tokenizer.json; None, GPT-2's bundled one."""
+    from numgpt.families import load_pretrained, tokenizer_directory
+    from numgpt.llama import is_llama_config
     from numgpt.model import GPTModel
     if not flags["init"]:
-        return _model_config(flags), None
-    from numgpt.pretrained import load_gpt2
-    model = load_gpt2(flags["init"])
+        cfg = _model_config(flags)
+        if not is_llama_config(cfg):
+            return cfg, None, None
+        if flags["tokenizer"] is None:
+            raise UsageError(f"--preset {flags['preset']} starts from random weights and needs a tokenizer: "
+                             f"--tokenizer HF_ID_OR_DIR (a directory with tokenizer.json)")
+        directory = tokenizer_directory(flags["tokenizer"])
+        if directory is None:
+            raise UsageError(f"--tokenizer {flags['tokenizer']} is a GPT-2 model: its tokenizer is numgpt's "
+                             f"bundled one, for the GPT presets")
+        return cfg, None, directory
+    model = load_pretrained(flags["init"])
+    if is_llama_config(model.cfg):
+        if flags["drop_rate"]:
+            raise UsageError(f"--drop-rate {flags['drop_rate']}: {model.cfg['model_type']} models train without "
+                             f"dropout in numgpt (leave --drop-rate out)")
+        return model.cfg, model, tokenizer_directory(flags["init"])
     if flags["drop_rate"] is None or flags["drop_rate"] == model.cfg["drop_rate"]:
-        return model.cfg, model
+        return model.cfg, model, None
     weights, cfg = model.state_dict(), dict(model.cfg, drop_rate=flags["drop_rate"])
     model = GPTModel(cfg)                                   # the weights, in a model built with this dropout
     model.load_state_dict(weights)
-    return cfg, model
+    return cfg, model, None
 
 
 def _learner_backwards(specs):
@@ -201,7 +234,8 @@ def cmd_train(args):
 
     from numgpt.checkpoint import CheckpointManager, restore
     from numgpt.data import create_dataloader_v1, split_text
-    from numgpt.model import GPTModel
+    from numgpt.families import RUN_TOKENIZER_DIR, copy_tokenizer, model_from_config
+    from numgpt.llama import is_llama_config
     from numgpt.optim import AdamW
     from numgpt.run import RunDirectory, RunError
     from numgpt.tokenizer import get_tokenizer
@@ -223,6 +257,7 @@ def cmd_train(args):
                        f"run trained on sha256 {saved['data_sha256']} (in {run.settings_path})")
     if saved is not None:
         cfg, pretrained = saved["model"], None              # the weights come from the checkpoint
+        tokenizer_dir = run.path / RUN_TOKENIZER_DIR if is_llama_config(cfg) else None
         environment = _environment()
         if environment != saved["environment"]:
             changed = ", ".join(f"{k} {saved['environment'].get(k)} -> {v}" for k, v in environment.items()
@@ -230,14 +265,24 @@ def cmd_train(args):
             print(f"numgpt train: note: resuming with {changed}: the continuation may differ from an "
                   f"uninterrupted run in the last bits", file=sys.stderr)
     else:
-        cfg, pretrained = _initial_model(flags)
-    context = min(flags["context_length"] or cfg["context_length"], cfg["context_length"])
+        cfg, pretrained, tokenizer_dir = _initial_model(flags)
+    context = min(flags["context_length"] or min(cfg["context_length"], DEFAULT_MAX_WINDOW), cfg["context_length"])
     flags = dict(flags, context_length=context, drop_rate=cfg["drop_rate"])
     _check_memory(cfg, flags["batch_size"], context, _memory_available())
 
-    tokenizer = get_tokenizer()
+    if tokenizer_dir is None:
+        tokenizer = get_tokenizer()
+        special = {"<|endoftext|>"} if flags["allow_special"] else ()
+    else:
+        from numgpt.hf_tokenizer import HFTokenizer
+        if saved is None:                                   # the run keeps its tokenizer: resumable offline
+            tokenizer_dir = copy_tokenizer(tokenizer_dir, run.path)
+        tokenizer = HFTokenizer(tokenizer_dir)
+        special = tokenizer.special_tokens_set if flags["allow_special"] else ()
+        if tokenizer.n_vocab > cfg["vocab_size"]:
+            raise UsageError(f"the tokenizer in {tokenizer_dir} has {tokenizer.n_vocab} tokens, more than the "
+                             f"model's vocab_size {cfg['vocab_size']}")
     train_text, val_text = split_text(text, flags["train_ratio"])
-    special = {"<|endoftext|>"} if flags["allow_special"] else ()
     train_loader = create_dataloader_v1(train_text, batch_size=flags["batch_size"], max_length=context,
                                         stride=context, drop_last=True, shuffle=True, tokenizer=tokenizer,
                                         allowed_special=special)
@@ -254,7 +299,7 @@ def cmd_train(args):
                           kind=flags["lr_schedule"], min_lr=flags["min_lr"], initial_lr=flags["initial_lr"])
 
     backend.manual_seed(flags["seed"])
-    model = pretrained if pretrained is not None else GPTModel(cfg)   # initialised on the host, as on every device
+    model = pretrained if pretrained is not None else model_from_config(cfg)   # on the host, as on every device
     model.to(device)
     optimizer = AdamW(model.parameters(), lr=flags["lr"], betas=ADAMW_BETAS, eps=ADAMW_EPS,
                       weight_decay=flags["weight_decay"])
@@ -343,13 +388,15 @@ def cmd_plot(args):
 
 # ---------------------------------------------------------------- generate / eval
 def _load_model(args):
-    """The model a command names: --checkpoint (a run directory or one checkpoint)
-    or --gpt2 (a size name, a directory or a .safetensors file)."""
+    """The model a command names: --model (any source numgpt.load_pretrained takes), --checkpoint
+    (a run directory or one checkpoint) or --gpt2 (a size name, a directory or a .safetensors file)."""
     if getattr(args, "gpt2", None):
         from numgpt.pretrained import load_gpt2
         return load_gpt2(args.gpt2)
-    from numgpt.checkpoint import CheckpointManager, build_model, is_committed, load_checkpoint
+    from numgpt.families import is_run_or_checkpoint, load_pretrained
     from numgpt.safe_io import check_not_pickle
+    if getattr(args, "model", None):
+        return load_pretrained(args.model)
     path = Path(args.checkpoint)
     if not path.exists():
         raise UsageError(f"checkpoint {path} does not exist")
@@ -357,12 +404,15 @@ def _load_model(args):
         check_not_pickle(path)
         raise UsageError(f"checkpoint {path} is a file: expected a numgpt checkpoint or run directory "
                          f"(for GPT-2 weights in a .safetensors file, use --gpt2)")
-    if not is_committed(path):
-        latest = CheckpointManager(path / "checkpoints").latest() or CheckpointManager(path).latest()
-        if latest is None:
-            raise UsageError(f"{path} holds no committed checkpoint (expected a run directory or a checkpoint)")
-        path = latest
-    return build_model(load_checkpoint(path))
+    if not is_run_or_checkpoint(path):
+        raise UsageError(f"{path} holds no committed checkpoint (expected a run directory or a checkpoint)")
+    return load_pretrained(path)
+
+
+def _tokenizer_of(args):
+    """The tokenizer of the model a command names (see _load_model)."""
+    from numgpt.families import get_tokenizer
+    return get_tokenizer(None if getattr(args, "gpt2", None) else (getattr(args, "model", None) or args.checkpoint))
 
 
 def _use_threads(args):
@@ -385,10 +435,10 @@ def resolve_device(spec):
 
 def cmd_generate(args):
     from numgpt.generate import generate
-    from numgpt.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
+    from numgpt.tokenizer import text_to_token_ids, token_ids_to_text
     _use_threads(args)
     model = _load_model(args).eval().to(resolve_device(args.device))
-    tokenizer = get_tokenizer()
+    tokenizer = _tokenizer_of(args)
     backend.manual_seed(args.seed)
     idx = text_to_token_ids(args.prompt, tokenizer)
     if idx.shape[1] == 0:
@@ -401,13 +451,13 @@ def cmd_generate(args):
 
 def cmd_eval(args):
     from numgpt.data import create_dataloader_v1, read_text
-    from numgpt.tokenizer import get_tokenizer
     from numgpt.train import calc_loss_loader, perplexity
     _use_threads(args)
     model = _load_model(args).eval().to(resolve_device(args.device))
-    context = min(args.context_length or model.cfg["context_length"], model.cfg["context_length"])
+    context = min(args.context_length or min(model.cfg["context_length"], DEFAULT_MAX_WINDOW),
+                  model.cfg["context_length"])
     loader = create_dataloader_v1(read_text(args.data), batch_size=args.batch_size, max_length=context,
-                                  stride=context, shuffle=False, drop_last=False, tokenizer=get_tokenizer())
+                                  stride=context, shuffle=False, drop_last=False, tokenizer=_tokenizer_of(args))
     from numgpt.autograd import no_grad
     with no_grad():
         loss = calc_loss_loader(loader, model)
@@ -543,17 +593,29 @@ def _check_your_backward(name, backward, spec):
 
 # ---------------------------------------------------------------- GPT-2 weights
 def cmd_download(args):
-    from numgpt.download import download_gpt2
-    directory = download_gpt2(args.size)
-    print(f"GPT-2 weights in {directory}")
+    from numgpt.download import canonical_size, download_gpt2
+    if canonical_size(args.model) is not None:
+        directory = download_gpt2(args.model)
+        print(f"GPT-2 weights in {directory}")
+        return 0
+    from numgpt.hub import download_model
+    directory = download_model(args.model, revision=args.revision)
+    print(f"{args.model} in {directory}")
     return 0
 
 
 def cmd_export(args):
-    from numgpt.pretrained import export_hf
+    from numgpt.families import export_pretrained
+    from numgpt.llama import describe, is_llama_config
     model = _load_model(args)
-    directory = export_hf(model, args.out)
-    print(f"Wrote the Hugging Face GPT-2 layout to {directory}")
+    tokenizer_dir = None
+    if is_llama_config(model.cfg):
+        from numgpt.families import tokenizer_directory
+        tokenizer_dir = tokenizer_directory(args.model or args.checkpoint)
+    max_shard = None if args.max_shard_size is None else int(args.max_shard_size * 2**20)
+    directory = export_pretrained(model, args.out, tokenizer_dir=tokenizer_dir, max_shard_bytes=max_shard)
+    family = describe(model.cfg) if is_llama_config(model.cfg) else "GPT-2"
+    print(f"Wrote the Hugging Face layout of {family} to {directory}")
     return 0
 
 
@@ -575,6 +637,7 @@ def _add_threads(p):
 
 
 def build_parser():
+    from numgpt.llama import PRESETS as LLAMA_PRESETS
     from numgpt.model import PRESETS
     from numgpt.run import SAFE_TO_CHANGE
     from numgpt.train import LRSchedule
@@ -592,8 +655,12 @@ def build_parser():
     train.add_argument("--data", help="UTF-8 text file (default: the seed's the-verdict.txt, bundled with numgpt)")
     train.add_argument("--out", default="run", help="run directory: settings, metrics, checkpoints, loss plot "
                                                     "(default: ./run)")
-    train.add_argument("--preset", choices=sorted(PRESETS), help=f"model shape (default {d['preset']})")
-    train.add_argument("--init", help="start from pretrained weights: gpt2-124m, a directory or a .safetensors file")
+    train.add_argument("--preset", choices=sorted(PRESETS) + sorted(LLAMA_PRESETS),
+                       help=f"model shape, from random weights (default {d['preset']})")
+    train.add_argument("--init", help="start from pretrained weights: a hub id (HuggingFaceTB/SmolLM2-135M), a "
+                                      "model directory, a run directory, gpt2-124m or a .safetensors file")
+    train.add_argument("--tokenizer", help="the tokenizer of a Llama-family --preset: a hub id or a directory "
+                                           "with tokenizer.json (--init brings its own)")
     train.add_argument("--epochs", type=_positive_int, help=f"default {d['epochs']}")
     train.add_argument("--max-steps", type=_positive_int, help="stop after this many optimizer steps in all")
     train.add_argument("--batch-size", type=_positive_int, help=f"default {d['batch_size']}")
@@ -637,6 +704,9 @@ def build_parser():
 
     def add_model_source(p):
         source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--model", help="a Hugging Face hub id (HuggingFaceTB/SmolLM2-135M), a model directory "
+                                            "(config.json, safetensors, tokenizer.json), a numgpt run directory "
+                                            "or a GPT-2 size")
         source.add_argument("--checkpoint", help="a run directory (its newest checkpoint) or one checkpoint")
         source.add_argument("--gpt2", help="OpenAI's GPT-2 weights: 124m, 355m, 774m, 1558m (from the Hugging "
                                            "Face cache, else downloaded once), or a directory / .safetensors file "
@@ -674,13 +744,17 @@ def build_parser():
                          "differences and against numgpt's")
     gc.set_defaults(run=cmd_gradcheck)
 
-    dl = sub.add_parser("download", help="fetch OpenAI's GPT-2 weights into the cache")
-    dl.add_argument("size", help="gpt2-124m, gpt2-355m, gpt2-774m or gpt2-1558m")
+    dl = sub.add_parser("download", help="fetch a model into the Hugging Face cache: a hub id or a GPT-2 size")
+    dl.add_argument("model", metavar="HF_ID", help="a hub id (HuggingFaceTB/SmolLM2-135M, Qwen/Qwen3-0.6B, ...) or "
+                                                   "gpt2-124m, gpt2-355m, gpt2-774m, gpt2-1558m")
+    dl.add_argument("--revision", help="a branch, tag or commit of the hub repository (default main)")
     dl.set_defaults(run=cmd_download)
 
-    ex = sub.add_parser("export", help="write a model in the Hugging Face GPT-2 layout")
+    ex = sub.add_parser("export", help="write a model in the Hugging Face layout of its family")
     add_model_source(ex)
     ex.add_argument("--out", required=True)
+    ex.add_argument("--max-shard-size", type=float, metavar="MIB",
+                    help="split the weights into files of at most this many MiB (default 5 GiB, as transformers)")
     ex.set_defaults(run=cmd_export)
 
     info = sub.add_parser("info", help="numgpt, its libraries, kernels, threads and caches on this machine")

@@ -33,12 +33,15 @@ def _check_idx(idx):
     return idx.astype(backend.INDEX_DTYPE, copy=False)
 
 
-def next_token_logits(model, idx, context_size, use_cache=True):
+def next_token_logits(model, idx, context_size, use_cache=True, max_new_tokens=None):
     """Yield the last position's logits (B, V) for idx, then for idx plus each
-    token sent in: ``logits = gen.send(next_ids)`` with next_ids (B, 1)."""
+    token sent in: ``logits = gen.send(next_ids)`` with next_ids (B, 1).
+    ``max_new_tokens`` (when known) bounds the cache to the positions that
+    will be used, rather than the whole window."""
     window = min(context_size, model.cfg["context_length"])
     idx_cond = idx[:, -window:]
-    cache = model.new_kv_cache(idx.shape[0], window) if use_cache else None
+    capacity = window if max_new_tokens is None else min(window, idx_cond.shape[1] + max_new_tokens)
+    cache = model.new_kv_cache(idx.shape[0], capacity) if use_cache else None
 
     def last_logits(ids):
         with no_grad():  # only around the model: the caller's grad mode is left alone between yields
@@ -48,11 +51,11 @@ def next_token_logits(model, idx, context_size, use_cache=True):
     while True:
         next_ids = yield logits
         idx_cond = numpy.concatenate([idx_cond, next_ids], axis=1)[:, -window:]   # (B, <= window)
-        if cache is not None and cache[0].length < window:
+        if cache is not None and cache[0].length < capacity:
             logits = last_logits(next_ids)                                     # one new position
         else:
             if cache is not None:                                              # window full: rebuild
-                cache = model.new_kv_cache(idx.shape[0], window)
+                cache = model.new_kv_cache(idx.shape[0], capacity)
             logits = last_logits(idx_cond)
 
 
@@ -85,7 +88,7 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     idx = _check_idx(idx)
     if max_new_tokens <= 0:
         return idx
-    steps = next_token_logits(model, idx, context_size, use_cache)
+    steps = next_token_logits(model, idx, context_size, use_cache, max_new_tokens)
     logits = next(steps)
     stopped = numpy.zeros((idx.shape[0], 1), dtype=bool)
     pieces = [idx]

@@ -72,7 +72,7 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter):
 def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50, file=None):
     """Print 50 greedy tokens after ``start_context``, on one line."""
     model.eval()
-    context_size = model.pos_emb.weight.shape[0]
+    context_size = model.cfg["context_length"]               # the seed's model.pos_emb.weight.shape[0]
     encoded = text_to_token_ids(start_context, tokenizer)
     token_ids = generate_text_simple(model, encoded, max_new_tokens, context_size)
     _write(token_ids_to_text(token_ids, tokenizer).replace("\n", " "), file)
@@ -164,18 +164,36 @@ class LRSchedule:
         return self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def model_state_bytes(cfg, dtype_bytes=4):
+    """Bytes of the weights, their gradients and AdamW's two moments."""
+    from numgpt.llama import count_parameters, is_llama_config
+    if is_llama_config(cfg):
+        params = count_parameters(cfg)
+    else:
+        C, V, L = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"]
+        params = V * C * 2 + cfg["context_length"] * C + L * 12 * C * C
+    return dtype_bytes * 4 * params
+
+
 def estimate_training_bytes(cfg, batch_size, context_length, dtype_bytes=4):
     """A rough upper estimate of a training step's memory: weights, gradients
     and two AdamW moments, plus the activations the backward pass keeps
-    (measured peaks: 3.07 GB estimated 3.4 GB at 124M, 2 x 256; 6.4 GB
+    (GPT-2, measured peaks: 3.07 GB estimated 3.4 GB at 124M, 2 x 256; 6.4 GB
     estimated 7.1 GB at 2 x 1024)."""
-    B, T, C = batch_size, context_length, cfg["emb_dim"]
-    V, L, NH = cfg["vocab_size"], cfg["n_layers"], cfg["n_heads"]
-    params = V * C * 2 + cfg["context_length"] * C + L * 12 * C * C
-    per_layer = B * T * C * 24 + B * NH * T * T * 5 // 4     # saved inputs, qkv, mlp; attention weights + byte mask
-    attention_scratch = B * NH * T * T * 3                    # scores and their gradients, one layer at a time
-    logits = B * T * V * 2                                    # logits, probabilities (turned into their gradient)
-    return dtype_bytes * (4 * params + L * per_layer + attention_scratch + logits)
+    from numgpt.llama import is_llama_config
+    B, T, V = batch_size, context_length, cfg["vocab_size"]
+    if is_llama_config(cfg):
+        C, F, L, NH = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+        Q, KV = NH * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
+        # per token: two norms' inputs and outputs, q/k/v before and after rotation, the repeated k/v,
+        # the context, the gate, up, sigmoid and product of the MLP
+        per_layer = B * T * (4 * C + 3 * Q + 3 * KV + 2 * Q + 4 * F) + B * NH * T * T
+    else:
+        C, L, NH = cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"]
+        per_layer = B * T * C * 24 + B * NH * T * T * 5 // 4     # saved inputs, qkv, mlp; attention weights + byte mask
+    attention_scratch = B * NH * T * T * 3                        # scores and their gradients, one layer at a time
+    logits = B * T * V * 2                                        # logits, probabilities (turned into their gradient)
+    return model_state_bytes(cfg, dtype_bytes) + dtype_bytes * (L * per_layer + attention_scratch + logits)
 
 
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,

@@ -1,0 +1,195 @@
+"""Every model family through one door: build, load, tokenize and export.
+
+``load_pretrained(source)`` and ``get_tokenizer(source)`` take
+
+- a GPT-2 size name ('gpt2-124m', '124m', ...): OpenAI's weights, found or
+  fetched as ``load_gpt2`` does; GPT-2's bundled tiktoken tokenizer;
+- a numgpt run directory (or one checkpoint in it): its newest checkpoint, and
+  the tokenizer the run trained with (``RUN/tokenizer/``, copied there when a
+  run starts from a Llama-family model; GPT-2 runs use the bundled one);
+- a Hugging Face model directory (config.json beside model.safetensors or a
+  sharded model.safetensors.index.json, and tokenizer.json): its
+  ``model_type`` decides the family, gpt2, llama, qwen2 or qwen3;
+- a Hugging Face hub id ('HuggingFaceTB/SmolLM2-135M'), fetched into the
+  Hugging Face cache through huggingface_hub (``numgpt.hub``), reused from it
+  when transformers or an earlier run already downloaded it.
+"""
+import json
+import re
+import shutil
+from pathlib import Path
+
+from numgpt.errors import NumgptError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+RUN_TOKENIZER_DIR = "tokenizer"        # RUN/tokenizer/: the tokenizer a Llama-family run trains with
+
+
+class SourceError(NumgptError, ValueError):
+    """A model source that is none of the things ``load_pretrained`` takes."""
+
+
+def model_from_config(cfg):
+    """A freshly initialised model of ``cfg``'s family (a numgpt model config)."""
+    from numgpt.llama import LlamaForCausalLM, is_llama_config
+    from numgpt.model import GPTModel
+    return LlamaForCausalLM(cfg) if is_llama_config(cfg) else GPTModel(cfg)
+
+
+def is_run_or_checkpoint(path):
+    from numgpt.checkpoint import is_committed
+    path = Path(path)
+    return path.is_dir() and (is_committed(path) or (path / "checkpoints").is_dir() or (path / "settings.json").is_file())
+
+
+def _checkpoint_of(path):
+    from numgpt.checkpoint import CheckpointManager, is_committed, load_checkpoint
+    path = Path(path)
+    if not is_committed(path):
+        latest = CheckpointManager(path / "checkpoints").latest() or CheckpointManager(path).latest()
+        if latest is None:
+            raise SourceError(f"{path} holds no committed checkpoint (expected a run directory or a checkpoint)")
+        path = latest
+    return load_checkpoint(path)
+
+
+def _model_type(directory):
+    from numgpt.safe_io import read_json
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file():
+        return None, None
+    config = read_json(config_path)
+    if not isinstance(config, dict):
+        raise SourceError(f"{config_path} is not a JSON object (expected a Hugging Face config.json)")
+    return config.get("model_type"), config
+
+
+def locate(source, cache_dir=None):
+    """(kind, where) for a source: ('gpt2', size or .safetensors file), ('run', path) or ('hf', directory)."""
+    from numgpt.download import canonical_size
+    if isinstance(source, (str, Path)) and Path(source).expanduser().exists():
+        path = Path(source).expanduser()
+        if is_run_or_checkpoint(path):
+            return "run", path
+        if path.is_dir():
+            return "hf", path
+        if path.suffix == ".safetensors":
+            return "gpt2", path                              # GPT-2 weights in one file (load_gpt2's)
+        raise SourceError(f"{path} is a file: expected a model directory (config.json and .safetensors files), "
+                          f"a numgpt run directory, a GPT-2 .safetensors file or a hub id")
+    size = canonical_size(source) if isinstance(source, str) else None
+    if size is not None:
+        return "gpt2", size
+    if isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", source):
+        from numgpt.hub import resolve_model_dir
+        return "hf", resolve_model_dir(source, cache_dir=cache_dir)
+    raise SourceError(f"{source!r} is neither an existing directory, a GPT-2 size (124m, 355m, 774m, 1558m) nor "
+                      f"a Hugging Face hub id (owner/name)")
+
+
+def load_pretrained(source, cache_dir=None):
+    """The model (eval mode) of ``source``, any supported family; see the module docstring."""
+    from numgpt.checkpoint import build_model
+    from numgpt.pretrained import load_gpt2
+    kind, where = locate(source, cache_dir)
+    if kind == "gpt2":
+        return load_gpt2(where, cache_dir=cache_dir)
+    if kind == "run":
+        return build_model(_checkpoint_of(where)).eval()
+    model_type, _ = _model_type(where)
+    if model_type in (None, "gpt2"):
+        return load_gpt2(where)
+    return load_llama(where)
+
+
+def load_llama(directory):
+    """A LlamaForCausalLM (eval mode) with the weights of a Hugging Face directory: its
+    config.json decides the shape, its safetensors files (one or sharded; bf16 and fp16
+    widened to float32 one tensor at a time) the weights. Every missing, extra or
+    misshapen tensor is reported in one WeightsError."""
+    from numgpt import backend
+    from numgpt.hf_weights import load_weights
+    from numgpt.llama import LlamaForCausalLM, from_hf_config
+    directory = Path(directory)
+    _, config = _model_type(directory)
+    if config is None:
+        raise SourceError(f"{directory} has no config.json (expected a Hugging Face model directory)")
+    cfg = from_hf_config(config, where=str(directory / "config.json"))
+    rng_state = backend.get_rng_state()
+    try:
+        model = LlamaForCausalLM(cfg)
+    finally:
+        backend.set_rng_state(rng_state)             # loading draws no random numbers a run would see
+    params = dict(model.named_parameters())          # a tied head is listed once, as model.embed_tokens
+    ignore = r"(.*\.rotary_emb\.inv_freq)" + (r"|lm_head\.weight" if cfg["tie_word_embeddings"] else "")
+    load_weights(params, directory, ignore=re.compile(ignore))
+    return model.eval()
+
+
+def tokenizer_directory(source, cache_dir=None):
+    """The directory holding the tokenizer.json of ``source``, or None for GPT-2 (tiktoken, bundled)."""
+    kind, where = locate(source, cache_dir)
+    if kind == "gpt2":
+        return None
+    if kind == "run":
+        from numgpt.llama import is_llama_config
+        checkpoint = _checkpoint_of(where)
+        if not is_llama_config(checkpoint.config):
+            return None
+        for run_dir in (where, *Path(checkpoint.path).parents):
+            if (run_dir / RUN_TOKENIZER_DIR / "tokenizer.json").is_file():
+                return run_dir / RUN_TOKENIZER_DIR
+        raise SourceError(f"{where} holds a {checkpoint.config['model_type']} model but no {RUN_TOKENIZER_DIR}/"
+                          f"tokenizer.json (numgpt train copies it there from --init)")
+    model_type, _ = _model_type(where)
+    return None if model_type in (None, "gpt2") else where
+
+
+def get_tokenizer(source=None, cache_dir=None):
+    """The tokenizer of ``source``: GPT-2's bundled tiktoken encoding for GPT-2 models (and for
+    ``source=None``), the model's own tokenizer.json (numgpt.hf_tokenizer) for the others."""
+    from numgpt import tokenizer
+    directory = None if source is None else tokenizer_directory(source, cache_dir)
+    if directory is None:
+        return tokenizer.get_tokenizer()
+    from numgpt.hf_tokenizer import HFTokenizer
+    return HFTokenizer(directory)
+
+
+def copy_tokenizer(source_dir, run_dir):
+    """Copy the tokenizer files of a model directory into RUN/tokenizer/ (what there is of them)."""
+    target = Path(run_dir) / RUN_TOKENIZER_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (Path(source_dir) / name).is_file():
+            shutil.copyfile(Path(source_dir) / name, target / name)
+    return target
+
+
+def export_pretrained(model, directory, tokenizer_dir=None, max_shard_bytes=None):
+    """Write ``model`` in the Hugging Face layout of its family into ``directory``:
+    config.json and model.safetensors (sharded with model.safetensors.index.json when
+    larger than ``max_shard_bytes``, 5 GiB by default, as transformers), and the
+    tokenizer files of ``tokenizer_dir`` when given. Returns the directory."""
+    from numgpt.device import to_host
+    from numgpt.llama import is_llama_config, to_hf_config
+    from numgpt.pretrained import WeightsError, export_hf
+    from numgpt.safe_io import atomic_write
+    if not is_llama_config(model.cfg):
+        return export_hf(model, directory)
+    from numgpt.hf_weights import save_weights
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WeightsError(f"cannot export to {directory}: {error.strerror or error}") from None
+    state = {name: to_host(param.data) for name, param in model.named_parameters()}   # a tied head once
+    options = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+    save_weights(state, directory, **options)
+    config = (json.dumps(to_hf_config(model.cfg), indent=2, sort_keys=True) + "\n").encode("utf-8")
+    atomic_write(directory / "config.json", lambda fh: fh.write(config))
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file() and Path(tokenizer_dir).resolve() != directory.resolve():
+                shutil.copyfile(Path(tokenizer_dir) / name, directory / name)
+    return directory
