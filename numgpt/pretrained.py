@@ -24,13 +24,10 @@ from safetensors import safe_open
 from numgpt.download import canonical_size, download_gpt2
 from numgpt.device import to_host
 from numgpt.errors import NumgptError
+from numgpt.hf_weights import WeightsError       # defined there; still importable from here
 from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
 from numgpt.nn import LayerNorm
 from numgpt.safe_io import atomic_write, check_safetensors_header, stream_safetensors
-
-
-class WeightsError(NumgptError, ValueError):
-    """A weights file that does not fit; the message names the file and every problem."""
 
 
 class WeightsNotFoundError(NumgptError, FileNotFoundError):
