@@ -2,6 +2,7 @@
 
     python benchmarks/bench_step.py --out benchmarks/results.md
     python benchmarks/bench_step.py --scale --out benchmarks/results.md   # + step time by context and batch
+    python benchmarks/bench_step.py --model smollm2-135m --out benchmarks/results-smollm2.md   # vs transformers
 
 The step is the seed's: GPT_CONFIG_124M (context 256, 12 layers, 768 wide,
 dropout 0.1, untied head), batch 2 x 256 random tokens, zero_grad, forward,
@@ -366,10 +367,15 @@ def main():
     parser.add_argument("--scale", action="store_true", help="also time numgpt at context 256/512/1024, batch 1..8")
     parser.add_argument("--scale-budget-gib", type=float, default=12.0,
                         help="skip scale configurations whose estimated memory exceeds this")
+    parser.add_argument("--model", help="a Llama-family preset (smollm2-135m, ...): numgpt against transformers' "
+                                        "LlamaForCausalLM instead (benchmarks/bench_llama.py)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--context", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model:
+        import bench_llama
+        return bench_llama.main(args)
 
     if args.child in ("numgpt", "torch"):
         return serve(args.child, CONFIG, BATCH, SEQ)

@@ -101,7 +101,7 @@ def _check_memory(cfg, batch_size, context, available):
             raise UsageError(f"this model does not fit: its weights, gradients and AdamW moments alone take "
                              f"{state:,} bytes ({state / 2**30:.1f} GiB) in float32 and {available:,} bytes "
                              f"({available / 2**30:.1f} GiB) are available: choose a smaller model, e.g. "
-                             f"--init HuggingFaceTB/SmolLM2-135M or SmolLM2-360M")
+                             f"--init HuggingFaceTB/SmolLM2-135M or HuggingFaceTB/SmolLM2-360M")
         raise UsageError(f"this run needs about {needed:,} bytes ({needed / 2**30:.1f} GiB) but {available:,} bytes "
                          f"({available / 2**30:.1f} GiB) are available: try a smaller --batch-size or "
                          f"--context-length")
@@ -187,9 +187,10 @@ def _model_config(flags):
 def _initial_model(flags):
     """(model config, pretrained model or None, tokenizer directory or None) of a new run.
     A tokenizer directory means the model's own tokenizer.json; None, GPT-2's bundled one."""
-    from numgpt.families import load_pretrained, tokenizer_directory
-    from numgpt.llama import is_llama_config
+    from numgpt.families import load_pretrained, locate, tokenizer_directory
+    from numgpt.llama import from_hf_config, is_llama_config
     from numgpt.model import GPTModel
+    from numgpt.safe_io import read_json
     if not flags["init"]:
         cfg = _model_config(flags)
         if not is_llama_config(cfg):
@@ -202,18 +203,29 @@ def _initial_model(flags):
             raise UsageError(f"--tokenizer {flags['tokenizer']} is a GPT-2 model: its tokenizer is numgpt's "
                              f"bundled one, for the GPT presets")
         return cfg, None, directory
-    model = load_pretrained(flags["init"])
+    kind, where = locate(flags["init"])
+    if kind == "hf":                                        # the shape is known before the weights are read
+        hf_config = read_json(Path(where) / "config.json") if (Path(where) / "config.json").is_file() else {}
+        if isinstance(hf_config, dict) and is_llama_config(hf_config):
+            cfg = from_hf_config(hf_config, where=str(Path(where) / "config.json"))
+            _check_memory(cfg, flags["batch_size"], _training_window(flags, cfg), _memory_available())
+    model = load_pretrained(where if kind == "hf" else flags["init"])
     if is_llama_config(model.cfg):
         if flags["drop_rate"]:
             raise UsageError(f"--drop-rate {flags['drop_rate']}: {model.cfg['model_type']} models train without "
                              f"dropout in numgpt (leave --drop-rate out)")
-        return model.cfg, model, tokenizer_directory(flags["init"])
+        return model.cfg, model, tokenizer_directory(where if kind == "hf" else flags["init"])
     if flags["drop_rate"] is None or flags["drop_rate"] == model.cfg["drop_rate"]:
         return model.cfg, model, None
     weights, cfg = model.state_dict(), dict(model.cfg, drop_rate=flags["drop_rate"])
     model = GPTModel(cfg)                                   # the weights, in a model built with this dropout
     model.load_state_dict(weights)
     return cfg, model, None
+
+
+def _training_window(flags, cfg):
+    """--context-length, else the model's context up to DEFAULT_MAX_WINDOW; never past the model's."""
+    return min(flags["context_length"] or min(cfg["context_length"], DEFAULT_MAX_WINDOW), cfg["context_length"])
 
 
 def _learner_backwards(specs):
@@ -266,8 +278,12 @@ def cmd_train(args):
                   f"uninterrupted run in the last bits", file=sys.stderr)
     else:
         cfg, pretrained, tokenizer_dir = _initial_model(flags)
-    context = min(flags["context_length"] or min(cfg["context_length"], DEFAULT_MAX_WINDOW), cfg["context_length"])
+    context = _training_window(flags, cfg)
     flags = dict(flags, context_length=context, drop_rate=cfg["drop_rate"])
+    if saved is None and flags["init"]:
+        flags["preset"] = None                              # the shape is --init's
+        if tokenizer_dir is not None:
+            flags["tokenizer"] = str(tokenizer_dir)
     _check_memory(cfg, flags["batch_size"], context, _memory_available())
 
     if tokenizer_dir is None:
@@ -594,7 +610,7 @@ def _check_your_backward(name, backward, spec):
 # ---------------------------------------------------------------- GPT-2 weights
 def cmd_download(args):
     from numgpt.download import canonical_size, download_gpt2
-    if canonical_size(args.model) is not None:
+    if canonical_size(args.model) is not None or "/" not in args.model:     # a GPT-2 size (or a wrong one)
         directory = download_gpt2(args.model)
         print(f"GPT-2 weights in {directory}")
         return 0

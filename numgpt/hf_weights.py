@@ -170,8 +170,12 @@ def _scan_sharded(directory):
     return [directory / name for name in shards], {tensor: spans[tensor] for tensor in weight_map}
 
 
+def _count(problems):
+    return f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
+
+
 def _index_error(index_path, problems):
-    return WeightsError(f"{index_path} does not describe its shards ({len(problems)} problems):\n  "
+    return WeightsError(f"{index_path} does not describe its shards ({_count(problems)}):\n  "
                         + "\n  ".join(problems))
 
 
@@ -222,7 +226,7 @@ def load_weights(params, directory, ignore=None):
             if nan or inf:
                 problems.append(f"not finite: {name} holds {nan} NaN and {inf} Inf")
     if problems:
-        raise WeightsError(f"{directory} does not hold the weights expected ({len(problems)} problems):\n  "
+        raise WeightsError(f"{directory} does not hold the weights expected ({_count(problems)}):\n  "
                            + "\n  ".join(problems))
     return [name for name in spans if name in loadable]
 

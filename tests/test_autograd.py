@@ -144,3 +144,26 @@ def test_a_fresh_gradient_is_owned_and_a_view_is_copied():
     for part in parts:                                # split hands out views of one array: each leaf copies
         assert part.grad.base is None
     np.testing.assert_array_equal(parts[2].grad, np.arange(12.0, 18.0).reshape(2, 3))
+
+
+def test_fan_out_sum_never_writes_into_an_array_someone_else_holds():
+    # add's backward hands one array to both uses of x, and that array is the caller's gradient
+    x = Tensor(np.ones(3), requires_grad=True)
+    upstream = np.array([1.0, 2.0, 3.0])
+    (x + x).backward(upstream)
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0, 6.0])
+    np.testing.assert_array_equal(upstream, [1.0, 2.0, 3.0])
+
+
+def test_fan_out_sum_of_a_tied_weight_equals_the_two_uses_apart():
+    w = Tensor(np.random.default_rng(0).standard_normal((5, 3)), requires_grad=True)
+    idx = np.array([[0, 2, 2, 4]])
+    x = ops.embedding(idx, w)                                  # (1, 4, 3): w as a table
+    logits = ops.linear(x, w)                                  # (1, 4, 5): w as the head
+    dout = np.random.default_rng(1).standard_normal(logits.shape)
+    logits.backward(dout)
+    # by hand: the head's gradient dout^T x, plus the table's rows scattered from dout @ w
+    head = dout.reshape(-1, 5).T @ w.data[idx[0]]
+    table = np.zeros_like(w.data)
+    np.add.at(table, idx[0], dout.reshape(-1, 5) @ w.data)
+    np.testing.assert_allclose(w.grad, head + table, rtol=1e-12, atol=1e-12)

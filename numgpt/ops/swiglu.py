@@ -3,7 +3,7 @@
 The MLP around it is ``down_proj(swiglu(gate_proj(x), up_proj(x)))``: two
 projections of the same input, one squashed into a gate for the other.
 
-Shapes: gate, up, out (..., F), F = intermediate_size; sig (..., F).
+Shapes: gate, up, out (..., F), F = intermediate_size.
 
 Forward, elementwise, as numbered in the code:
 
@@ -18,6 +18,10 @@ Backward (dv means dL/dv):
        derivative is sig * (1 - sig), so
            d silu / d gate = sig * (1 + gate * (1 - sig))
     1. collected: dgate = dout * up * sig * (1 + gate * (1 - sig))
+
+The cache keeps gate and up only: the backward recomputes the sigmoid (one
+exp per element) rather than holding a third (..., F) array per layer until
+the backward pass, the largest activation of a Llama block.
 
 For a very negative gate, exp(-gate) overflows to inf in float32 and sig
 becomes exactly 0, which is the right limit: silu and its derivative both
@@ -35,7 +39,6 @@ from numgpt.registry import resolve
 class SwiGLUCache(NamedTuple):
     gate: numpy.ndarray      # (..., F)
     up: numpy.ndarray        # (..., F)
-    sig: numpy.ndarray       # (..., F) sigmoid(gate)
 
 
 def sigmoid(x):
@@ -47,11 +50,12 @@ def sigmoid(x):
 def swiglu_forward(gate, up):
     sig = sigmoid(gate)                                             # 1. (..., F)
     out = gate * sig * up                                           # 2., 3. (..., F)
-    return out, SwiGLUCache(gate, up, sig)
+    return out, SwiGLUCache(gate, up)
 
 
 def swiglu_backward(dout, cache):
-    gate, up, sig = cache
+    gate, up = cache
+    sig = sigmoid(gate)                                             # 1. recomputed (..., F)
     dup = dout * gate * sig                                         # 3. d out / d up = silu
     dgate = dout * up * sig * (1.0 + gate * (1.0 - sig))            # 3., 2., 1. (..., F)
     return dgate, dup
