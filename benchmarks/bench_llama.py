@@ -186,9 +186,9 @@ def run(args):
                   f"- generation speed ratio numgpt / transformers: "
                   f"**{generation['numgpt']['tokens_per_s'] / generation['transformers']['tokens_per_s']:.2f}** "
                   f"(target >= 1.5)",
-                  f"- step times (s): " + "; ".join(f"{name} " + ", ".join(f"{t:.2f}" for t in times[name])
+                  "- step times (s): " + "; ".join(f"{name} " + ", ".join(f"{t:.2f}" for t in times[name])
                                                     for name in sides),
-                  f"- first losses: " + "; ".join(f"{name} {losses[name][0]:.4f}" for name in sides)
+                  "- first losses: " + "; ".join(f"{name} {losses[name][0]:.4f}" for name in sides)
                   + " (random weights of each library's own init: not expected to agree)"]
     return "\n".join(lines) + "\n"
 
