@@ -21,10 +21,7 @@ them).
        from each use, and its gradient is their sum:
            y = f(x), z = g(x)  ->  dL/dx = dL/dy dy/dx + dL/dz dz/dx
        (the "fan-out sum"; it is what makes residual connections pass the
-       gradient straight through: d(x + f(x))/dx = 1 + df/dx). The sum is
-       taken in place when the first gradient is an array nothing else can
-       see (its reference count says so, as in kernels/scratch.py): a tied
-       (V, C) weight then costs no third (V, C) array;
+       gradient straight through: d(x + f(x))/dx = 1 + df/dx);
     4. leaves (parameters, inputs made with ``requires_grad=True``) add
        their gradient into ``.grad``, accumulating across backward calls
        as in PyTorch. Gradients of intermediate tensors live only while
@@ -35,7 +32,6 @@ arrays it holds), as PyTorch does: a second ``backward()`` through the same
 graph raises, unless the first was called with ``retain_graph=True``.
 """
 import contextlib
-import sys
 
 import numpy
 
@@ -240,15 +236,7 @@ class Tensor:
                 if grad is None or parent is None or not parent.requires_grad:
                     continue
                 key = id(parent)
-                if key not in grads:
-                    grads[key] = grad
-                    continue
-                summed = grads[key]                                   # 3. the fan-out sum
-                # references: grads, ``summed`` and getrefcount's argument; a view, another node or a cache adds more
-                if summed.base is None and getattr(summed.flags, "writeable", True) and sys.getrefcount(summed) <= 3:
-                    summed += grad
-                else:
-                    grads[key] = summed + grad
+                grads[key] = grad if key not in grads else grads[key] + grad   # 3. the fan-out sum
             if not retain_graph:
                 node._parents, node._backward = (), _freed
         _accumulate_leaves(leaves.values(), gradient)                 # 4.

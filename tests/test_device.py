@@ -258,3 +258,31 @@ assert worst <= 1e-4
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     print(result.stdout, result.stderr)
     assert result.returncode == 0
+
+
+# ---------------------------------------------------------------- the Llama family on the device
+LLAMA_FIXTURE = os.path.join(os.path.dirname(__file__), "reference", "hf_llama", "qwen3_tiny")   # GQA, qk-norm, tied
+
+
+def test_llama_family_training_steps_on_the_device_equal_the_cpus_bit_for_bit(stand_in_cupy):
+    results = {}
+    rng = np.random.default_rng(0)
+    steps = [(rng.integers(0, 96, (2, 8)), rng.integers(0, 96, (2, 8))) for _ in range(3)]
+    for device in ("cpu", "cuda"):
+        model = numgpt.load_pretrained(LLAMA_FIXTURE).train().to(device)
+        optimizer = numgpt.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+        losses = train(model, optimizer, steps)
+        assert all(type(p.data) is (np.ndarray if device == "cpu" else stand_in_cupy.ndarray)
+                   for p in model.parameters())
+        results[device] = losses, host_state(model)
+    print("losses", results["cpu"][0], results["cuda"][0])
+    assert results["cpu"][0] == results["cuda"][0]
+    assert all(np.array_equal(results["cpu"][1][n], results["cuda"][1][n]) for n in results["cpu"][1])
+
+
+def test_llama_family_generation_with_the_kv_cache_on_the_device():
+    prompt = np.array([[3, 14, 15, 92, 65]])
+    outputs = {device: numgpt.generate(numgpt.load_pretrained(LLAMA_FIXTURE).to(device), prompt, max_new_tokens=8,
+                                       context_size=64) for device in ("cpu", "cuda")}
+    assert is_host(outputs["cuda"])
+    assert np.array_equal(outputs["cpu"], outputs["cuda"])
