@@ -2,26 +2,44 @@
 
     python benchmarks/bench_step.py --out benchmarks/results.md
     python benchmarks/bench_step.py --scale --out benchmarks/results.md   # + step time by context and batch
+    python benchmarks/bench_step.py --sides numgpt,torch --steps 3        # a quick run: two sides only
     python benchmarks/bench_step.py --model smollm2-135m --out benchmarks/results-smollm2.md   # vs transformers
 
 The step is the seed's: GPT_CONFIG_124M (context 256, 12 layers, 768 wide,
 dropout 0.1, untied head), batch 2 x 256 random tokens, zero_grad, forward,
 mean cross-entropy, backward, AdamW(lr 4e-4, weight_decay 0.1).
 
+The sides (``--sides``, a comma list of these names; default all):
+- ``numgpt``: numgpt with its numba kernels (NUMGPT_KERNELS=numba);
+- ``numpy``: numgpt's readable NumPy reference path (NUMGPT_KERNELS=numpy);
+- ``torch``: PyTorch eager, ``llms_from_scratch.ch04.GPTModel``;
+- ``sdpa``: the same model, each block's attention computed by
+  ``torch.nn.functional.scaled_dot_product_attention`` (is_causal=True,
+  dropout_p = drop_rate in training, as the seed drops attention weights);
+  on CPU a nonzero dropout_p sends it to the math kernel, not flash;
+- ``flash``: as ``sdpa`` with dropout_p = 0, so that PyTorch's CPU flash
+  kernel runs: one dropout fewer than the seed's step;
+- ``compile``: ``torch.compile`` of the seed's model (inductor, C++ on CPU),
+  compiled into an empty inductor cache; its first step (compile included)
+  is reported apart. A side that fails (no C++ compiler, ...) is left out of
+  the table with its one-line reason.
+
 How it measures:
-- numgpt and PyTorch each run in their own process and stay resident; the
-  parent asks them for one step at a time, alternating, so that both see the
-  same machine load; each side's peak memory is its own ru_maxrss.
-- PyTorch is ``llms_from_scratch.ch04.GPTModel`` with torch.set_num_threads(2),
-  run by the interpreter ``--torch-python`` (default /work/refenv/bin/python);
-  without it, numgpt runs alone.
+- every side runs in its own process and stays resident; the parent asks
+  them for one step at a time, alternating, so that all see the same machine
+  load; each side's peak memory is its own ru_maxrss; one warm-up step each.
+- PyTorch runs with torch.set_num_threads(2), by the interpreter
+  ``--torch-python`` (default /work/refenv/bin/python); without it, only
+  numgpt's sides run.
 - Before anything is timed, a separate process runs one step from the same
   seed with the numba kernels and with the NumPy path and checks that both
   losses (before and after the AdamW update) agree.
-- FLOPs per step, counted analytically (dense attention, as PyTorch computes it):
+- FLOPs per step, counted analytically (dense attention, as PyTorch eager computes it):
       6 * P_mm * B*T  +  12 * L * B * T^2 * C,
   P_mm = L * 12 * C^2 + C * V, the weights of every matrix product (biases,
   LayerNorm and the embedding lookups excluded); 394 GFLOP for the seed's step.
+  The same count divides every side's time (a causal kernel that skips the
+  masked half does less work, and so shows a higher GFLOP/s).
 - The sgemm ceiling is the best of a few (4096 x 4096) @ (4096 x 4096) float32
   products, by NumPy's BLAS and by numgpt's matmul kernel, measured in the
   same run (before and after the steps).
@@ -30,6 +48,10 @@ How it measures:
 - Generation: greedy, 50 new tokens after a 4-token prompt, 124M shape, eval
   mode: numgpt's generate_text_simple (KV cache) against the seed's cache-less
   torch loop (``llms_from_scratch.ch04.generate_text_simple``).
+- ``--scale``: numgpt and PyTorch eager, one process per side and shape, at
+  context 256/512/1024 x batch 1..8; a shape whose estimated memory exceeds
+  ``--scale-budget-gib`` is skipped (numgpt.train.estimate_training_bytes for
+  numgpt, torch_eager_training_bytes below for PyTorch).
 """
 import argparse
 import ctypes
@@ -42,7 +64,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve()
 DEFAULT_TORCH_PYTHON = "/work/refenv/bin/python"
@@ -55,12 +79,61 @@ GEN_NEW_TOKENS, GEN_PROMPT = 50, [6109, 3626, 6100, 345]     # "Every effort mov
 SCALE_CONTEXTS, SCALE_BATCHES = (256, 512, 1024), (1, 2, 4, 8)
 AGREEMENT_RTOL = 1e-4                                        # numba vs NumPy loss, float32
 
+SIDES = {                                                    # --sides name: the row's label
+    "numgpt": "numgpt (numba kernels)",
+    "numpy": "numgpt, NumPy reference (NUMGPT_KERNELS=numpy)",
+    "torch": "PyTorch eager (the seed's GPTModel)",
+    "sdpa": "PyTorch, scaled_dot_product_attention",
+    "flash": "PyTorch, scaled_dot_product_attention, no attention dropout",
+    "compile": "PyTorch torch.compile (the seed's GPTModel)",
+}
+NUMGPT_SIDES = {"numgpt": "numba", "numpy": "numpy"}         # side: its NUMGPT_KERNELS
+TORCH_VARIANTS = ("torch", "sdpa", "flash", "compile")
+
+
+class Setup(NamedTuple):
+    """What one run times: the model, the step's batch and the --scale grid."""
+    name: str
+    cfg: dict
+    batch: int
+    seq: int
+    scale_contexts: tuple
+    scale_batches: tuple
+    sgemm_n: int                                             # the sgemm ceiling's (n x n) @ (n x n)
+
+
+FULL = Setup("GPT_CONFIG_124M", CONFIG, BATCH, SEQ, SCALE_CONTEXTS, SCALE_BATCHES, 4096)
+# --tiny: proves that each side runs and that the report renders, in seconds
+TINY = Setup("a tiny GPT (smoke test, --tiny: its figures mean nothing)",
+             dict(CONFIG, context_length=64, emb_dim=64, n_heads=4, n_layers=2), 2, 64, (32, 64), (1, 2), 512)
+
 
 def step_flops(cfg, batch, seq):
     """6 * P_mm * tokens + 12 * L * B * T^2 * C (see the module docstring)."""
     C, L, V = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
     p_mm = L * 12 * C * C + C * V
     return 6 * p_mm * batch * seq + 12 * L * batch * seq * seq * C
+
+
+def torch_eager_training_bytes(cfg, batch, seq):
+    """A rough estimate of PyTorch eager's memory for the seed's step (float32), counted as
+    numgpt.train.estimate_training_bytes counts numgpt's, from what the seed's autograd graph keeps:
+
+    - weights, gradients and two AdamW moments: 16 bytes per parameter;
+    - per block and token, in floats: LayerNorm (x - mean, normalised x, output) twice, 6 C;
+      q, k, v, 3 C; the heads' context, C; the residual sum, C; the feed-forward's first
+      output and GELU's saved tanh, 1 + tanh, 0.5 * x and product, 5 * 4 C; two dropout
+      masks (bytes), C / 2: about 32 C;
+    - per block and attention weight: the softmax output and the dropout output (floats)
+      and the dropout mask (a byte): 9 / 4 floats;
+    - the backward's attention scratch (scores and their gradients, one block at a time), 3;
+    - logits, log-softmax and their gradient: 3 * B * T * V.
+    The measured peak adds the runtime's own few hundred MB (4.07 GB measured at 2 x 256)."""
+    B, T, C, L, NH, V = batch, seq, cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"], cfg["vocab_size"]
+    per_block_params = 12 * C * C + 10 * C + (3 * C if cfg["qkv_bias"] else 0)
+    params = 2 * V * C + cfg["context_length"] * C + L * per_block_params + 2 * C
+    per_layer = B * T * C * 32 + B * NH * T * T * 9 // 4
+    return 16 * params + 4 * (L * per_layer + B * NH * T * T * 3 + 3 * B * T * V)
 
 
 def batch_of(cfg, batch, seq, seed=0):
@@ -73,7 +146,13 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# ------------------------------------------------------------------ the two sides (child processes)
+def one_line(error):
+    """An exception as one line, for the report."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ------------------------------------------------------------------ the sides (child processes)
 
 class NumgptSide:
     def __init__(self, cfg, batch, seq):
@@ -86,6 +165,10 @@ class NumgptSide:
         self.optimizer = numgpt.AdamW(self.model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         self.x, self.y = batch_of(cfg, batch, seq)
         self.cfg = cfg
+
+    def describe(self):
+        from numgpt import backend
+        return {"kernels": backend.get_kernel_mode()}
 
     def step(self):
         start = time.perf_counter()
@@ -109,24 +192,77 @@ class NumgptSide:
         return GEN_NEW_TOKENS / seconds, [int(t) for t in out[0, -GEN_NEW_TOKENS:]]
 
 
+def sdpa_attention_class(attention_dropout):
+    """The seed's MultiHeadAttention with its forward computed by PyTorch's fused
+    scaled_dot_product_attention: the same parameters (W_query, W_key, W_value,
+    out_proj) and buffers, so a model built from the same seed has the same weights.
+    ``attention_dropout``: drop attention weights in training as the seed does
+    (dropout_p = the seed's rate), or never (dropout_p = 0)."""
+    import torch
+    from llms_from_scratch.ch03 import MultiHeadAttention
+
+    class SdpaMultiHeadAttention(MultiHeadAttention):
+        def forward(self, x):
+            b, num_tokens, _ = x.shape
+
+            def heads(projected):       # (b, T, d_out) -> (b, T, NH, HS) -> (b, NH, T, HS)
+                return projected.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+
+            queries, keys, values = heads(self.W_query(x)), heads(self.W_key(x)), heads(self.W_value(x))
+            dropout_p = self.dropout.p if attention_dropout and self.training else 0.0
+            context = torch.nn.functional.scaled_dot_product_attention(   # (b, NH, T, HS), scale 1/sqrt(HS)
+                queries, keys, values, dropout_p=dropout_p, is_causal=True)
+            context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)   # (b, NH, T, HS) -> (b, T, d_out)
+            return self.out_proj(context)
+
+    return SdpaMultiHeadAttention
+
+
+def attention_kernel(attention, x):
+    """The ATen kernels one forward and backward of ``attention`` on ``x`` runs for the
+    attention itself (flash, math, ...), as the profiler names them."""
+    from torch.profiler import profile
+    with profile() as prof:
+        attention(x).sum().backward()
+    names = sorted({event.name.removeprefix("aten::_scaled_dot_product_") for event in prof.events()
+                    if event.name.startswith("aten::_scaled_dot_product") and not event.name.endswith("_backward")})
+    attention.zero_grad()
+    return ", ".join(names) or "none: the seed's unfused matmul-softmax-matmul"
+
+
 class TorchSide:
-    def __init__(self, cfg, batch, seq):
+    """The seed's PyTorch model: ``variant`` torch (eager), sdpa, flash or compile (see the module docstring)."""
+
+    def __init__(self, cfg, batch, seq, variant="torch"):
         import torch
         from llms_from_scratch.ch04 import GPTModel
         torch.set_num_threads(2)
         torch.manual_seed(SEED)
         self.torch = torch
         self.model = GPTModel(cfg)
+        if variant in ("sdpa", "flash"):
+            attention = sdpa_attention_class(attention_dropout=variant == "sdpa")
+            for block in self.model.trf_blocks:
+                block.att.__class__ = attention                     # same parameters: only forward changes
         self.model.train()
+        self.forward = torch.compile(self.model) if variant == "compile" else self.model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         x, y = batch_of(cfg, batch, seq)
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
         self.cfg = cfg
+        self.variant = variant
+
+    def describe(self):
+        if self.variant == "compile":
+            return {"version": self.torch.__version__, "attention": "the seed's, as inductor compiles it"}
+        first = self.model.trf_blocks[0]
+        kernel = attention_kernel(first.att, first.norm1(self.model.tok_emb(self.x[:1, :16])).detach())
+        return {"version": self.torch.__version__, "attention": kernel}
 
     def step(self):
         start = time.perf_counter()
         self.optimizer.zero_grad()
-        logits = self.model(self.x)
+        logits = self.forward(self.x)
         loss = self.torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.y.flatten())
         loss.backward()
         self.optimizer.step()
@@ -164,24 +300,32 @@ def hf_generate(cfg):
     print(json.dumps({"tokens_per_s": GEN_NEW_TOKENS / seconds, "version": transformers.__version__}), flush=True)
 
 
-def serve(side_name, cfg, batch, seq):
-    """Child loop: one JSON line per command read from stdin."""
-    side = (NumgptSide if side_name == "numgpt" else TorchSide)(cfg, batch, seq)
-    print(json.dumps({"ready": True, "peak_mb": peak_mb()}), flush=True)
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "step":
-            seconds, loss = side.step()
-            reply = {"seconds": seconds, "loss": loss}
-        elif command == "generate":
-            tokens_per_s, tokens = side.generate()
-            reply = {"tokens_per_s": tokens_per_s, "tokens": tokens}
-        elif command == "exit":
-            print(json.dumps({"peak_mb": peak_mb()}), flush=True)
-            return
+def serve(side_name, variant, setup):
+    """Child loop: one JSON line per command read from stdin. A side that fails (to build, or in
+    a step) answers {"error": one line}, prints its traceback to stderr and ends."""
+    try:
+        if side_name == "numgpt":
+            side = NumgptSide(setup.cfg, setup.batch, setup.seq)
         else:
-            reply = {"error": f"unknown command {command!r}"}
-        print(json.dumps(reply), flush=True)
+            side = TorchSide(setup.cfg, setup.batch, setup.seq, variant)
+        print(json.dumps({"ready": True, "peak_mb": peak_mb(), **side.describe()}), flush=True)
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "step":
+                seconds, loss = side.step()
+                reply = {"seconds": seconds, "loss": loss}
+            elif command == "generate":
+                tokens_per_s, tokens = side.generate()
+                reply = {"tokens_per_s": tokens_per_s, "tokens": tokens}
+            elif command == "exit":
+                print(json.dumps({"peak_mb": peak_mb()}), flush=True)
+                return
+            else:
+                reply = {"error": f"unknown command {command!r}"}
+            print(json.dumps(reply), flush=True)
+    except Exception as error:                                  # noqa: BLE001 -- reported, not hidden
+        traceback.print_exc()
+        print(json.dumps({"error": one_line(error)}), flush=True)
 
 
 def check_agreement(cfg, batch, seq):
@@ -207,15 +351,20 @@ def compile_time():
     print(json.dumps({"seconds": kernels.warm_up()}), flush=True)
 
 
-def scale_child(context, batch, steps, budget_bytes):
-    """numgpt's median step time at one context length and batch size (one process each, so the peak is its own)."""
-    from numgpt.train import estimate_training_bytes
-    cfg = dict(CONFIG, context_length=context)
-    estimate = estimate_training_bytes(cfg, batch, context)
-    if estimate > budget_bytes:
-        print(json.dumps({"batch": batch, "skipped": f"estimated {estimate / 2**30:.1f} GiB"}), flush=True)
-        return
-    side = NumgptSide(cfg, batch, context)
+def scale_child(side_name, setup, context, batch, steps, budget_bytes):
+    """One side's median step time at one context length and batch size (one process each, so
+    the peak is its own): numgpt skips a shape whose estimate exceeds the budget itself, the
+    parent does it for PyTorch (whose interpreter has no numgpt)."""
+    cfg = dict(setup.cfg, context_length=context)
+    if side_name == "numgpt":
+        from numgpt.train import estimate_training_bytes
+        estimate = estimate_training_bytes(cfg, batch, context)
+        if estimate > budget_bytes:
+            print(json.dumps({"batch": batch, "skipped": f"estimated {estimate / 2**30:.1f} GiB"}), flush=True)
+            return
+        side = NumgptSide(cfg, batch, context)
+    else:
+        side = TorchSide(cfg, batch, context)
     side.step()                                                     # warm-up
     times = [side.step()[0] for _ in range(steps)]
     print(json.dumps({"batch": batch, "seconds": statistics.median(times), "peak_mb": peak_mb()}), flush=True)
@@ -247,8 +396,11 @@ class Child:
 
 
 def run_json(argv, env=None):
-    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:                                        # show why before raising
+        print(f"{' '.join(argv)} failed:\n" + "\n".join(done.stderr.strip().splitlines()[-15:]), file=sys.stderr)
+        raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def product_rates(operands, repeats=3):
@@ -359,17 +511,31 @@ def torch_version_of(python):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def parse_sides(text):
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SIDES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown side(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(SIDES)}")
+    return [name for name in SIDES if name in names]                # the table's order, each once
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="write the Markdown report here (and print it)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side (after one warm-up step)")
+    parser.add_argument("--sides", type=parse_sides, default=list(SIDES),
+                        help=f"comma list of the sides to time, of {','.join(SIDES)} (default all)")
     parser.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON)
-    parser.add_argument("--scale", action="store_true", help="also time numgpt at context 256/512/1024, batch 1..8")
+    parser.add_argument("--scale", action="store_true",
+                        help="also time numgpt and PyTorch eager at context 256/512/1024, batch 1..8")
     parser.add_argument("--scale-budget-gib", type=float, default=12.0,
                         help="skip scale configurations whose estimated memory exceeds this")
     parser.add_argument("--model", help="a Llama-family preset (smollm2-135m, ...): numgpt against transformers' "
                                         "LlamaForCausalLM instead (benchmarks/bench_llama.py)")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # smoke test: a tiny GPT
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="torch", choices=TORCH_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--context", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -377,20 +543,24 @@ def main():
         import bench_llama
         return bench_llama.main(args)
 
+    setup = TINY if args.tiny else FULL
     if args.child in ("numgpt", "torch"):
-        return serve(args.child, CONFIG, BATCH, SEQ)
+        return serve(args.child, args.variant, setup)
     if args.child == "check":
-        return check_agreement(CONFIG, BATCH, SEQ)
+        return check_agreement(setup.cfg, setup.batch, setup.seq)
     if args.child == "compile":
         return compile_time()
     if args.child == "hf-generate":
-        return hf_generate(CONFIG)
-    if args.child == "scale":
-        return scale_child(args.context, args.batch, max(1, args.steps), args.scale_budget_gib * 2 ** 30)
+        return hf_generate(setup.cfg)
+    if args.child in ("numgpt-scale", "torch-scale"):
+        return scale_child(args.child.removesuffix("-scale"), setup, args.context, args.batch, max(1, args.steps),
+                           args.scale_budget_gib * 2 ** 30)
 
-    me = [sys.executable, str(HERE)]
+    me = [sys.executable, str(HERE)] + (["--tiny"] if args.tiny else [])
+    torch_me = [args.torch_python, str(HERE)] + (["--tiny"] if args.tiny else [])
     load_before = os.getloadavg()
     torch_version = torch_version_of(args.torch_python)
+    wanted = args.sides if torch_version else [name for name in args.sides if name in NUMGPT_SIDES]
 
     # 1. kernel compile time: an empty cache, then the cache it filled
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -406,114 +576,191 @@ def main():
         sys.exit(f"numba and NumPy paths disagree on the step's loss: {check}")
 
     # 3. the machine's sgemm ceiling, and the step's products by NumPy's BLAS and by numgpt's kernel
-    sgemm = sgemm_ceiling()
-    labelled = step_products(CONFIG, BATCH, SEQ)
+    sgemm = sgemm_ceiling(setup.sgemm_n)
+    labelled = step_products(setup.cfg, setup.batch, setup.seq)
     products = {"labels": [label for label, _, _ in labelled],
                 **product_rates([(a, b) for _, a, b in labelled])}
     del labelled
 
     # 4. alternate steps
-    sides = {"numgpt": Child(me + ["--child", "numgpt"])}
-    if torch_version:
-        sides["PyTorch"] = Child([args.torch_python, str(HERE), "--child", "torch"])
-    times = {name: [] for name in sides}
-    losses = {name: [] for name in sides}
-    for i in range(args.steps + 1):
-        for name, child in sides.items():
-            reply = child.ask("step")
-            if i > 0:                                               # step 0 warms up
-                times[name].append(reply["seconds"])
-            losses[name].append(reply["loss"])
-            print(f"step {i} {name}: {reply['seconds'] * 1e3:.0f} ms, loss {reply['loss']:.4f}", file=sys.stderr)
-    generation = {name: child.ask("generate") for name, child in sides.items()}
-    peaks = {name: child.close()["peak_mb"] for name, child in sides.items()}
-    sgemm = {name: max(rate, sgemm[name]) for name, rate in sgemm_ceiling().items()}
+    with tempfile.TemporaryDirectory() as inductor_cache:
+        steps = time_sides(wanted, me, torch_me, inductor_cache, args.steps)
+    sgemm = {name: max(rate, sgemm[name]) for name, rate in sgemm_ceiling(setup.sgemm_n).items()}
     if torch_version:
         try:
-            generation["transformers"] = run_json([args.torch_python, str(HERE), "--child", "hf-generate"])[-1]
+            steps["generation"]["transformers"] = run_json(torch_me + ["--child", "hf-generate"])[-1]
         except subprocess.CalledProcessError as error:
             print(f"no Hugging Face row: {error.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
 
-    # 5. scale
+    # 5. scale: numgpt, and PyTorch eager where its estimate fits the budget
     scale_rows = []
     if args.scale:
-        for context in SCALE_CONTEXTS:
-            for batch in SCALE_BATCHES:
-                reply = run_json(me + ["--child", "scale", "--context", str(context), "--batch", str(batch),
-                                       "--steps", "1", "--scale-budget-gib", str(args.scale_budget_gib)])[-1]
-                scale_rows.append((context, reply))
-                print(f"scale T={context}: {reply}", file=sys.stderr)
+        budget = ["--steps", "1", "--scale-budget-gib", str(args.scale_budget_gib)]
+        for context in setup.scale_contexts:
+            for batch in setup.scale_batches:
+                shape = ["--context", str(context), "--batch", str(batch)]
+                row = {"context": context, "batch": batch,
+                       "numgpt": run_json(me + ["--child", "numgpt-scale"] + shape + budget)[-1]}
+                if torch_version:
+                    estimate = torch_eager_training_bytes(dict(setup.cfg, context_length=context), batch, context)
+                    row["torch"] = ({"skipped": f"estimated {estimate / 2**30:.1f} GiB"}
+                                    if estimate > args.scale_budget_gib * 2 ** 30 else
+                                    run_json(torch_me + ["--child", "torch-scale"] + shape + budget)[-1])
+                scale_rows.append(row)
+                print(f"scale T={context} B={batch}: {row}", file=sys.stderr)
 
-    report = render(args, torch_version, first, cached, check, sgemm, products, times, peaks, generation, scale_rows,
+    report = render(args, setup, torch_version, first, cached, check, sgemm, products, steps, scale_rows,
                     load_before, os.getloadavg())
     print(report)
     if args.out:
         args.out.write_text(report)
 
 
-def render(args, torch_version, first, cached, check, sgemm, products, times, peaks, generation, scale_rows,
+def time_sides(wanted, me, torch_me, inductor_cache, n_steps):
+    """Start each side's child, then ask them for a step in turn, one warm-up step and ``n_steps``
+    timed; then numgpt's and PyTorch eager's generation, and every side's peak memory. A side that
+    fails is dropped with its reason. Returns {times, first_step, losses, described, failed,
+    generation, peaks}, each keyed by side name."""
+    children, described, failed = {}, {}, {}
+    for name in wanted:
+        if name in NUMGPT_SIDES:
+            argv, env = me + ["--child", "numgpt"], dict(os.environ, NUMGPT_KERNELS=NUMGPT_SIDES[name])
+        else:
+            argv = torch_me + ["--child", "torch", "--variant", name]
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=inductor_cache) if name == "compile" else None
+        try:
+            child = Child(argv, env)
+        except RuntimeError as error:
+            failed[name] = str(error)
+            continue
+        if "error" in child.first:
+            failed[name] = child.first["error"]
+            child.process.wait()
+            continue
+        if name in NUMGPT_SIDES and child.first["kernels"] != NUMGPT_SIDES[name]:
+            sys.exit(f"side {name} runs numgpt's {child.first['kernels']} kernels, not {NUMGPT_SIDES[name]}")
+        children[name], described[name] = child, child.first
+    times = {name: [] for name in children}
+    first_step, losses = {}, {name: [] for name in children}
+    for i in range(n_steps + 1):
+        for name, child in list(children.items()):
+            try:
+                reply = child.ask("step")
+            except RuntimeError as error:                           # the child died (a crash, out of memory)
+                reply = {"error": str(error)}
+            if "error" in reply:
+                failed[name] = reply["error"]
+                child.process.wait()
+                del children[name], times[name], losses[name]
+                print(f"step {i} {name} failed: {reply['error']}", file=sys.stderr)
+                continue
+            if i == 0:
+                first_step[name] = reply["seconds"]                 # warm-up; compile's compile time
+            else:
+                times[name].append(reply["seconds"])
+            losses[name].append(reply["loss"])
+            print(f"step {i} {name}: {reply['seconds'] * 1e3:.0f} ms, loss {reply['loss']:.4f}", file=sys.stderr)
+    generation = {name: children[name].ask("generate") for name in ("numgpt", "torch") if name in children}
+    peaks = {name: child.close()["peak_mb"] for name, child in children.items()}
+    return {"times": times, "first_step": first_step, "losses": losses, "described": described, "failed": failed,
+            "generation": generation, "peaks": peaks}
+
+
+def render(args, setup, torch_version, first, cached, check, sgemm, products, steps, scale_rows,
            load_before, load_after):
-    flops = step_flops(CONFIG, BATCH, SEQ)
+    flops = step_flops(setup.cfg, setup.batch, setup.seq)
     ceiling = max(sgemm.values())
-    tokens = BATCH * SEQ
+    tokens = setup.batch * setup.seq
+    times, peaks, described = steps["times"], steps["peaks"], steps["described"]
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    numgpt, eager = medians.get("numgpt"), medians.get("torch")
     lines = ["# numgpt vs PyTorch: the seed's training step",
              "",
              f"Machine: {machine_description(torch_version)}.",
              f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after: the machine is shared, "
              f"so the steps alternate and only the ratio in one run is meaningful.",
              "",
-             f"Step: GPT_CONFIG_124M, batch {BATCH} x {SEQ}, dropout 0.1, AdamW; {args.steps} timed steps per side "
-             f"(after one warm-up), alternating. FLOPs per step {flops / 1e9:.0f} G "
-             f"(6 * P_mm * B*T + 12 * L * B * T^2 * C). sgemm ceiling {ceiling:.0f} GFLOP/s: the best 4096^3 "
-             f"float32 product this run ({', '.join(f'{name} {rate:.0f}' for name, rate in sgemm.items())}).",
+             f"Step: {setup.name}, batch {setup.batch} x {setup.seq}, dropout {setup.cfg['drop_rate']}, AdamW; "
+             f"{args.steps} timed steps per side (after one warm-up), alternating. FLOPs per step "
+             f"{flops / 1e9:.3g} G (6 * P_mm * B*T + 12 * L * B * T^2 * C, every side). sgemm ceiling "
+             f"{ceiling:.0f} GFLOP/s: the best {setup.sgemm_n}^3 float32 product this run "
+             f"({', '.join(f'{name} {rate:.0f}' for name, rate in sgemm.items())}).",
              "",
-             "| side | median ms/step | tokens/s | GFLOP/s | of sgemm ceiling | peak memory |",
-             "|---|---|---|---|---|---|"]
-    medians = {name: statistics.median(t) for name, t in times.items()}
+             ("| side | median ms/step | tokens/s | GFLOP/s | of sgemm ceiling | peak memory "
+              "| time / PyTorch eager | numgpt time / this |"),
+             "|---|---|---|---|---|---|---|---|"]
     for name, median in medians.items():
-        lines.append(f"| {name} | {median * 1e3:.0f} | {tokens / median:.0f} | {flops / median / 1e9:.0f} | "
-                     f"{flops / median / 1e9 / ceiling:.0%} | {peaks[name] / 1024:.2f} GB |")
-    if "PyTorch" in medians:
-        lines += ["", f"**numgpt / PyTorch: time {medians['numgpt'] / medians['PyTorch']:.2f}, "
-                      f"peak memory {peaks['numgpt'] / peaks['PyTorch']:.2f}** (targets: <= 0.6 and <= 0.75)."]
+        label = SIDES[name] + (f" [kernel: {described[name]['attention']}]" if name in ("sdpa", "flash") else "")
+        lines.append(f"| {label} | {median * 1e3:.0f} | {tokens / median:.0f} | {flops / median / 1e9:.0f} | "
+                     f"{flops / median / 1e9 / ceiling:.0%} | {peaks[name] / 1024:.2f} GB | "
+                     f"{f'{median / eager:.2f}' if eager else '-'} | {f'{numgpt / median:.2f}' if numgpt else '-'} |")
+    if numgpt and eager:
+        lines += ["", f"**numgpt / PyTorch eager: time {numgpt / eager:.2f}, "
+                      f"peak memory {peaks['numgpt'] / peaks['torch']:.2f}** (targets: <= 0.6 and <= 0.75)."]
+    if "compile" in medians:
+        lines += ["", (f"torch.compile: the first step took {steps['first_step']['compile']:.1f} s (inductor "
+                       "compiling forward and backward into an empty cache, plus one step); the table times the "
+                       "steps after it.")]
+    for name, reason in steps["failed"].items():
+        lines += ["", f"Not timed: {SIDES[name]}: {reason}"]
     lines += ["", "Per-step times (ms): " + "; ".join(
         f"{name} " + ", ".join(f"{t * 1e3:.0f}" for t in ts) for name, ts in times.items()),
+        "",
+        "First-step losses (same seed; dropout masks differ between libraries and attention kernels): "
+        + "; ".join(f"{name} {ls[0]:.4f}" for name, ls in steps["losses"].items()),
         "",
         f"Kernels: numba vs NumPy losses agree before timing (worst relative difference {check['worst_rel']:.1e}); "
         f"compile {first:.1f} s on a first run, {cached:.2f} s from the cache (targets 15 s and 3 s).",
         "",
-        f"Greedy generation, 124M shape, {GEN_NEW_TOKENS} new tokens after a {len(GEN_PROMPT)}-token prompt:",
+        f"Greedy generation, {setup.name}, {GEN_NEW_TOKENS} new tokens after a {len(GEN_PROMPT)}-token prompt:",
         "",
         "| side | tokens/s |",
         "|---|---|"]
     labels = {"numgpt": "numgpt generate_text_simple (KV cache)",
-              "PyTorch": "PyTorch, the seed's generate_text_simple (no cache)",
+              "torch": "PyTorch, the seed's generate_text_simple (no cache)",
               "transformers": "Hugging Face transformers GPT2LMHeadModel.generate (KV cache)"}
+    generation = steps["generation"]
     for name, reply in generation.items():
         version = f" {reply['version']}" if "version" in reply else ""
         lines.append(f"| {labels[name]}{version} | {reply['tokens_per_s']:.1f} |")
     lines.append("")
-    if "transformers" in generation:
+    if "transformers" in generation and "numgpt" in generation:
         ratio = generation["numgpt"]["tokens_per_s"] / generation["transformers"]["tokens_per_s"]
         lines.append(f"**numgpt / transformers generation: {ratio:.2f}x** (target >= 1.5).")
-    else:
+    elif "transformers" not in generation:
         lines.append("Hugging Face transformers is not installed in the reference environment: no row for it.")
     names = [name for name in products if name != "labels"]
-    lines += ["", f"The step's matrix products (batch {BATCH} x {SEQ}), GFLOP/s, best of 3 each; numgpt's numba mode "
-                  "runs them all on its kernel when the kernel's column is present:", "",
+    lines += ["", f"The step's matrix products (batch {setup.batch} x {setup.seq}), GFLOP/s, best of 3 each; numgpt's "
+                  "numba mode runs them all on its kernel when the kernel's column is present:", "",
               "| product | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for i, label in enumerate(products["labels"]):
         lines.append(f"| {label} | " + " | ".join(f"{products[name][i]:.0f}" for name in names) + " |")
     if scale_rows:
-        lines += ["", "## Scale (numgpt, one timed step after a warm-up; report only)", "",
-                  "| context | batch | ms/step | tokens/s | peak memory |", "|---|---|---|---|---|"]
-        for context, reply in scale_rows:
-            if "skipped" in reply:
-                lines.append(f"| {context} | {reply['batch']} | skipped: {reply['skipped']} | | |")
-            else:
-                lines.append(f"| {context} | {reply['batch']} | {reply['seconds'] * 1e3:.0f} | "
-                             f"{reply['batch'] * context / reply['seconds']:.0f} | {reply['peak_mb'] / 1024:.2f} GB |")
+        lines += render_scale(scale_rows)
     return "\n".join(lines) + "\n"
+
+
+def render_scale(scale_rows):
+    """The --scale table: numgpt and PyTorch eager per (context, batch), a skipped shape says why."""
+    def cells(reply, context):
+        if reply is None:
+            return ["", "", ""]
+        if "skipped" in reply:
+            return [f"skipped: {reply['skipped']}", "", ""]
+        return [f"{reply['seconds'] * 1e3:.0f}", f"{reply['batch'] * context / reply['seconds']:.0f}",
+                f"{reply['peak_mb'] / 1024:.2f} GB"]
+
+    lines = ["", "## Scale (one timed step after a warm-up, one process per side and shape; report only)", "",
+             ("| context | batch | numgpt ms/step | numgpt tokens/s | numgpt peak | PyTorch eager ms/step "
+              "| PyTorch eager tokens/s | PyTorch eager peak | numgpt time / PyTorch eager |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in scale_rows:
+        ours, theirs = row["numgpt"], row.get("torch")
+        both = "seconds" in ours and theirs is not None and "seconds" in theirs
+        ratio = f"{ours['seconds'] / theirs['seconds']:.2f}" if both else ""
+        lines.append(f"| {row['context']} | {row['batch']} | " + " | ".join(
+            cells(ours, row["context"]) + cells(theirs, row["context"]) + [ratio]) + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ train_model_simple, generate_text_simple, generate, plot_losses, ...
 """
 __version__ = "0.1.0"    # the one place the version is declared (setup.cfg reads it)
 
-from numgpt import cuda, device
+from numgpt import cuda, device, distributed
 from numgpt.autograd import Tensor, enable_grad, is_grad_enabled, no_grad
 from numgpt.backend import get_default_dtype, get_rng_state, manual_seed, set_default_dtype, set_rng_state
 from numgpt.checkpoint import (Checkpoint, CheckpointError, CheckpointManager, build_model, load_checkpoint,
@@ -78,6 +78,7 @@ __all__ = [
     "cross_entropy",
     "default_collate",
     "device",
+    "distributed",
     "download_gpt2",
     "draw_graph",
     "enable_grad",

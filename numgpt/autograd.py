@@ -24,7 +24,11 @@ them).
        gradient straight through: d(x + f(x))/dx = 1 + df/dx);
     4. leaves (parameters, inputs made with ``requires_grad=True``) add
        their gradient into ``.grad``, accumulating across backward calls
-       as in PyTorch. Gradients of intermediate tensors live only while
+       as in PyTorch, as soon as the walk reaches them (every use of a leaf
+       comes later in the order, so its gradient is complete then); hooks
+       registered with ``register_post_accumulate_grad_hook`` run right
+       after, while the walk goes on (numgpt.distributed starts averaging
+       gradients there). Gradients of intermediate tensors live only while
        the walk needs them.
 
 The walk frees the graph as it goes (each node's backward closure and the
@@ -67,7 +71,7 @@ def enable_grad():
 class Tensor:
     """An array with an optional gradient and a place in the graph."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "_grad_hooks", "__weakref__")
     __array_priority__ = 100  # ndarray + Tensor defers to Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None):
@@ -81,6 +85,16 @@ class Tensor:
         self._parents = ()
         self._backward = None
         self._op = None
+        self._grad_hooks = ()
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(tensor)`` each time backward() has added this leaf's gradient
+        into ``.grad`` (PyTorch's method of that name). Returns a handle with
+        ``remove()``."""
+        if self._backward is not None:
+            raise RuntimeError("post-accumulate-grad hooks are for leaves (parameters), not for computed tensors")
+        self._grad_hooks = self._grad_hooks + (hook,)
+        return _HookHandle(self, hook)
 
     # ------------------------------------------------------------ array facts
     @property
@@ -218,14 +232,16 @@ class Tensor:
 
         order = _topological_order(self)                              # 1. parents before children
         grads = {id(self): gradient}
-        leaves = {}                                   # id -> (leaf, its summed gradient in this pass)
+        adopted = {id(gradient)}                      # arrays a leaf kept as its .grad in this pass (or the caller's)
         while order:
             node = order.pop()                                        # 2. children first
             dout = grads.pop(id(node), None)
             if dout is None:
                 continue
-            if node._backward is None:
-                leaves[id(node)] = (node, dout)
+            if node._backward is None:                                # 4. a leaf: its gradient is complete
+                _accumulate_leaf(node, dout, adopted)
+                for hook in node._grad_hooks:
+                    hook(node)
                 continue
             if node._backward is _freed:
                 raise RuntimeError(f"backward() through the graph a second time: the {node._op} node's "
@@ -239,7 +255,6 @@ class Tensor:
                 grads[key] = grad if key not in grads else grads[key] + grad   # 3. the fan-out sum
             if not retain_graph:
                 node._parents, node._backward = (), _freed
-        _accumulate_leaves(leaves.values(), gradient)                 # 4.
 
 
 def _freed(dout):
@@ -247,28 +262,33 @@ def _freed(dout):
     raise AssertionError("unreachable: Tensor.backward checks for freed nodes first")
 
 
-def _accumulate_leaves(leaf_grads, gradient):
-    """Add each leaf's gradient of this pass into ``.grad`` (accumulating, as PyTorch).
+def _accumulate_leaf(leaf, grad, adopted):
+    """Add a leaf's gradient of this pass into ``.grad`` (accumulating, as PyTorch).
 
     A leaf without a gradient yet keeps the array its op's backward returned,
     without a copy, when nothing else can see that array: it owns its memory
     (it is not a view, so no other gradient shares it), it is writeable and
-    of the leaf's dtype, it is not the caller's ``gradient``, and no other
-    leaf got the same array in this pass (add's backward hands one array to
-    both of its inputs). Otherwise the leaf stores a copy.
+    of the leaf's dtype, and no other leaf kept it in this pass, nor is it the
+    caller's ``gradient`` (``adopted``; add's backward hands one array to both
+    of its inputs). Otherwise the leaf stores a copy.
     """
-    leaf_grads = list(leaf_grads)
-    handed_out = [id(grad) for _, grad in leaf_grads]
-    for leaf, grad in leaf_grads:
-        if grad.shape != leaf.shape:
-            raise RuntimeError(f"internal error: gradient of shape {grad.shape} for a leaf of shape {leaf.shape}")
-        if leaf.grad is not None:
-            leaf.grad += grad
-            continue
-        private = (grad.base is None and getattr(grad.flags, "writeable", True) and grad.flags.c_contiguous
-                   and grad.dtype == leaf.dtype
-                   and grad is not gradient and handed_out.count(id(grad)) == 1)
-        leaf.grad = grad if private else array_module(grad).array(grad, dtype=leaf.dtype, copy=True)
+    if grad.shape != leaf.shape:
+        raise RuntimeError(f"internal error: gradient of shape {grad.shape} for a leaf of shape {leaf.shape}")
+    if leaf.grad is not None:
+        leaf.grad += grad
+        return
+    private = (grad.base is None and getattr(grad.flags, "writeable", True) and grad.flags.c_contiguous
+               and grad.dtype == leaf.dtype and id(grad) not in adopted)
+    leaf.grad = grad if private else array_module(grad).array(grad, dtype=leaf.dtype, copy=True)
+    adopted.add(id(leaf.grad))
+
+
+class _HookHandle:
+    def __init__(self, tensor, hook):
+        self.tensor, self.hook = tensor, hook
+
+    def remove(self):
+        self.tensor._grad_hooks = tuple(h for h in self.tensor._grad_hooks if h is not self.hook)
 
 
 def _topological_order(root):
@@ -307,7 +327,7 @@ def record(out, parents, backward, op="custom"):
     """
     result = Tensor.__new__(Tensor)
     result.data, result.grad, result._op = out, None, op
-    result._parents, result._backward = (), None
+    result._parents, result._backward, result._grad_hooks = (), None, ()
     result.requires_grad = _grad_enabled and any(p is not None and p.requires_grad for p in parents)
     if result.requires_grad:
         result._parents, result._backward = tuple(parents), backward

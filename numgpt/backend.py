@@ -15,6 +15,7 @@ generator and its kernel mode.
   numba twins of the hot ops, ``numpy`` (``NUMGPT_KERNELS=numpy``) the NumPy
   references alone; numgpt/registry.py says which function runs for which.
 """
+import contextlib
 import importlib.util
 import os
 
@@ -77,6 +78,20 @@ def manual_seed(seed):
 def get_generator():
     """The one generator behind initialisation, dropout, shuffling and sampling."""
     return _generator
+
+
+@contextlib.contextmanager
+def random_stream(*key):
+    """Within the block, numgpt's generator draws from its own stream for ``key`` (non-negative
+    integers: PCG64 seeded by SeedSequence(key)); the generator's state is restored afterwards.
+    The training loop keys each micro-batch's dropout by its place in the run, so that the
+    masks do not depend on how the micro-batches are spread over processes."""
+    saved = _generator.bit_generator.state
+    _generator.bit_generator.state = numpy.random.PCG64(numpy.random.SeedSequence([int(k) for k in key])).state
+    try:
+        yield _generator
+    finally:
+        _generator.bit_generator.state = saved
 
 
 def get_rng_state():

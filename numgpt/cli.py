@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy
 
 from numgpt import __version__ as numgpt_version
-from numgpt import backend
+from numgpt import backend, distributed
 from numgpt.errors import NumgptError, UsageError
 
 EXIT_FAILURE = 1
@@ -150,8 +150,12 @@ def _environment():
             "numba": numba.__version__, "kernel_mode": backend.get_kernel_mode()}
 
 
-def _train_settings(args, run):
-    """(resolved flags, the run's saved settings or None) for this invocation."""
+def _train_settings(args, run, processes=1):
+    """(resolved flags, the run's saved settings or None) for this invocation.
+
+    A run resumed on another number of processes keeps its global batch
+    (batch_size x grad_accum x processes): grad_accum becomes the saved
+    product divided by the processes now, which must divide it."""
     from numgpt.run import RunError, resolve_settings
     given = {name: getattr(args, name) for name in TRAIN_DEFAULTS if getattr(args, name) is not None}
     if "data" in given:
@@ -161,6 +165,20 @@ def _train_settings(args, run):
         if saved is None:
             raise RunError(f"--resume: {run.path} holds no run to continue (no {run.settings_path.name}); "
                            f"start one with numgpt train --out {run.path}")
+        saved_processes = saved.get("processes", 1)
+        if processes != saved_processes:
+            micro_batches = saved["train"]["grad_accum"] * saved_processes       # per step, all processes
+            if micro_batches % processes:
+                raise RunError(f"this run took {micro_batches} micro-batches per step on {saved_processes} "
+                               f"processes (in {run.settings_path}); {processes} processes cannot share them "
+                               f"evenly: resume on a number of processes that divides {micro_batches}")
+            grad_accum = micro_batches // processes
+            if given.get("grad_accum", grad_accum) != grad_accum:
+                raise RunError(f"--grad-accum {given['grad_accum']}: on {processes} processes this run's global "
+                               f"batch needs --grad-accum {grad_accum} (in {run.settings_path}: "
+                               f"{saved['train']['grad_accum']} on {saved_processes})")
+            given.pop("grad_accum", None)
+            saved = dict(saved, train=dict(saved["train"], grad_accum=grad_accum))
         return resolve_settings(given, TRAIN_DEFAULTS, saved["train"], run.settings_path), saved
     if run.holds_a_run():
         raise RunError(f"{run.path} already holds a run: continue it with numgpt train --resume --out {run.path}, "
@@ -253,14 +271,20 @@ def cmd_train(args):
     from numgpt.tokenizer import get_tokenizer
     from numgpt.train import LRSchedule, NonFiniteTraining, TrainState, train_model_simple
 
+    world = distributed.world()                             # one process, unless started by mpiexec
     run = RunDirectory(args.out)
-    try:
-        run.lock()                                          # before anything is read or written
-    except OSError as error:
-        raise RunError(f"cannot use {run.path} as the run directory: {error.strerror or error}") from None
-    flags, saved = _train_settings(args, run)
+    if world.is_main:                                       # rank 0 alone writes into the run directory
+        try:
+            run.lock()                                      # before anything is read or written
+        except OSError as error:
+            raise RunError(f"cannot use {run.path} as the run directory: {error.strerror or error}") from None
+    world.barrier()                                         # the others read it once rank 0 holds it
+    flags, saved = _train_settings(args, run, world.size)
+    world.barrier()                                         # every rank has read the settings before rank 0 writes
     if flags["threads"] is not None:
         backend.set_num_threads(flags["threads"])
+    elif world.size > 1:                                    # the cores shared by this machine's ranks
+        backend.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.local_ranks()))
     yours = _learner_backwards(flags["backward"])
     device = resolve_device(flags["device"])
     text, data_sha256 = _read_corpus(flags["data"])
@@ -291,7 +315,7 @@ def cmd_train(args):
         special = {"<|endoftext|>"} if flags["allow_special"] else ()
     else:
         from numgpt.hf_tokenizer import HFTokenizer
-        if saved is None:                                   # the run keeps its tokenizer: resumable offline
+        if saved is None and world.is_main:                 # the run keeps its tokenizer: resumable offline
             tokenizer_dir = copy_tokenizer(tokenizer_dir, run.path)
         tokenizer = HFTokenizer(tokenizer_dir)
         special = tokenizer.special_tokens_set if flags["allow_special"] else ()
@@ -304,10 +328,11 @@ def cmd_train(args):
                                         allowed_special=special)
     val_loader = create_dataloader_v1(val_text, batch_size=flags["batch_size"], max_length=context, stride=context,
                                       drop_last=False, shuffle=False, tokenizer=tokenizer, allowed_special=special)
-    steps_per_epoch = len(train_loader) // flags["grad_accum"]
+    steps_per_epoch = len(train_loader) // (flags["grad_accum"] * world.size)
     if steps_per_epoch == 0:
         raise UsageError(f"the training text gives no full step of {flags['grad_accum']} x {flags['batch_size']} "
-                         f"x {context} tokens: lower --batch-size, --grad-accum or --context-length")
+                         f"x {context} tokens{f' on each of {world.size} processes' if world.size > 1 else ''}: "
+                         f"lower --batch-size, --grad-accum or --context-length")
     total_steps = flags["epochs"] * steps_per_epoch
     if flags["max_steps"] is not None:
         total_steps = min(total_steps, flags["max_steps"])
@@ -322,15 +347,21 @@ def cmd_train(args):
     manager = CheckpointManager(run.checkpoints, keep_last=flags["keep_last"])
     state = TrainState()
     if saved is not None:
-        manager.clean_stale()
+        if world.is_main:
+            manager.clean_stale()
+        world.barrier()
         checkpoint = manager.load_latest()
         if checkpoint is None:
-            print(f"numgpt train: note: {run.path} holds no committed checkpoint yet: starting the run over "
-                  f"from step 0", file=sys.stderr)
+            if world.is_main:
+                print(f"numgpt train: note: {run.path} holds no committed checkpoint yet: starting the run over "
+                      f"from step 0", file=sys.stderr)
         else:
             restore(checkpoint, model, optimizer, require=("rng_state", "train_state"))
             state = TrainState.from_dict(checkpoint.state["train_state"])
-            print(f"Resuming from {checkpoint.path} (step {state.global_step})")
+            if world.is_main:
+                print(f"Resuming from {checkpoint.path} (step {state.global_step})")
+    if not world.is_main:
+        return _follow(world, model, optimizer, train_loader, val_loader, tokenizer, flags, schedule, state)
 
     run.write_settings({
         "train": flags, "data_sha256": data_sha256, "model": cfg,
@@ -340,6 +371,7 @@ def cmd_train(args):
                      "initial_lr": flags["initial_lr"], "peak_lr": flags["lr"], "min_lr": flags["min_lr"],
                      "total_steps": total_steps, "grad_accum": flags["grad_accum"]},
         "environment": saved["environment"] if saved is not None else _environment(),
+        "processes": world.size,
     })
     records = run.start_metrics(keep_through_step=state.global_step)
 
@@ -347,6 +379,7 @@ def cmd_train(args):
         path = manager.save(state.global_step + 1, model, optimizer, rng_state=backend.get_rng_state(),
                             train_state=state.to_dict())
         print(f"Saved checkpoint {path}", flush=True)
+        world.barrier()                                     # the other ranks wait for the commit
 
     def after_evaluation(current, record):
         run.append_metrics(record)
@@ -361,9 +394,9 @@ def cmd_train(args):
             backwards.enter_context(use_backward(op, function))
             print(f"{op} trains with your backward {spec.partition('=')[2]}", flush=True)
         def after_step(current):
-            if stop.signum is not None:
+            if world.any(stop.signum is not None):          # every rank stops after the same step
                 save()
-                raise Stopped(stop.signum)
+                raise Stopped(stop.signum or signal.SIGTERM)
             if flags["checkpoint_every"] and (current.global_step + 1) % flags["checkpoint_every"] == 0:
                 save()
 
@@ -374,7 +407,7 @@ def cmd_train(args):
                                max_steps=flags["max_steps"], grad_clip=flags["grad_clip"],
                                grad_accum=flags["grad_accum"], lr_schedule=schedule, on_step=after_step,
                                on_evaluate=after_evaluation, on_epoch_end=after_step, state=state,
-                               max_skipped_steps=flags["max_skipped_steps"])
+                               max_skipped_steps=flags["max_skipped_steps"], world=world)
         except Stopped as stopped:
             return EXIT_SIGNAL[stopped.signum]
         except NonFiniteTraining as exc:
@@ -389,6 +422,35 @@ def cmd_train(args):
     if records:
         run.draw_plot(records)
     print(f"Wrote {run.plot_path}, {run.losses_path} and {run.metrics_path}")
+    return 0
+
+
+def _follow(world, model, optimizer, train_loader, val_loader, tokenizer, flags, schedule, state):
+    """A rank other than 0: the same loop, writing nothing; it meets rank 0 at every
+    stop check and checkpoint commit (barriers)."""
+    from numgpt.train import NonFiniteTraining, train_model_simple
+
+    with StopRequest() as stop:
+        def after_step(current):
+            if world.any(stop.signum is not None):
+                world.barrier()                              # rank 0's checkpoint
+                raise Stopped(stop.signum or signal.SIGTERM)
+            if flags["checkpoint_every"] and (current.global_step + 1) % flags["checkpoint_every"] == 0:
+                world.barrier()
+
+        try:
+            train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=flags["epochs"],
+                               eval_freq=flags["eval_freq"], eval_iter=flags["eval_iter"],
+                               start_context=flags["start_context"], tokenizer=tokenizer,
+                               max_steps=flags["max_steps"], grad_clip=flags["grad_clip"],
+                               grad_accum=flags["grad_accum"], lr_schedule=schedule, on_step=after_step,
+                               on_epoch_end=after_step, state=state, max_skipped_steps=flags["max_skipped_steps"],
+                               world=world)
+        except Stopped as stopped:
+            return EXIT_SIGNAL[stopped.signum]
+        except NonFiniteTraining:
+            return EXIT_FAILURE
+    world.barrier()                                          # rank 0's final checkpoint
     return 0
 
 
@@ -780,16 +842,49 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if distributed.launched_by_mpi():
+        return _main_of_a_rank(args)
     try:
         return args.run(args)
     except NumgptError as exc:
-        if os.environ.get("NUMGPT_DEBUG", "") not in ("", "0"):
-            traceback.print_exc()
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"numgpt {args.command}: error: {message}", file=sys.stderr)
+        _print_error(args, exc)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_SIGNAL[signal.SIGINT]
+
+
+def _print_error(args, exc, rank=None):
+    if os.environ.get("NUMGPT_DEBUG", "") not in ("", "0"):
+        traceback.print_exc()
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    where = "" if not rank else f" (rank {rank})"
+    print(f"numgpt {args.command}{where}: error: {message}", file=sys.stderr, flush=True)
+
+
+# seconds a rank other than 0 waits before reporting its own error: if rank 0 failed alike, its
+# MPI_Abort ends this rank first, so an error every rank meets is printed once
+RANK_ERROR_GRACE_S = 2.0
+
+
+def _main_of_a_rank(args):
+    """One rank of ``mpiexec -n N numgpt ...``: an error on any rank aborts the whole job
+    (MPI_Abort), so that no rank waits forever for one that has gone."""
+    world = distributed.world()
+    try:
+        code = args.run(args)
+    except NumgptError as exc:
+        if not world.is_main:
+            time.sleep(RANK_ERROR_GRACE_S)
+        _print_error(args, exc, world.rank)
+        world.abort(EXIT_USAGE)
+    except BaseException:                                   # a bug: its traceback, then the job ends
+        if not world.is_main:
+            time.sleep(RANK_ERROR_GRACE_S)
+        traceback.print_exc()
+        world.abort(EXIT_FAILURE)
+    if code:
+        world.abort(code)
+    return code
 
 
 if __name__ == "__main__":

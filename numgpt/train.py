@@ -12,6 +12,7 @@ The loaders may be any iterable of ``(inputs, targets)`` batches (a
 interrupted epoch needs a loader whose iterators offer ``state_dict()`` (numgpt's
 ``DataLoader`` does); with any other loader a resumed run starts that epoch over.
 """
+import contextlib
 import hashlib
 import itertools
 import math
@@ -42,15 +43,21 @@ def calc_loss_batch(input_batch, target_batch, model, device=None):
     return cross_entropy(logits.flatten(0, 1), backend.asarray(target_batch, dtype=backend.INDEX_DTYPE).reshape(-1))
 
 
-def calc_loss_loader(data_loader, model, device=None, num_batches=None):
+def calc_loss_loader(data_loader, model, device=None, num_batches=None, world=None):
     """Average batch loss over the first ``num_batches`` batches of any iterable
-    of (inputs, targets) (all of them by default; nan when there are none)."""
+    of (inputs, targets) (all of them by default; nan when there are none).
+    With a ``world`` of N processes (numgpt.distributed), process r computes
+    batches r, r + N, ... and the sums are reduced: every process returns the mean."""
     if num_batches is None and hasattr(data_loader, "__len__"):
         num_batches = len(data_loader)
+    rank, size = (0, 1) if world is None else (world.rank, world.size)
     total_loss, counted = 0.0, 0
-    for input_batch, target_batch in itertools.islice(data_loader, num_batches):
-        total_loss += calc_loss_batch(input_batch, target_batch, model, device).item()
-        counted += 1
+    for i, (input_batch, target_batch) in enumerate(itertools.islice(data_loader, num_batches)):
+        if i % size == rank:
+            total_loss += calc_loss_batch(input_batch, target_batch, model, device).item()
+            counted += 1
+    if size > 1:
+        total_loss, counted = world.sum(total_loss), int(world.sum(counted))
     return total_loss / counted if counted else float("nan")
 
 
@@ -59,12 +66,13 @@ def perplexity(loss):
     return math.exp(loss) if loss < 700 else float("inf")
 
 
-def evaluate_model(model, train_loader, val_loader, device, eval_iter):
-    """Train and validation loss over ``eval_iter`` batches each, in eval mode, without a graph."""
+def evaluate_model(model, train_loader, val_loader, device, eval_iter, world=None):
+    """Train and validation loss over ``eval_iter`` batches each, in eval mode, without a graph
+    (shared among the processes of ``world``, see calc_loss_loader)."""
     model.eval()
     with no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter, world=world)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter, world=world)
     model.train()
     return train_loss, val_loss
 
@@ -111,9 +119,10 @@ class TrainState:
     skipped_steps: int = 0               # consecutive steps whose loss or gradient was not finite
     epoch_steps: int = 0                 # optimizer steps taken in the epoch in progress
     elapsed_s: float = 0.0               # seconds of training so far, over every session of the run
+    dropout_seed: int = None             # keys each micro-batch's random stream (drawn when the run starts)
 
-    # fields a checkpoint written before they existed may lack (they only feed the metrics)
-    OPTIONAL = ("epoch_steps", "elapsed_s")
+    # fields a checkpoint written before they existed may lack
+    OPTIONAL = ("epoch_steps", "elapsed_s", "dropout_seed")
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -199,7 +208,7 @@ def estimate_training_bytes(cfg, batch_size, context_length, dtype_bytes=4):
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                        start_context, tokenizer, *, max_steps=None, grad_clip=None, grad_accum=1, lr_schedule=None,
                        progress=None, on_step=None, on_evaluate=None, on_epoch_end=None, state=None,
-                       max_skipped_steps=5, file=None):
+                       max_skipped_steps=5, file=None, world=None):
     """The seed's loop: per batch zero_grad, loss, backward, step; evaluate every
     ``eval_freq`` steps; a greedy sample after each epoch.
 
@@ -222,17 +231,39 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
       (``record``: step, epoch, tokens, losses, perplexities, learning rate,
       gradient norm, tokens/s, elapsed seconds), on_epoch_end(state) after each
       epoch's sample;
-    - state resumes a run.
+    - state resumes a run;
+    - world (numgpt.distributed.world()) trains data-parallel over its N
+      processes: a step takes K x N consecutive batches, process r the K
+      batches from r*K, and the gradients are averaged over the processes
+      (overlapping the backward pass); losses and evaluations are reduced,
+      and only process 0 prints. The result equals one process with
+      grad_accum K x N over the same batches.
+
+    When a step has several micro-batches (K x N > 1), dropout (and anything
+    else a forward pass draws) takes its random numbers from a stream keyed
+    by (state.dropout_seed, step, place of the micro-batch in the step), so
+    the draws do not depend on how the micro-batches are spread over
+    processes; state.dropout_seed is read off numgpt's generator (without a
+    draw) when such a run starts. With one batch per step (the seed's loop) dropout draws
+    from numgpt's generator in order, as it always did.
     """
     if not isinstance(grad_accum, int) or grad_accum < 1:
         raise UsageError(f"grad_accum must be a positive integer, got {grad_accum!r}")
+    from numgpt.distributed import World
+    world = world or World()
+    group_size = grad_accum * world.size                # loader batches per optimizer step, all processes
+    averager = world.gradient_averager(model.parameters())
+    say = _write if world.is_main else (lambda line, file=None: None)
     state = state or TrainState()
+    keyed = group_size > 1                               # a step of several micro-batches: keyed random streams
+    if keyed and state.dropout_seed is None:             # read off the generator's state, not drawn: the
+        state.dropout_seed = backend.get_rng_state()["state"]["state"] % 2 ** 63   # shuffles stay the same
     if state.loader_state is not None:
         if not hasattr(train_loader, "load_state_dict"):
             raise UsageError("the training state holds a loader position but train_loader has no load_state_dict()")
         train_loader.load_state_dict(state.loader_state)
-    show = sys.stdout.isatty() if progress is None else progress
-    steps_per_epoch = len(train_loader) // grad_accum if hasattr(train_loader, "__len__") else None
+    show = (sys.stdout.isatty() if progress is None else progress) and world.is_main
+    steps_per_epoch = len(train_loader) // group_size if hasattr(train_loader, "__len__") else None
     total = None if steps_per_epoch is None else num_epochs * steps_per_epoch
     if max_steps is not None:
         total = max_steps if total is None else min(total, max_steps)
@@ -246,21 +277,29 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
             if not hasattr(batches, "state_dict"):
                 warnings.warn("train_loader's batches offer no state_dict(): a run resumed from a checkpoint "
                               "taken mid-epoch starts that epoch over", stacklevel=2)
-            while len(group := list(itertools.islice(batches, grad_accum))) == grad_accum:   # K batches, one step
+            while len(group := list(itertools.islice(batches, group_size))) == group_size:   # K x N batches, one step
                 if max_steps is not None and state.global_step + 1 >= max_steps:
                     return state.train_losses, state.val_losses, state.track_tokens_seen
+                step = state.global_step + 1
                 if lr_schedule is not None:
                     for param_group in optimizer.param_groups:
-                        param_group["lr"] = lr_schedule(state.global_step + 1)
+                        param_group["lr"] = lr_schedule(step)
                 optimizer.zero_grad()
                 loss_sum = 0.0
-                for input_batch, target_batch in group:
-                    loss = calc_loss_batch(input_batch, target_batch, model, device)
+                for j in range(world.rank * grad_accum, (world.rank + 1) * grad_accum):   # this process's K batches
+                    input_batch, target_batch = group[j]
+                    with backend.random_stream(state.dropout_seed, step, j) if keyed else contextlib.nullcontext():
+                        loss = calc_loss_batch(input_batch, target_batch, model, device)
+                    if averager is not None and j == (world.rank + 1) * grad_accum - 1:
+                        averager.arm()                  # this backward completes the step's gradients
                     (loss / grad_accum if grad_accum > 1 else loss).backward()   # gradients add up over the group
                     loss_sum += loss.item()
+                if averager is not None:
+                    averager.finish()                   # the mean over the processes, in every .grad
+                for input_batch, target_batch in group:
                     state.tokens_seen += backend.asarray(input_batch).size
                     state.batches_digest = chain_digest(state.batches_digest, input_batch, target_batch)
-                loss_value = loss_sum / grad_accum
+                loss_value = world.sum(loss_sum) / group_size
                 norm = grad_norm(model.parameters())
                 state.global_step += 1
                 state.epoch_steps += 1
@@ -272,7 +311,7 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                     optimizer.step()
                 else:
                     state.skipped_steps += 1
-                    _write(f"Ep {state.epoch + 1} (Step {state.global_step:06d}): loss {loss_value:.3f}, "
+                    say(f"Ep {state.epoch + 1} (Step {state.global_step:06d}): loss {loss_value:.3f}, "
                            f"gradient norm {norm:.3f}: not finite, update skipped "
                            f"({state.skipped_steps} in a row)", file)
                     if state.skipped_steps >= max_skipped_steps:
@@ -285,13 +324,13 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                 bar.update(1)
 
                 if state.global_step % eval_freq == 0:
-                    train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+                    train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter, world)
                     state.train_losses.append(train_loss)
                     state.val_losses.append(val_loss)
                     state.track_tokens_seen.append(state.tokens_seen)
                     clipped = f" (grad norm {norm:.3f} before clipping)" if grad_clip is not None else ""
-                    _write(f"Ep {state.epoch + 1} (Step {state.global_step:06d}): "
-                           f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}{clipped}", file)
+                    say(f"Ep {state.epoch + 1} (Step {state.global_step:06d}): "
+                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}{clipped}", file)
                     if on_evaluate is not None:
                         epoch = state.epoch + (state.epoch_steps / steps_per_epoch if steps_per_epoch else 0.0)
                         on_evaluate(state, {
@@ -302,7 +341,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                             "elapsed_s": time.perf_counter() - started + elapsed_at_start})
                 if on_step is not None:
                     on_step(state)
-            generate_and_print_sample(model, tokenizer, device, start_context, file=file)
+            if world.is_main:
+                generate_and_print_sample(model, tokenizer, device, start_context, file=file)
             state.epoch += 1
             state.epoch_steps = 0
             state.loader_state = None
@@ -310,4 +350,6 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                 on_epoch_end(state)
     finally:
         bar.close()
+        if averager is not None:
+            averager.remove()
     return state.train_losses, state.val_losses, state.track_tokens_seen
