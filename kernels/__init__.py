@@ -1,6 +1,7 @@
 """numba twins of numgpt's hot ops, importable as ``numgpt.kernels``: one
 file per op family, each function with the name, signature and cache type
-of the NumPy reference it replaces. numgpt/registry.py registers each twin
+of the NumPy reference it replaces (but attention's flash pair, which keeps
+its own cache and runs as a pair). numgpt/registry.py registers each twin
 against its reference function and decides when it runs (kernel mode
 ``numba``, the default).
 
@@ -33,8 +34,8 @@ from numgpt.kernels import compile_cache  # noqa: E402
 compile_cache.refresh()      # before the kernels load: drops cached code whose inlined vexp.py changed
 
 from numgpt.kernels import adamw, attention, cross_entropy, embedding, gelu, layer_norm, linear, matmul  # noqa: E402, F401
-from numgpt.ops.dropout import DropoutMask  # noqa: E402
 from numgpt.ops.embedding import embedding_forward  # noqa: E402
+from numgpt.ops.philox import AttentionDropout  # noqa: E402
 
 JITTED = (attention.JITTED + layer_norm.JITTED + gelu.JITTED + cross_entropy.JITTED + adamw.JITTED
           + embedding.JITTED + matmul.JITTED)
@@ -67,9 +68,8 @@ def warm_up(dtype=numpy.float32):
     B, T, NH, HS, V = 1, 3, 2, 2, 5
     C = NH * HS
     x = rng.standard_normal((B, T, C)).astype(dtype)
-    mask = DropoutMask(numpy.ones((B, NH, T, T), dtype=bool), 1.0)
-    for m in (None, mask):
-        out, cache = attention.attention_forward(x, x, x, NH, m)
+    for dropout in (None, AttentionDropout(0.5, 1)):
+        out, cache = attention.attention_forward(x, x, x, NH, dropout)
         attention.attention_backward(out, cache)
     ones, zeros = numpy.ones(C, dtype=dtype), numpy.zeros(C, dtype=dtype)
     out, cache = layer_norm.layer_norm_forward(x, ones, zeros)

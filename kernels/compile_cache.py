@@ -32,7 +32,7 @@ from numba.core.caching import FunctionCache
 
 # kernel module -> the modules of this folder whose code is compiled into it
 DEPENDENCIES = {
-    "attention": ("vexp",),
+    "attention": ("philox", "vexp"),
     "cross_entropy": ("vexp",),
     "gelu": ("vexp",),
 }

@@ -274,7 +274,8 @@ class LlamaAttention(Module):
 
 
 class LlamaMLP(Module):
-    """down_proj(silu(gate_proj(x)) * up_proj(x))."""
+    """down_proj(silu(gate_proj(x)) * up_proj(x)); the SwiGLU product goes into down_proj
+    without being kept for the backward pass (ops.swiglu_linear recomputes it)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -284,7 +285,8 @@ class LlamaMLP(Module):
         self.down_proj = _normal_linear(F, C, bias, std)
 
     def forward(self, x):                                                         # (B, T, C)
-        return self.down_proj(ops.swiglu(self.gate_proj(x), self.up_proj(x)))     # (B, T, F) -> (B, T, C)
+        down = self.down_proj
+        return ops.swiglu_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias)   # (B, T, F) -> (B, T, C)
 
 
 class LlamaDecoderLayer(Module):

@@ -22,6 +22,14 @@ over memory where NumPy makes temporaries, reused large buffers, gradients
 written in place. Twins are registered by the reference function object,
 so that ``grep`` finds every use.
 
+One exception to "the same cache type": attention's flash twin
+(kernels/attention.py) keeps the output and the row log-sum-exp instead of
+the (T, T) weights, in a ``FlashAttentionCache``. Its forward and backward
+are therefore used as a pair, never one with the other's reference: that is
+what ``resolve`` answers (both twins, or both references, or the reference
+forward with a learner's backward), and the choice is made once, at the
+forward, for the backward of the same call.
+
 ``op_pairs()`` names every op with a reference pair (for ``use_backward``,
 ``numgpt gradcheck --list`` and ``numgpt train --backward``). The tables are
 built on first use: the op modules import this one.
@@ -43,7 +51,7 @@ class OpPair(NamedTuple):
 @functools.lru_cache(maxsize=None)
 def op_pairs():
     """op name -> its reference (forward, backward)."""
-    from numgpt.ops.attention import attention_backward, attention_forward, repeat_kv_backward, repeat_kv_forward
+    from numgpt.ops.attention import attention_backward, attention_forward
     from numgpt.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
     from numgpt.ops.dropout import dropout_backward, dropout_forward
     from numgpt.ops.elementwise import add_backward, add_forward, mul_backward, mul_forward
@@ -53,7 +61,8 @@ def op_pairs():
     from numgpt.ops.linear import linear_backward, linear_forward
     from numgpt.ops.rms_norm import rms_norm_backward, rms_norm_forward
     from numgpt.ops.rope import rope_backward, rope_forward
-    from numgpt.ops.swiglu import swiglu_backward, swiglu_forward
+    from numgpt.ops.swiglu import (swiglu_backward, swiglu_forward, swiglu_linear_backward,
+                                   swiglu_linear_forward)
     return {
         "linear": OpPair(linear_forward, linear_backward),
         "embedding": OpPair(embedding_forward, embedding_backward),
@@ -67,7 +76,7 @@ def op_pairs():
         "rms_norm": OpPair(rms_norm_forward, rms_norm_backward),
         "rope": OpPair(rope_forward, rope_backward),
         "swiglu": OpPair(swiglu_forward, swiglu_backward),
-        "repeat_kv": OpPair(repeat_kv_forward, repeat_kv_backward),
+        "swiglu_linear": OpPair(swiglu_linear_forward, swiglu_linear_backward),
     }
 
 
@@ -75,6 +84,7 @@ def op_pairs():
 def numba_twins():
     """reference function -> its numba twin (imported, not compiled, on the first call)."""
     from numgpt import kernels
+    from numgpt.kernels import swiglu as swiglu_twins
     from numgpt.optim import adamw_update, sum_of_squares
     ops = op_pairs()
     return {
@@ -89,6 +99,8 @@ def numba_twins():
         ops["cross_entropy"].forward: kernels.cross_entropy.cross_entropy_forward,
         ops["cross_entropy"].backward: kernels.cross_entropy.cross_entropy_backward,
         ops["embedding"].backward: kernels.embedding.embedding_backward,
+        ops["swiglu_linear"].forward: swiglu_twins.swiglu_linear_forward,
+        ops["swiglu_linear"].backward: swiglu_twins.swiglu_linear_backward,
         adamw_update: kernels.adamw.adamw_update,
         sum_of_squares: kernels.adamw.sum_of_squares,
     }

@@ -1,24 +1,28 @@
 """Causal multi-head attention, between the query/key/value projections and
-``out_proj`` (the core of the seed's MultiHeadAttention).
+``out_proj`` (the core of the seed's MultiHeadAttention), with grouped-query
+attention and Philox dropout inside the op.
 
-Shapes: q, k, v (B, T, C), split into NH heads of HS = C / NH channels;
-scores and att (B, NH, T, T); out (B, T, C).
+Shapes: q (B, T, NH * HS), split into NH query heads of HS channels; k, v
+(B, T, NKV * HS), NKV key/value heads; NH = NKV * G. Query head h reads
+key/value head h // G (Hugging Face's order), so the heads are grouped as
+(B, NKV, G, T, HS), head h = kv * G + g. Plain multi-head attention is
+NKV = NH, G = 1. scores and att (B, NKV, G, T, T); out (B, T, NH * HS).
 
-Forward, per head (q, k, v now (T, HS)):
+Forward, per query head (q now (T, HS), k and v its key/value head's (T, HS)):
 
-    1. split heads     (B, T, C) -> (B, NH, T, HS)
-    2. scores = q k^T / sqrt(HS)                   (T, T)
+    1. split heads     q (B, T, NH * HS) -> (B, NKV, G, T, HS); k, v -> (B, NKV, 1, T, HS)
+    2. scores = q k^T / sqrt(HS)                   (T, T)    (k, v broadcast over the G heads of a group)
     3. causal mask     scores[t, t2] = -inf for t2 > t (a position sees only the past)
     4. att = softmax(scores) along each row
     5. dropout on att  (training only): att_dropped = att * keep / (1 - p)
     6. y = att_dropped v                           (T, HS)
-    7. merge heads     (B, NH, T, HS) -> (B, T, C)
+    7. merge heads     (B, NKV, G, T, HS) -> (B, T, NH * HS)
 
 Backward, the same steps in reverse:
 
     7. dy is dout with its heads split again (a reshape has no arithmetic).
     6. y = A v with A = att_dropped, a matrix product as in Linear:
-           dA = dy v^T   (T, T)        dv = A^T dy   (T, HS)
+           dA = dy v^T   (T, T)        dv = A^T dy   (T, HS), per query head
     5. A = att * keep * scale:  datt = dA * keep * scale (the same mask).
     4. The softmax of one row s: a_j = exp(s_j) / sum_m exp(s_m). Its
        Jacobian is  da_j/ds_i = a_j (delta_ij - a_i), so for the row
@@ -29,41 +33,46 @@ Backward, the same steps in reverse:
        needs no gradient. Its weight a_j = exp(-inf) = 0, so step 4 already
        gives ds_j = 0 there, and dq, dk below receive nothing from the future.
     2. scores = q k^T * c, c = 1/sqrt(HS), again a matrix product:
-           dq = ds k * c   (T, HS)     dk = ds^T q * c   (T, HS)
-    1. dq, dk, dv get their heads merged back to (B, T, C).
+           dq = ds k * c   (T, HS)     dk = ds^T q * c   (T, HS), per query head
+    1. dq gets its heads merged back to (B, T, NH * HS). A key/value head
+       kv is read by the G query heads h = kv * G + g (step 2 broadcasts it):
+       one tensor used G times, whose gradient is the sum of the G uses'
+       (the fan-out rule of the autograd, numgpt/autograd.py):
+           dk[kv] = sum over g < G of (ds[kv * G + g]^T q[kv * G + g]) * c
+           dv[kv] = sum over g < G of A[kv * G + g]^T dy[kv * G + g]
+       then (B, NKV, T, HS) -> (B, T, NKV * HS). No key/value head is ever
+       copied G times.
 
-Dropout takes a precomputed DropoutMask, so that the reference and the numba
-twin see the same random numbers.
-
-Grouped-query attention (Llama 3, SmolLM2, Qwen): k and v have fewer heads,
-NKV, than q, NH = NKV * G; query head h reads key/value head h // G (Hugging
-Face's order). ``repeat_kv`` copies each key/value head G times before the
-core above, and its backward is that of any copy used G times (fan-out): the
-gradient of a key/value head is the sum of its G copies' gradients,
-
-    repeat_kv   x (B, T, NKV * HS) -> (B, T, NH * HS),  head h = x's head h // G
-                dx[kv] = sum over g < G of dout[kv * G + g]
+Dropout is a rule, ``AttentionDropout(p, key)`` (numgpt/ops/philox.py):
+weight (b, h, i, j) is kept iff Philox draw ((b * NH + h) * T + i) * T + j of
+the key is >= p * 2^32. This reference builds the whole keep mask from it,
+on the host (and moves it to the device of q), and keeps it for the backward;
+the numba twin regenerates each tile's part of it instead and keeps nothing,
+with the same bits.
 
 The KV cache of generation keeps only the NKV heads (``LayerKVCache``) and
-groups the queries instead: no copies are made there.
+groups the queries as the forward does: no copies are made there either.
 """
 import math
 from typing import NamedTuple, Optional
 
 import numpy
 
+from numgpt import backend
 from numgpt.autograd import record
 from numgpt.device import array_module
-from numgpt.ops.dropout import DropoutMask, dropout_mask
+from numgpt.device import like as on_device_of
+from numgpt.ops.philox import AttentionDropout, keep_threshold
 from numgpt.registry import resolve
 
 
 class AttentionCache(NamedTuple):
-    q: numpy.ndarray                    # (B, NH, T, HS)
-    k: numpy.ndarray                    # (B, NH, T, HS)
-    v: numpy.ndarray                    # (B, NH, T, HS)
-    att: numpy.ndarray                  # (B, NH, T, T) softmax weights, before dropout
-    mask: Optional[DropoutMask]         # keep (B, NH, T, T) and scale, or None
+    q: numpy.ndarray                    # (B, NKV, G, T, HS)
+    k: numpy.ndarray                    # (B, NKV, 1, T, HS)
+    v: numpy.ndarray                    # (B, NKV, 1, T, HS)
+    att: numpy.ndarray                  # (B, NKV, G, T, T) softmax weights, before dropout
+    keep: Optional[numpy.ndarray]       # (B, NKV, G, T, T) bool keep mask, or None (no dropout)
+    dropout: Optional[AttentionDropout]  # (p, key), or None
 
 
 def split_heads(x, n_heads):
@@ -78,71 +87,68 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, NH * HS)
 
 
-def attention_forward(q, k, v, n_heads, mask=None):
-    xp, T = array_module(q), q.shape[1]
-    q, k, v = (split_heads(x, n_heads) for x in (q, k, v))        # 1. 3 x (B, NH, T, HS)
+def group_heads(x, n_kv_heads, n_heads):
+    """(B, T, NH * HS) -> (B, NKV, G, T, HS), a view: head h = kv * G + g."""
+    B, T, C = x.shape
+    return split_heads(x, n_heads).reshape(B, n_kv_heads, n_heads // n_kv_heads, T, C // n_heads)
+
+
+def merge_groups(x):
+    """(B, NKV, G, T, HS) -> (B, T, NKV * G * HS)."""
+    B, NKV, G, T, HS = x.shape
+    return merge_heads(x.reshape(B, NKV * G, T, HS))
+
+
+def apply_keep(x, keep, dropout):
+    """x * keep / (1 - p), in x's dtype (x itself without dropout)."""
+    if keep is None:
+        return x
+    out = array_module(x).multiply(x, keep, dtype=x.dtype)
+    out *= x.dtype.type(dropout.scale)
+    return out
+
+
+def attention_forward(q, k, v, n_heads, dropout=None, n_kv_heads=None):
+    xp, (B, T, _) = array_module(q), q.shape
+    NKV = n_kv_heads or n_heads
+    q = group_heads(q, NKV, n_heads)                               # 1. (B, NKV, G, T, HS)
+    k, v = (split_heads(x, NKV)[:, :, None] for x in (k, v))       #    2 x (B, NKV, 1, T, HS)
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    scores = (q @ k.swapaxes(-1, -2)) * scale                      # 2. (B, NH, T, T)
+    scores = (q @ k.swapaxes(-1, -2)) * scale                      # 2. (B, NKV, G, T, T)
     future = xp.triu(xp.ones((T, T), dtype=bool), k=1)
     scores[..., future] = -math.inf                                # 3. causal mask
     scores -= scores.max(axis=-1, keepdims=True)                   # 4. softmax (shifted: exp never overflows)
     att = xp.exp(scores)
     att /= att.sum(axis=-1, keepdims=True)
-    att_dropped = att if mask is None else mask.apply(att)         # 5. dropout on the weights
-    y = att_dropped @ v                                            # 6. (B, NH, T, T) @ (B, NH, T, HS)
-    return merge_heads(y), AttentionCache(q, k, v, att, mask)      # 7. (B, NH, T, HS) -> (B, T, C)
+    keep = None                                                    # 5. dropout on the weights
+    if dropout is not None:
+        keep = on_device_of(dropout.keep(B, n_heads, T), q).reshape(att.shape)   # (B, NH, T, T) -> groups
+    att_dropped = apply_keep(att, keep, dropout)
+    y = att_dropped @ v                                            # 6. (B, NKV, G, T, T) @ (B, NKV, 1, T, HS)
+    return merge_groups(y), AttentionCache(q, k, v, att, keep, dropout)   # 7. -> (B, T, NH * HS)
 
 
 def attention_backward(dout, cache):
-    q, k, v, att, mask = cache
-    n_heads = q.shape[1]
-    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    # 7. out = merge_heads(y)
-    dy = split_heads(dout, n_heads)                                # (B, NH, T, HS)
-    # 6. y = att_dropped @ v
-    att_dropped = att if mask is None else mask.apply(att)
-    dv = att_dropped.swapaxes(-1, -2) @ dy                         # (B, NH, T, HS)
-    datt = dy @ v.swapaxes(-1, -2)                                 # (B, NH, T, T)
+    q, k, v, att, keep, dropout = cache
+    _, NKV, G, _, HS = q.shape                                     # (B, NKV, G, T, HS)
+    scale = q.dtype.type(1.0 / math.sqrt(HS))
+    # 7. out = merge_groups(y)
+    dy = group_heads(dout, NKV, NKV * G)                           # (B, NKV, G, T, HS)
+    # 6. y = att_dropped @ v: v is shared by the G heads of a group, its gradient sums over them
+    att_dropped = apply_keep(att, keep, dropout)
+    dv = (att_dropped.swapaxes(-1, -2) @ dy).sum(axis=2)           # (B, NKV, G, T, HS) -> (B, NKV, T, HS)
+    datt = dy @ v.swapaxes(-1, -2)                                 # (B, NKV, G, T, T)
     # 5. att_dropped = att * keep * scale
-    if mask is not None:
-        datt = mask.apply(datt)
+    datt = apply_keep(datt, keep, dropout)
     # 4. att = softmax(scores): dscores = att * (datt - rowsum(datt * att))
     dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     # 3. masked scores are constants: att is 0 there, so dscores is already 0
-    # 2. scores = q @ k^T * scale
+    # 2. scores = q @ k^T * scale: k, too, is shared by the G heads of a group
     dscores *= scale
-    dq = dscores @ k                                               # (B, NH, T, HS)
-    dk = dscores.swapaxes(-1, -2) @ q                              # (B, NH, T, HS)
+    dq = dscores @ k                                               # (B, NKV, G, T, HS)
+    dk = (dscores.swapaxes(-1, -2) @ q).sum(axis=2)                # (B, NKV, G, T, HS) -> (B, NKV, T, HS)
     # 1. split heads
-    return merge_heads(dq), merge_heads(dk), merge_heads(dv)       # 3 x (B, T, C)
-
-
-class RepeatKVCache(NamedTuple):
-    n_kv_heads: int
-    n_rep: int
-
-
-def repeat_kv_forward(x, n_kv_heads, n_rep):
-    """x (B, T, NKV * HS) -> (B, T, NKV * n_rep * HS): each head n_rep times in a row."""
-    B, T, C = x.shape
-    HS = C // n_kv_heads
-    heads = x.reshape(B, T, n_kv_heads, 1, HS)                                   # (B, T, NKV, 1, HS)
-    repeated = array_module(x).broadcast_to(heads, (B, T, n_kv_heads, n_rep, HS))
-    return repeated.reshape(B, T, C * n_rep), RepeatKVCache(n_kv_heads, n_rep)   # a copy: (B, T, NH * HS)
-
-
-def repeat_kv_backward(dout, cache):
-    """dout (B, T, NH * HS) -> dx (B, T, NKV * HS): the sum over each head's n_rep copies."""
-    B, T, C = dout.shape
-    n_kv_heads, n_rep = cache
-    copies = dout.reshape(B, T, n_kv_heads, n_rep, C // (n_kv_heads * n_rep))    # (B, T, NKV, G, HS)
-    return (copies.sum(axis=3).reshape(B, T, C // n_rep),)
-
-
-def repeat_kv(x, n_kv_heads, n_rep):
-    forward, backward = resolve(repeat_kv_forward, repeat_kv_backward, x.data)
-    out, cache = forward(x.data, n_kv_heads, n_rep)
-    return record(out, (x,), lambda dout: backward(dout, cache), "repeat_kv")
+    return merge_groups(dq), merge_heads(dk), merge_heads(dv)      # (B, T, NH * HS), 2 x (B, T, NKV * HS)
 
 
 def _check_heads(q, k, v, n_heads, n_kv_heads):
@@ -153,20 +159,21 @@ def _check_heads(q, k, v, n_heads, n_kv_heads):
                          f"multiple of NKV = {n_kv_heads}; got {q.shape}, {k.shape}, {v.shape}")
 
 
+def attention_dropout(p):
+    """The dropout of one attention call: p, and a fresh 64-bit Philox key from numgpt's generator."""
+    keep_threshold(p)                                              # p in [0, 1)
+    return AttentionDropout(float(p), int(backend.get_generator().bit_generator.random_raw()))
+
+
 def causal_attention(q, k, v, n_heads, dropout_p=0.0, training=False, n_kv_heads=None):
     """Scaled dot-product attention with a causal mask: q (B, T, NH * HS), k, v
     (B, T, NKV * HS) -> (B, T, NH * HS). ``n_kv_heads`` (default n_heads) below
     n_heads is grouped-query attention."""
     n_kv_heads = n_kv_heads or n_heads
     _check_heads(q, k, v, n_heads, n_kv_heads)
-    if n_kv_heads != n_heads:
-        k, v = repeat_kv(k, n_kv_heads, n_heads // n_kv_heads), repeat_kv(v, n_kv_heads, n_heads // n_kv_heads)
-    B, T, C = q.shape
-    mask = None
-    if training and dropout_p > 0.0:
-        mask = dropout_mask((B, n_heads, T, T), dropout_p, like=q.data)
+    dropout = attention_dropout(dropout_p) if training and dropout_p > 0.0 else None
     forward, backward = resolve(attention_forward, attention_backward, q.data)
-    out, cache = forward(q.data, k.data, v.data, n_heads, mask)
+    out, cache = forward(q.data, k.data, v.data, n_heads, dropout, n_kv_heads)
     return record(out, (q, k, v), lambda dout: backward(dout, cache), "attention")
 
 

@@ -67,3 +67,45 @@ def swiglu(gate, up):
     forward, backward = resolve(swiglu_forward, swiglu_backward, gate.data)
     out, cache = forward(gate.data, up.data)
     return record(out, (gate, up), lambda dout: backward(dout, cache), "swiglu")
+
+
+# ---------------------------------------------------------------- SwiGLU into the down projection
+# The MLP's last two steps, h = swiglu(gate, up) and out = h W^T + b, as one op that does not
+# keep h (F values per token per layer, the largest activation of a Llama block) for the
+# backward pass: the backward recomputes it from gate and up, which the SwiGLU backward needs
+# anyway ("activation recomputation", the trade of one elementwise pass for the memory).
+#
+#   forward:   h = swiglu(gate, up)          (..., F)    swiglu_forward above
+#              out = h W^T + b                (..., C)    numgpt/ops/linear.py
+#   backward:  h again from gate and up;  dh, dW, db = linear's backward with h
+#              dgate, dup = swiglu's backward of dh
+class SwiGLULinearCache(NamedTuple):
+    swiglu: SwiGLUCache      # gate, up (..., F)
+    weight: numpy.ndarray    # (C, F)
+    has_bias: bool
+
+
+def swiglu_linear_forward(gate, up, weight, bias=None):
+    from numgpt.ops.linear import linear_forward
+    h, swiglu_cache = swiglu_forward(gate, up)                      # (..., F)
+    out, _ = linear_forward(h, weight, bias)                        # (..., C); h is not kept
+    return out, SwiGLULinearCache(swiglu_cache, weight, bias is not None)
+
+
+def swiglu_linear_backward(dout, cache):
+    from numgpt.ops.linear import LinearCache, linear_backward
+    h, _ = swiglu_forward(*cache.swiglu)                            # recomputed (..., F)
+    dh, dweight, dbias = linear_backward(dout, LinearCache(h.reshape(-1, h.shape[-1]), cache.weight,
+                                                           cache.has_bias))
+    dgate, dup = swiglu_backward(dh, cache.swiglu)
+    return dgate, dup, dweight, dbias
+
+
+def swiglu_linear(gate, up, weight, bias=None):
+    """down(swiglu(gate, up)): gate, up (..., F), weight (C, F), bias (C,) -> (..., C)."""
+    if gate.shape != up.shape:
+        raise ValueError(f"swiglu needs gate and up of one shape, got {gate.shape} and {up.shape}")
+    forward, backward = resolve(swiglu_linear_forward, swiglu_linear_backward, gate.data)
+    out, cache = forward(gate.data, up.data, weight.data, None if bias is None else bias.data)
+    parents = (gate, up, weight) if bias is None else (gate, up, weight, bias)
+    return record(out, parents, lambda dout: backward(dout, cache)[:len(parents)], "swiglu_linear")
