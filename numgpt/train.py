@@ -184,23 +184,36 @@ def model_state_bytes(cfg, dtype_bytes=4):
     return dtype_bytes * 4 * params
 
 
-def estimate_training_bytes(cfg, batch_size, context_length, dtype_bytes=4):
+def estimate_training_bytes(cfg, batch_size, context_length, dtype_bytes=4, flash=None):
     """A rough upper estimate of a training step's memory: weights, gradients
-    and two AdamW moments, plus the activations the backward pass keeps
-    (GPT-2, measured peaks: 3.07 GB estimated 3.4 GB at 124M, 2 x 256; 6.4 GB
-    estimated 7.1 GB at 2 x 1024)."""
+    and two AdamW moments, plus the activations the backward pass keeps.
+
+    ``flash`` (default: kernel mode numba) is the flash attention twin, which
+    keeps per layer only the row log-sum-exp beside q, k, v and the output:
+    O(B T C) per layer. The NumPy reference keeps the (B, NH, T, T) weights
+    and their dropout mask per layer, and makes three more such arrays in the
+    layer it is working on. Measured GPT-2 124M peaks (reference attention,
+    before flash): 3.07 GB estimated 3.4 GB at 2 x 256; 6.4 GB estimated
+    7.1 GB at 2 x 1024."""
     from numgpt.llama import is_llama_config
+    if flash is None:
+        flash = backend.get_kernel_mode() == "numba"
     B, T, V = batch_size, context_length, cfg["vocab_size"]
     if is_llama_config(cfg):
         C, F, L, NH = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
         Q, KV = NH * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
-        # per token: two norms' inputs and outputs, q/k/v before and after rotation, the repeated k/v,
-        # the context, the gate, up, sigmoid and product of the MLP
-        per_layer = B * T * (4 * C + 3 * Q + 3 * KV + 2 * Q + 4 * F) + B * NH * T * T
+        # per token: two norms' inputs and outputs, q/k/v before and after rotation, the context,
+        # the gate and up of the MLP (its product is recomputed)
+        per_layer = B * T * (4 * C + 2 * Q + 2 * KV + Q + KV + 2 * F)
     else:
         C, L, NH = cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"]
-        per_layer = B * T * C * 24 + B * NH * T * T * 5 // 4     # saved inputs, qkv, mlp; attention weights + byte mask
-    attention_scratch = B * NH * T * T * 3                        # scores and their gradients, one layer at a time
+        per_layer = B * T * C * 24                                # saved inputs, qkv, mlp
+    if flash:
+        per_layer += B * NH * T                                   # the row log-sum-exp
+        attention_scratch = 0
+    else:
+        per_layer += B * NH * T * T * 5 // 4                      # attention weights + byte mask
+        attention_scratch = B * NH * T * T * 3                    # scores and their gradients, one layer at a time
     logits = B * T * V * 2                                        # logits, probabilities (turned into their gradient)
     return model_state_bytes(cfg, dtype_bytes) + dtype_bytes * (L * per_layer + attention_scratch + logits)
 

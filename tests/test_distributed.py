@@ -121,7 +121,7 @@ AUDIT = textwrap.dedent("""
 def test_only_rank_0_writes_into_the_run_directory(tmp_path):
     run, log, script = tmp_path / "run", tmp_path / "rank1.log", tmp_path / "rank1.py"
     script.write_text(AUDIT)
-    args = ["train", *TINY, "--max-steps", 4, "--checkpoint-every", 2, "--out", str(run)]
+    args = ["train", *TINY, "--max-steps", "4", "--checkpoint-every", "2", "--out", str(run)]
     result = subprocess.run([MPIEXEC, "-n", "1", sys.executable, "-m", "numgpt", *args, ":",
                              "-n", "1", sys.executable, str(script), str(run), str(log), *args],
                             capture_output=True, text=True, timeout=300, env=ENV)
@@ -132,8 +132,8 @@ def test_only_rank_0_writes_into_the_run_directory(tmp_path):
 
 def test_sigkill_of_a_rank_ends_the_job_and_the_last_checkpoint_resumes(tmp_path):
     run = tmp_path / "run"
-    job = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "numgpt", "train", *TINY, "--max-steps", 400,
-                            "--checkpoint-every", 2, "--eval-freq", 1000, "--out", str(run)],
+    job = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "numgpt", "train", *TINY, "--max-steps", "400",
+                            "--checkpoint-every", "2", "--eval-freq", "1000", "--out", str(run)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         deadline = time.time() + 240
@@ -161,7 +161,7 @@ def test_sigkill_of_a_rank_ends_the_job_and_the_last_checkpoint_resumes(tmp_path
 
 def test_an_error_on_one_rank_aborts_the_job_and_is_printed_once(tmp_path):
     run, bad = tmp_path / "run", tmp_path / "missing.txt"
-    args = ["train", *TINY, "--max-steps", 2, "--out", str(run)]
+    args = ["train", *TINY, "--max-steps", "2", "--out", str(run)]
     start = time.time()
     result = subprocess.run([MPIEXEC, "-n", "1", sys.executable, "-m", "numgpt", *args, ":",
                              "-n", "1", sys.executable, "-m", "numgpt", *args, "--data", str(bad)],
