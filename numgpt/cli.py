@@ -882,9 +882,7 @@ def _main_of_a_rank(args):
             time.sleep(RANK_ERROR_GRACE_S)
         traceback.print_exc()
         world.abort(EXIT_FAILURE)
-    if code:
-        world.abort(code)
-    return code
+    return code                                             # every rank returns the same (collective stops)
 
 
 if __name__ == "__main__":

@@ -275,7 +275,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
         if not hasattr(train_loader, "load_state_dict"):
             raise UsageError("the training state holds a loader position but train_loader has no load_state_dict()")
         train_loader.load_state_dict(state.loader_state)
-    show = (sys.stdout.isatty() if progress is None else progress) and world.is_main
+    # mpiexec hands its ranks a terminal of their own: several processes show no bar unless asked
+    show = (sys.stdout.isatty() and world.size == 1 if progress is None else progress) and world.is_main
     steps_per_epoch = len(train_loader) // group_size if hasattr(train_loader, "__len__") else None
     total = None if steps_per_epoch is None else num_epochs * steps_per_epoch
     if max_steps is not None:
