@@ -107,7 +107,7 @@ def main():
                      f"{last_log_line(torch_out)} |")
     lines.append(f"| the seed's published run (GPU or CPU unknown) | — | {SEED_LAST_LINE} |")
     if torch_seconds is not None:
-        lines += ["", f"**numgpt / PyTorch wall time: {numgpt_seconds / torch_seconds:.2f}** (target <= 0.6)."]
+        lines += ["", f"**numgpt / PyTorch wall time: {numgpt_seconds / torch_seconds:.2f}** (issue 15 target: <= 0.40)."]
     lines += ["", f"numgpt's losses: train {losses['train_losses'][0]:.3f} -> {losses['train_losses'][-1]:.3f}, "
                   f"val {losses['val_losses'][0]:.3f} -> {losses['val_losses'][-1]:.3f} over "
                   f"{losses['total_tokens']:,} tokens.", "",

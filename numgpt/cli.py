@@ -401,13 +401,8 @@ def cmd_train(args):
                 save()
 
         try:
-            train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=flags["epochs"],
-                               eval_freq=flags["eval_freq"], eval_iter=flags["eval_iter"],
-                               start_context=flags["start_context"], tokenizer=tokenizer,
-                               max_steps=flags["max_steps"], grad_clip=flags["grad_clip"],
-                               grad_accum=flags["grad_accum"], lr_schedule=schedule, on_step=after_step,
-                               on_evaluate=after_evaluation, on_epoch_end=after_step, state=state,
-                               max_skipped_steps=flags["max_skipped_steps"], world=world)
+            train_model_simple(model, train_loader, val_loader, optimizer, "cpu", tokenizer=tokenizer,
+                               on_evaluate=after_evaluation, **_loop_options(flags, schedule, after_step, state, world))
         except Stopped as stopped:
             return EXIT_SIGNAL[stopped.signum]
         except NonFiniteTraining as exc:
@@ -425,6 +420,14 @@ def cmd_train(args):
     return 0
 
 
+def _loop_options(flags, schedule, after_step, state, world):
+    """train_model_simple's options from the run's flags, the same on every rank."""
+    return dict(num_epochs=flags["epochs"], eval_freq=flags["eval_freq"], eval_iter=flags["eval_iter"],
+                start_context=flags["start_context"], max_steps=flags["max_steps"], grad_clip=flags["grad_clip"],
+                grad_accum=flags["grad_accum"], lr_schedule=schedule, on_step=after_step, on_epoch_end=after_step,
+                state=state, max_skipped_steps=flags["max_skipped_steps"], world=world)
+
+
 def _follow(world, model, optimizer, train_loader, val_loader, tokenizer, flags, schedule, state):
     """A rank other than 0: the same loop, writing nothing; it meets rank 0 at every
     stop check and checkpoint commit (barriers)."""
@@ -439,13 +442,8 @@ def _follow(world, model, optimizer, train_loader, val_loader, tokenizer, flags,
                 world.barrier()
 
         try:
-            train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=flags["epochs"],
-                               eval_freq=flags["eval_freq"], eval_iter=flags["eval_iter"],
-                               start_context=flags["start_context"], tokenizer=tokenizer,
-                               max_steps=flags["max_steps"], grad_clip=flags["grad_clip"],
-                               grad_accum=flags["grad_accum"], lr_schedule=schedule, on_step=after_step,
-                               on_epoch_end=after_step, state=state, max_skipped_steps=flags["max_skipped_steps"],
-                               world=world)
+            train_model_simple(model, train_loader, val_loader, optimizer, "cpu", tokenizer=tokenizer,
+                               **_loop_options(flags, schedule, after_step, state, world))
         except Stopped as stopped:
             return EXIT_SIGNAL[stopped.signum]
         except NonFiniteTraining:

@@ -178,6 +178,11 @@ class GradientAverager:
         if self.waiting[i] == 0:               # the bucket's last gradient: send it while the backward goes on
             self._copy_in(i)
             self.pending[i] = self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, self.buffers[i], op=self.world.MPI.SUM)
+        # MPI moves a non-blocking collective on only while the process calls into MPI (no progress
+        # thread by default): each gradient that completes gives the buckets in flight a turn
+        in_flight = [request for request in self.pending if request is not None]
+        if in_flight:
+            self.world.MPI.Request.Testall(in_flight)
 
     def _copy_in(self, i):
         offset = 0
@@ -189,20 +194,28 @@ class GradientAverager:
 
     def finish(self):
         """Wait for every bucket (starting those a parameter without a gradient held back) and write
-        the averages into ``.grad``."""
+        the averages into ``.grad``. ``last_wait_s``: the seconds spent waiting for the network."""
+        import time
         scale = numpy.float32(1.0 / self.world.size)
         for i, bucket in enumerate(self.buckets):
             if self.pending[i] is None:        # a parameter got no gradient this step: send the bucket now
                 self._copy_in(i)
                 self.pending[i] = self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, self.buffers[i],
                                                              op=self.world.MPI.SUM)
+        self.last_wait_s = 0.0
         for i, bucket in enumerate(self.buckets):
+            start = time.perf_counter()
             self.pending[i].Wait()
+            self.last_wait_s += time.perf_counter() - start
+            self.buffers[i] *= scale                                        # the mean, in place
             offset = 0
             for param in bucket:
                 n = param.data.size
-                averaged = self.buffers[i][offset:offset + n].reshape(param.data.shape) * scale
-                param.grad = averaged.astype(param.data.dtype, copy=False)
+                averaged = self.buffers[i][offset:offset + n].reshape(param.data.shape)
+                if param.grad is not None and param.grad.dtype == param.data.dtype and param.grad.flags.writeable:
+                    param.grad[...] = averaged                              # into the gradient's own array
+                else:
+                    param.grad = averaged.astype(param.data.dtype)          # a copy: the buffer is reused
                 offset += n
         self.armed = False
 
