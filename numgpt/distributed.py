@@ -2,18 +2,18 @@
 
 N processes ("ranks") hold the same model. Each optimizer step takes one
 global batch of K x N loader batches (K = --grad-accum): rank r runs the K
-micro-batches r*K .. r*K + K - 1 of it, summing their gradients, and the
-ranks then add theirs up and scale the sum once:
+micro-batches r*K .. r*K + K - 1 of it, every loss divided by K as usual,
+and the ranks then average their gradients:
 
-    g = 1/(K N) x sum over ranks of g_r     (an MPI allreduce of the sum)
+    g = (1/N) sum over ranks of g_r        (an MPI allreduce of the sum)
 
 so every rank applies the same AdamW step to the same weights. The data a
 step sees does not depend on N: every rank walks the same shuffled loader
 and takes its share of each global batch. One process with --grad-accum 2
 and two processes with --grad-accum 1 take the same two micro-batches per
-step; both add the two micro-batches' gradients (a sum of two float32
-arrays does not depend on their order) and scale the sum by 1/2 once, so the
-two runs agree bit for bit (tests/test_distributed.py), in both kernel modes. Dropout draws from a stream
+step; scaling a gradient by 1/2 is exact in binary floating point and the
+sum of two float32 arrays does not depend on their order, so the two runs
+agree bit for bit (tests/test_distributed.py). Dropout draws from a stream
 keyed by the micro-batch's place in the run (numgpt.train), not by the rank.
 
 The gradients travel in buckets: flat float32 buffers of about
@@ -192,12 +192,11 @@ class GradientAverager:
             self.buffers[i][offset:offset + n] = numpy.asarray(grad, dtype=numpy.float32).reshape(-1)
             offset += n
 
-    def finish(self, scale=None):
+    def finish(self):
         """Wait for every bucket (starting those a parameter without a gradient held back) and write
-        the sums times ``scale`` (default 1/N: the mean) into ``.grad``. ``last_wait_s``: the seconds
-        spent waiting for the network."""
+        the averages into ``.grad``. ``last_wait_s``: the seconds spent waiting for the network."""
         import time
-        scale = numpy.float32(1.0 / self.world.size if scale is None else scale)
+        scale = numpy.float32(1.0 / self.world.size)
         for i, bucket in enumerate(self.buckets):
             if self.pending[i] is None:        # a parameter got no gradient this step: send the bucket now
                 self._copy_in(i)
@@ -208,7 +207,7 @@ class GradientAverager:
             start = time.perf_counter()
             self.pending[i].Wait()
             self.last_wait_s += time.perf_counter() - start
-            self.buffers[i] *= scale                                        # in place
+            self.buffers[i] *= scale                                        # the mean, in place
             offset = 0
             for param in bucket:
                 n = param.data.size

@@ -229,8 +229,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
 
     - max_steps stops after that many optimizer steps in all;
     - grad_clip clips the global gradient norm (the log line shows the norm before clipping);
-    - grad_accum=K sums the gradients of K consecutive batches and scales the
-      sum by 1/K, for one AdamW step: the step of one batch K times larger
+    - grad_accum=K sums the gradients of K consecutive batches, each loss
+      divided by K, into one AdamW step: the step of one batch K times larger
       (a last group of fewer than K batches in an epoch is left out, as
       ``drop_last`` would leave out a short large batch); steps, ``eval_freq``
       and ``max_steps`` count optimizer steps;
@@ -306,14 +306,10 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                         loss = calc_loss_batch(input_batch, target_batch, model, device)
                     if averager is not None and j == (world.rank + 1) * grad_accum - 1:
                         averager.arm()                  # this backward completes the step's gradients
-                    loss.backward()                     # gradients add up over the group
+                    (loss / grad_accum if grad_accum > 1 else loss).backward()   # gradients add up over the group
                     loss_sum += loss.item()
-                if averager is not None:                # the sum over the processes, scaled: the mean
-                    averager.finish(scale=1.0 / group_size)
-                elif grad_accum > 1:
-                    for param in model.parameters():    # the mean over the group, scaled once
-                        if param.grad is not None:
-                            param.grad *= param.grad.dtype.type(1.0 / grad_accum)
+                if averager is not None:
+                    averager.finish()                   # the mean over the processes, in every .grad
                 for input_batch, target_batch in group:
                     state.tokens_seen += backend.asarray(input_batch).size
                     state.batches_digest = chain_digest(state.batches_digest, input_batch, target_batch)
