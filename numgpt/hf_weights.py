@@ -39,7 +39,7 @@ import numpy
 
 from numgpt.device import like, to_host
 from numgpt.errors import NumgptError, UsageError
-from numgpt.safe_io import UnsafeFileError, atomic_write, check_safetensors_header, read_json
+from numgpt.safe_io import UnsafeFileError, atomic_write, check_safetensors_header, read_json, write_header
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -350,22 +350,10 @@ def _stream_shard(fh, entries, state, file_dtype, metadata):
     """Write one safetensors file to ``fh``: ``entries`` {name: shape} in file order, each
     tensor of ``state`` converted to ``file_dtype`` ('F32' or 'BF16') a chunk at a time.
 
-    The format: an 8-byte little-endian header length, the JSON header (name ->
-    dtype, shape, data_offsets; string __metadata__) padded with spaces to a
-    multiple of 8, then each tensor's bytes, little-endian, in C order.
+    The header is safe_io's (write_header); then each tensor's bytes, little-endian, in C order.
     """
     itemsize = 2 if file_dtype == "BF16" else 4
-    header, offset = {}, 0
-    for name, shape in entries.items():
-        nbytes = math.prod(shape) * itemsize
-        header[name] = {"dtype": file_dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    if metadata:
-        header["__metadata__"] = {str(key): str(value) for key, value in metadata.items()}
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    fh.write(len(text).to_bytes(8, "little"))
-    fh.write(text)
+    write_header(fh, {name: (file_dtype, shape, itemsize) for name, shape in entries.items()}, metadata)
     chunk = CHUNK_BYTES // 4                                  # float32 values converted at a time
     for name, shape in entries.items():
         array = numpy.asarray(to_host(state[name]))

@@ -429,6 +429,22 @@ def atomic_write(path, write):
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items() if name != "BF16"}
 
 
+def write_header(fh, entries, metadata=None):
+    """Write the length field and JSON header of a safetensors file to ``fh``: ``entries`` is
+    name -> (dtype name, shape, bytes per element) in file order; the data follows in that order."""
+    fields, offset = {}, 0
+    for name, (dtype_name, shape, itemsize) in entries.items():
+        nbytes = math.prod(shape) * itemsize
+        fields[name] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        fields["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    text = json.dumps(fields, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)                           # padded with spaces to 8 bytes
+    fh.write(len(text).to_bytes(8, "little"))
+    fh.write(text)
+
+
 def stream_safetensors(fh, header, arrays, metadata=None):
     """Write a safetensors file to ``fh`` one tensor at a time: ``header`` is
     name -> (shape, dtype) in file order, ``arrays`` yields the arrays in that
@@ -438,18 +454,11 @@ def stream_safetensors(fh, header, arrays, metadata=None):
     (name -> dtype, shape, data_offsets, and string __metadata__), padded with
     spaces to 8 bytes, then the tensors' bytes, little-endian, C order.
     """
-    entries, offset = {}, 0
+    names = {}
     for name, (shape, dtype) in header.items():
         dtype = numpy.dtype(dtype).newbyteorder("<") if numpy.dtype(dtype).itemsize > 1 else numpy.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        entries[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    if metadata:
-        entries["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    text = json.dumps(entries, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    fh.write(len(text).to_bytes(8, "little"))
-    fh.write(text)
+        names[name] = (_DTYPE_NAMES[dtype], shape, dtype.itemsize)
+    write_header(fh, names, metadata)
     for (name, (shape, dtype)), array in zip(header.items(), arrays, strict=True):
         array = numpy.asarray(to_host(array), dtype=numpy.dtype(dtype).newbyteorder("<"), order="C")   # 0-d stays 0-d
         if array.shape != tuple(shape):
