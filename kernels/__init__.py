@@ -33,12 +33,13 @@ from numgpt.kernels import compile_cache  # noqa: E402
 
 compile_cache.refresh()      # before the kernels load: drops cached code whose inlined vexp.py changed
 
-from numgpt.kernels import adamw, attention, cross_entropy, embedding, gelu, layer_norm, linear, matmul  # noqa: E402, F401
+from numgpt.kernels import adamw, attention, cross_entropy, embedding, fused, gelu, layer_norm, linear, matmul  # noqa: E402, F401, E501
 from numgpt.ops.embedding import embedding_forward  # noqa: E402
+from numgpt.ops.dropout import DropoutMask  # noqa: E402
 from numgpt.ops.philox import AttentionDropout  # noqa: E402
 
 JITTED = (attention.JITTED + layer_norm.JITTED + gelu.JITTED + cross_entropy.JITTED + adamw.JITTED
-          + embedding.JITTED + matmul.JITTED)
+          + embedding.JITTED + matmul.JITTED + fused.JITTED)
 
 
 class _AnnounceFirstCompile(event.Listener):
@@ -76,6 +77,14 @@ def warm_up(dtype=numpy.float32):
     layer_norm.layer_norm_backward(out, cache)
     out, cache = gelu.gelu_forward(x)
     gelu.gelu_backward(out, cache)
+    out, cache = fused.linear_gelu_forward(x, x[0], ones[:T])
+    fused.linear_gelu_backward(out, cache)
+    for mask in (None, DropoutMask(x > 0, 2.0)):
+        out, cache = fused.dropout_add_forward(x, x, mask)
+        fused.dropout_add_backward(out, cache)
+        outs, cache = fused.dropout_add_layer_norm_forward(x, x, mask, ones, zeros)
+        for douts in ((outs[0], outs[1]), (None, outs[1])):
+            fused.dropout_add_layer_norm_backward(douts, cache)
     targets = numpy.arange(T, dtype=numpy.int64)
     loss, cache = cross_entropy.cross_entropy_forward(rng.standard_normal((T, V)).astype(dtype), targets)
     cross_entropy.cross_entropy_backward(numpy.ones((), dtype=dtype), cache)

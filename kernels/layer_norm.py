@@ -1,5 +1,6 @@
 """numba twin of numgpt.ops.layer_norm: one row of C channels per prange
-iteration.
+iteration. The row functions are also the LayerNorm of kernels/fused.py's
+residual add + LayerNorm.
 
 Shapes: x and out (..., C) seen as (N, C); weight, bias (C,); mean and rstd
 (..., 1) as in the NumPy twin's LayerNormCache.
@@ -19,23 +20,28 @@ from numgpt.ops.layer_norm import EPS, LayerNormCache
 ROWS_PER_CHUNK = 16
 
 
+@njit(cache=True)
+def layer_norm_row(x, weight, bias, eps, out):
+    """out = LayerNorm of one row x (C,); returns (mean, rstd) in x's dtype."""
+    C = x.shape[0]
+    total = 0.0                                                        # float64 accumulator
+    for c in range(C):
+        total += x[c]
+    m = x.dtype.type(total / C)                                        # 1. mean, kept in x's dtype
+    sq = 0.0
+    for c in range(C):
+        xc = x[c] - m                                                  # 2. xc
+        sq += xc * xc
+    r = x.dtype.type(1.0 / numpy.sqrt(sq / C + eps))                   # 3.-4. rstd = 1 / sqrt(var + eps)
+    for c in range(C):
+        out[c] = (x[c] - m) * r * weight[c] + bias[c]                  # 5.-6. xhat * weight + bias
+    return m, r
+
+
 @njit(parallel=True, cache=True)
 def _layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
-    N, C = x.shape
-    for i in prange(N):
-        total = 0.0                                                    # float64 accumulator
-        for c in range(C):
-            total += x[i, c]
-        mean[i] = total / C                                            # 1. mean, stored in x's dtype
-        m = mean[i]
-        sq = 0.0
-        for c in range(C):
-            xc = x[i, c] - m                                           # 2. xc
-            sq += xc * xc
-        rstd[i] = 1.0 / numpy.sqrt(sq / C + eps)                       # 3.-4. rstd = 1 / sqrt(var + eps)
-        r = rstd[i]
-        for c in range(C):
-            out[i, c] = (x[i, c] - m) * r * weight[c] + bias[c]        # 5.-6. xhat * weight + bias
+    for i in prange(x.shape[0]):
+        mean[i], rstd[i] = layer_norm_row(x[i], weight, bias, eps, out[i])
 
 
 def layer_norm_forward(x, weight, bias, eps=EPS):
@@ -50,33 +56,37 @@ def layer_norm_forward(x, weight, bias, eps=EPS):
     return out.reshape(x.shape), LayerNormCache(x, weight, mean.reshape(stats_shape), rstd.reshape(stats_shape))
 
 
+@njit(cache=True)
+def layer_norm_row_backward(dout, x, weight, m, r, dx, dweight_part, dbias_part):
+    """dx (C,) of one row; adds the row's terms into dweight_part, dbias_part (C,)."""
+    C = x.shape[0]
+    # 6. out = xhat * weight + bias
+    sum_dxhat = 0.0                                                    # float64 accumulators
+    sum_dxhat_xhat = 0.0
+    for c in range(C):
+        xhat = (x[c] - m) * r
+        dweight_part[c] += dout[c] * xhat
+        dbias_part[c] += dout[c]
+        dxhat = dout[c] * weight[c]
+        sum_dxhat += dxhat
+        sum_dxhat_xhat += dxhat * xhat
+    # 5..1: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    mean_dxhat = x.dtype.type(sum_dxhat / C)
+    mean_dxhat_xhat = x.dtype.type(sum_dxhat_xhat / C)
+    for c in range(C):
+        xhat = (x[c] - m) * r
+        dx[c] = r * (dout[c] * weight[c] - mean_dxhat - xhat * mean_dxhat_xhat)
+
+
 @njit(parallel=True, cache=True)
 def _layer_norm_backward(dout, x, weight, mean, rstd, dx, dweight_parts, dbias_parts):
-    N, C = x.shape
-    n_chunks = dweight_parts.shape[0]
-    zero = x.dtype.type(0)
-    for chunk in prange(n_chunks):
-        for c in range(C):
-            dweight_parts[chunk, c] = zero
-            dbias_parts[chunk, c] = zero
+    N = x.shape[0]
+    for chunk in prange(dweight_parts.shape[0]):
+        dweight_parts[chunk] = 0
+        dbias_parts[chunk] = 0
         for i in range(chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, N)):
-            m, r = mean[i], rstd[i]
-            # 6. out = xhat * weight + bias
-            sum_dxhat = 0.0                                            # float64 accumulators
-            sum_dxhat_xhat = 0.0
-            for c in range(C):
-                xhat = (x[i, c] - m) * r
-                dweight_parts[chunk, c] += dout[i, c] * xhat
-                dbias_parts[chunk, c] += dout[i, c]
-                dxhat = dout[i, c] * weight[c]
-                sum_dxhat += dxhat
-                sum_dxhat_xhat += dxhat * xhat
-            # 5..1: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-            mean_dxhat = x.dtype.type(sum_dxhat / C)
-            mean_dxhat_xhat = x.dtype.type(sum_dxhat_xhat / C)
-            for c in range(C):
-                xhat = (x[i, c] - m) * r
-                dx[i, c] = r * (dout[i, c] * weight[c] - mean_dxhat - xhat * mean_dxhat_xhat)
+            layer_norm_row_backward(dout[i], x[i], weight, mean[i], rstd[i], dx[i],
+                                    dweight_parts[chunk], dbias_parts[chunk])
 
 
 def layer_norm_backward(dout, cache):
@@ -105,4 +115,4 @@ def _sum_rows_in_order(parts):
     return total
 
 
-JITTED = (_layer_norm_forward, _layer_norm_backward, _sum_rows_in_order)
+JITTED = (_layer_norm_forward, _layer_norm_backward, _sum_rows_in_order, layer_norm_row, layer_norm_row_backward)

@@ -22,10 +22,17 @@ def linear_forward(x, weight, bias=None):
 
 
 def linear_backward(dout, cache):
-    x2d, weight, has_bias = cache
+    weight, has_bias = cache.weight, cache.has_bias
     dout2d = dout.reshape(-1, weight.shape[0])               # (..., OUT) -> (N, OUT)
     dbias = dout2d.sum(axis=0) if has_bias else None         # 3. (OUT,)
-    dx = matmul(dout2d, weight).reshape(dout.shape[:-1] + (weight.shape[1],))     # 2. (N, OUT) @ (OUT, IN)
+    dx, dweight = linear_backward_products(dout2d, cache)
+    return dx.reshape(dout.shape[:-1] + (weight.shape[1],)), dweight, dbias
+
+
+def linear_backward_products(dout2d, cache):
+    """Step 2's gradients, dx (N, IN) and dweight (OUT, IN), from dout2d (N, OUT)."""
+    x2d, weight, _ = cache
+    dx = matmul(dout2d, weight)                              # 2. (N, OUT) @ (OUT, IN)
     dweight = matmul(dout2d.T, x2d, out=reusable("linear.dweight", weight.shape,
                                                  numpy.result_type(dout2d, x2d)))  # 2. (OUT, N) @ (N, IN)
-    return dx, dweight, dbias
+    return dx, dweight

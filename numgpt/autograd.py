@@ -31,6 +31,12 @@ them).
        gradients there). Gradients of intermediate tensors live only while
        the walk needs them.
 
+An op with several outputs (``record_outputs``) is one node of the graph,
+with one tensor per output hanging from it: each output tensor hands its
+gradient back to that node under its position, and the node's backward runs
+once, after every use of every output, with one gradient per output (None for
+an output no path from the loss went through).
+
 The walk frees the graph as it goes (each node's backward closure and the
 arrays it holds), as PyTorch does: a second ``backward()`` through the same
 graph raises, unless the first was called with ``retain_graph=True``.
@@ -317,6 +323,29 @@ def array_of(value):
 
 def as_tensor(value):
     return value if isinstance(value, Tensor) else Tensor(value)
+
+
+class _OutputGradients(dict):
+    """The gradients a several-output node has received so far: output position -> gradient.
+    The walk adds it like any gradient (the fan-out sum); each output gives its own position once."""
+
+    def __add__(self, other):
+        if set(self) & set(other):
+            raise AssertionError(f"internal error: output gradients {sorted(set(self) & set(other))} given twice")
+        return _OutputGradients({**self, **other})
+
+
+def record_outputs(outs, parents, backward, op="custom"):
+    """Tensors for the outputs ``outs`` of one op with several outputs (see the
+    module docstring); ``backward(douts)`` gets a tuple with one gradient (or None)
+    per output and returns one gradient (or None) per entry of ``parents``."""
+    node = record(None, parents, lambda grads: backward(tuple(grads.get(i) for i in range(len(outs)))), op)
+    return tuple(record(out, (node,), _output_gradient(i), f"{op}[{i}]") for i, out in enumerate(outs))
+
+
+def _output_gradient(position):
+    """The backward of output ``position`` of a several-output node: its gradient, filed under its position."""
+    return lambda dout: (_OutputGradients({position: dout}),)
 
 
 def record(out, parents, backward, op="custom"):

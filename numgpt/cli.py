@@ -590,7 +590,9 @@ def _twin_difference(name):
 
 
 def _has_twin(case):
-    from numgpt.registry import numba_twins, op_pairs
+    from numgpt.registry import fused_twins, numba_twins, op_pairs
+    if case.fused is not None:
+        return case.fused in fused_twins()
     return case.op is not None and any(fn in numba_twins() for fn in op_pairs()[case.op])
 
 
@@ -601,8 +603,12 @@ def cmd_gradcheck(args):
     if args.list:
         for name, case in cases.items():
             pair = op_pairs()[case.op] if case.op else None
-            where = (f"{pair.forward.__module__}: {pair.forward.__name__} / {pair.backward.__name__}"
-                     if pair else "the autograd's own op (numgpt/ops/shape.py, elementwise.py)")
+            if case.fused is not None:
+                where = f"{case.fused.__module__}: {case.fused.__name__}, its parts op by op"
+            elif pair:
+                where = f"{pair.forward.__module__}: {pair.forward.__name__} / {pair.backward.__name__}"
+            else:
+                where = "the autograd's own op (numgpt/ops/shape.py, elementwise.py)"
             twin = " (numba twin)" if _has_twin(case) else ""
             print(f"{name:<20} {where}{twin}")
         print(f"{'model':<20} every parameter of a tiny GPTModel")

@@ -185,6 +185,7 @@ class Case(NamedTuple):
     fn: Callable
     names: tuple
     shapes: tuple
+    fused: Optional[Callable] = None    # a fused op's reference forward (numgpt/ops/fused.py); op is then None
 
 
 def _seeded(fn):
@@ -198,6 +199,7 @@ def _seeded(fn):
 def op_cases():
     """case name -> Case: one case per op numgpt differentiates (and the autograd's own ops)."""
     from numgpt import ops
+    from numgpt.ops import fused
     return {
         "linear": Case("linear", lambda x, w, b: ops.linear(x, w, b), ("x", "weight", "bias"),
                        ((2, 3, 4), (5, 4), (5,))),
@@ -222,6 +224,13 @@ def op_cases():
         "swiglu": Case("swiglu", ops.swiglu, ("gate", "up"), ((3, 7), (3, 7))),
         "swiglu_linear": Case("swiglu_linear", ops.swiglu_linear, ("gate", "up", "weight", "bias"),
                               ((2, 3, 7), (2, 3, 7), (4, 7), (4,))),
+        "linear_gelu": Case(None, ops.linear_gelu, ("x", "weight", "bias"), ((2, 3, 4), (5, 4), (5,)),
+                            fused.linear_gelu_forward),
+        "dropout_add": Case(None, _seeded(lambda x, y: ops.dropout_add(x, y, 0.4, training=True)), ("x", "y"),
+                            ((4, 5),) * 2, fused.dropout_add_forward),
+        "dropout_add_layer_norm": Case(None, _seeded(lambda x, y, w, b: ops.concat(
+            list(ops.dropout_add_layer_norm(x, y, 0.4, True, w, b)))), ("x", "y", "weight", "bias"),
+            ((2, 3, 6), (2, 3, 6), (6,), (6,)), fused.dropout_add_layer_norm_forward),
         "add_broadcast": Case("add", lambda a, b: a + b, ("a", "b"), ((2, 3, 4), (3, 4))),
         "mul_broadcast": Case("mul", lambda a, b: a * b, ("a", "b"), ((2, 3, 4), (1, 4))),
         "reshape_transpose": Case(None, lambda x: x.reshape(3, 2, 4).transpose(0, 2) * 1.5, ("x",), ((6, 4),)),

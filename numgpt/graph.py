@@ -67,7 +67,8 @@ def graph_nodes(root, model=None):
             kind = "parameter" if tensor.requires_grad else "constant"
             block = _block_of_parameter(name, n_layers) if name else -1
         numbers[id(tensor)] = len(nodes) + 1
-        nodes.append(Node(len(nodes) + 1, label, tuple(tensor.shape), kind, parents, block))
+        shape = () if tensor.data is None else tuple(tensor.shape)     # no array: the node of a several-output op
+        nodes.append(Node(len(nodes) + 1, label, shape, kind, parents, block))
     return nodes
 
 

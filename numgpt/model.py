@@ -105,7 +105,8 @@ class FeedForward(Module):
         self.layers = Sequential(Linear(C, 4 * C), GELU(), Linear(4 * C, C))
 
     def forward(self, x):
-        return self.layers(x)
+        fc, proj = self.layers[0], self.layers[2]               # layers = (fc, GELU, proj)
+        return proj(ops.linear_gelu(x, fc.weight, fc.bias))    # gelu(fc(x)): bias + GELU fused with the kernels
 
 
 class TransformerBlock(Module):
@@ -121,9 +122,12 @@ class TransformerBlock(Module):
         self.drop_shortcut = Dropout(cfg["drop_rate"])
 
     def forward(self, x, kv_cache=None):                         # x (B, T, C)
-        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache))  # shortcut around attention
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))       # shortcut around the MLP
-        return x
+        # x = x + drop_shortcut(att(norm1(x))), the shortcut around attention, and h = norm2(x),
+        # as one op: with the kernels, the add, its dropout and the LayerNorm are one pass each way
+        p, training, norm2 = self.drop_shortcut.p, self.drop_shortcut.training, self.norm2
+        x, h = ops.dropout_add_layer_norm(x, self.att(self.norm1(x), kv_cache), p, training,
+                                          norm2.scale, norm2.shift, norm2.eps)
+        return ops.dropout_add(x, self.ff(h), p, training)       # x + drop_shortcut(ff(h)): around the MLP
 
 
 class GPTModel(Module):

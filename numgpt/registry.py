@@ -30,6 +30,13 @@ what ``resolve`` answers (both twins, or both references, or the reference
 forward with a learner's backward), and the choice is made once, at the
 forward, for the backward of the same call.
 
+Fused ops (numgpt/ops/fused.py: bias + GELU, dropout + residual add, and
+the residual add with its LayerNorm) are compositions of the ops above. Their
+reference is the ops one by one; ``fused(forward, parts, data)`` answers
+whether the fused kernel pair runs instead: in kernel mode ``numba``, on the
+host, unless a learner's backward is in force for one of the ``parts``. When
+it answers None, the tape wrapper calls the parts one by one.
+
 ``op_pairs()`` names every op with a reference pair (for ``use_backward``,
 ``numgpt gradcheck --list`` and ``numgpt train --backward``). The tables are
 built on first use: the op modules import this one.
@@ -106,6 +113,19 @@ def numba_twins():
     }
 
 
+@functools.lru_cache(maxsize=None)
+def fused_twins():
+    """fused op's reference forward -> its numba twins, as an OpPair (forward, backward)."""
+    from numgpt.kernels import fused as twins
+    from numgpt.ops import fused as references
+    return {
+        references.linear_gelu_forward: OpPair(twins.linear_gelu_forward, twins.linear_gelu_backward),
+        references.dropout_add_forward: OpPair(twins.dropout_add_forward, twins.dropout_add_backward),
+        references.dropout_add_layer_norm_forward: OpPair(twins.dropout_add_layer_norm_forward,
+                                                          twins.dropout_add_layer_norm_backward),
+    }
+
+
 _learner_backwards = {}   # reference backward -> a learner's function, while use_backward is in force
 
 
@@ -118,6 +138,17 @@ def implementation(reference, data=None):
     if backend.get_kernel_mode() == "numba" and (data is None or is_host(data)):
         return numba_twins().get(reference, reference)
     return reference
+
+
+def fused(forward, parts, data):
+    """The numba twins (an OpPair) of the fused op whose reference forward is
+    ``forward``, when they run for inputs like ``data``; None when the op is to
+    run as its ``parts`` (op names), one by one (see the module docstring)."""
+    if backend.get_kernel_mode() != "numba" or not is_host(data):
+        return None
+    if any(op_pair(part).backward in _learner_backwards for part in parts):
+        return None
+    return fused_twins()[forward]
 
 
 def resolve(forward, backward, data=None):

@@ -9,6 +9,7 @@ from numgpt.ops.cross_entropy import cross_entropy
 from numgpt.ops.dropout import dropout
 from numgpt.ops.elementwise import add, mul, sum_all
 from numgpt.ops.embedding import embedding
+from numgpt.ops.fused import dropout_add, dropout_add_layer_norm, linear_gelu
 from numgpt.ops.gelu import gelu
 from numgpt.ops.layer_norm import layer_norm
 from numgpt.ops.linear import linear
@@ -18,6 +19,6 @@ from numgpt.ops.shape import concat, getitem, reshape, transpose
 from numgpt.ops.swiglu import swiglu, swiglu_linear
 from numgpt.registry import use_backward
 
-__all__ = ["add", "cached_attention", "causal_attention", "concat", "cross_entropy", "dropout", "embedding", "gelu",
-           "getitem", "layer_norm", "linear", "mul", "reshape", "rms_norm", "rope", "sum_all", "swiglu",
+__all__ = ["add", "cached_attention", "causal_attention", "concat", "cross_entropy", "dropout", "dropout_add",
+           "dropout_add_layer_norm", "embedding", "gelu", "getitem", "layer_norm", "linear", "linear_gelu", "mul", "reshape", "rms_norm", "rope", "sum_all", "swiglu",
            "swiglu_linear", "transpose", "use_backward"]
