@@ -4,7 +4,7 @@ another file.
 numba stamps a cached function with a hash of the one source file that
 defines it. A kernel whose compiled code also contains another file's code
 (``vexp``'s overload is inlined into the softmax, GELU and cross-entropy
-loops) therefore keeps loading the old machine code after that other file
+loops; the fused epilogues call GELU's and LayerNorm's row functions) therefore keeps loading the old machine code after that other file
 changes: nothing in its own file moved. ``refresh`` closes that gap. It hashes
 each kernel module's dependency files (``DEPENDENCIES``), compares the hashes
 with a stamp kept in numba's cache directory for this folder, and for every
@@ -15,7 +15,7 @@ touched. Call it before the first kernel runs (``kernels/__init__.py`` calls it
 before importing the kernel modules); a second call changes nothing.
 
 A missing stamp counts as a change: the first run after the stamp file is lost
-(or this module arrives) recompiles the three dependent modules once.
+(or this module arrives) recompiles the dependent modules once.
 
 ``DEPENDENCIES`` is the list by hand; tests/test_kernels.py rebuilds it from
 the sources (each name a kernel's jitted functions read, traced to the
@@ -34,6 +34,7 @@ from numba.core.caching import FunctionCache
 DEPENDENCIES = {
     "attention": ("philox", "vexp"),
     "cross_entropy": ("vexp",),
+    "fused": ("gelu", "layer_norm", "vexp"),
     "gelu": ("vexp",),
 }
 STAMP_NAME = "numgpt-kernel-dependencies.json"

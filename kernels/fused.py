@@ -212,5 +212,5 @@ def dropout_add_layer_norm_backward(douts, cache):
     return ds.reshape(s.shape), dy.reshape(s.shape), dweight, dbias
 
 
-JITTED = (_bias_gelu_forward, _gelu_bias_backward, dropout_add_span, dropout_span, _dropout_add_forward,
-          _dropout_backward, _dropout_add_layer_norm_forward, _dropout_add_layer_norm_backward)
+JITTED = (_bias_gelu_forward, _gelu_bias_backward, _dropout_add_forward, _dropout_backward,
+          _dropout_add_layer_norm_forward, _dropout_add_layer_norm_backward)   # the span functions compile inside them

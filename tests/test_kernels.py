@@ -581,12 +581,22 @@ def names_read(code):
     return names
 
 
+def jit_reads(name):
+    """The numgpt modules whose names the jitted functions of kernels/<name>.py read."""
+    from numba.core.dispatcher import Dispatcher
+    module = importlib.import_module(f"numgpt.kernels.{name}")
+    imports = numgpt_imports(module.__file__)
+    read = set()
+    for value in vars(module).values():
+        if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__:
+            read |= {imports[n] for n in names_read(value.py_func.__code__) if n in imports}
+    return read
+
+
 def test_compile_cache_dependencies_are_the_names_jitted_code_takes_from_other_files():
     """compile_cache.DEPENDENCIES against the sources: a kernel module depends on the modules of
-    this folder whose names its jitted functions read (and on what those import from numgpt);
-    jitted code reads nothing from numgpt outside this folder (a new such name needs a line here)."""
-    from numba.core.dispatcher import Dispatcher
-
+    this folder whose names its jitted functions read (and on what their jitted functions read,
+    in turn); jitted code reads nothing from numgpt outside this folder (a new such name needs a line here)."""
     from numgpt.kernels import compile_cache
     folder = os.path.dirname(compile_cache.__file__)
     found = {}
@@ -594,14 +604,12 @@ def test_compile_cache_dependencies_are_the_names_jitted_code_takes_from_other_f
         name = file[:-3]
         if not file.endswith(".py") or name in ("__init__", "compile_cache"):
             continue
-        module = importlib.import_module(f"numgpt.kernels.{name}")
-        imports = numgpt_imports(os.path.join(folder, file))
-        read = set()
-        for value in vars(module).values():
-            if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__:
-                read |= {imports[n] for n in names_read(value.py_func.__code__) if n in imports}
-        for dependency in sorted(read):                              # and what a dependency itself imports
-            read |= set(numgpt_imports(os.path.join(folder, dependency.rsplit(".", 1)[1] + ".py")).values())
+        read, todo = set(), jit_reads(name)
+        while todo:                                                  # and what a dependency's jitted code reads
+            module = todo.pop()
+            read.add(module)
+            if module.startswith("numgpt.kernels."):
+                todo |= jit_reads(module.rsplit(".", 1)[1]) - read
         outside = sorted(m for m in read if not m.startswith("numgpt.kernels."))
         assert not outside, f"{name}: its jitted code takes {outside}, which compile_cache does not follow"
         depends = {m.rsplit(".", 1)[1] for m in read}
@@ -664,7 +672,8 @@ def test_compile_cache_recompiles_the_kernels_that_inline_vexp_after_it_changes(
     first = run()
     assert first["cache"].startswith(str(tmp_path / "numba-cache"))
     assert first["removed"] == sorted(compile_cache.DEPENDENCIES)   # no stamp yet
-    assert first["compiled"] == ["_embedding_backward", "_gelu_forward", "vexp_float32"]   # vexp: with gelu
+    assert first["compiled"] == ["_embedding_backward", "_gelu_forward", "gelu_span_forward",
+                                 "vexp_float32"]                 # vexp: with gelu
     again = run()
     assert again["removed"] == [] and again["compiled"] == [] and again["gelu"] == first["gelu"]
 
@@ -674,7 +683,7 @@ def test_compile_cache_recompiles_the_kernels_that_inline_vexp_after_it_changes(
     assert stale["compiled"] == [] and stale["gelu"] == first["gelu"], "numba noticed the edit by itself"
     fresh = run()
     assert fresh["removed"] == sorted(compile_cache.DEPENDENCIES)
-    assert fresh["compiled"] == ["_gelu_forward", "vexp_float32"]
+    assert fresh["compiled"] == ["_gelu_forward", "gelu_span_forward", "vexp_float32"]
     assert fresh["gelu"] != first["gelu"]
     assert run()["compiled"] == []
 
