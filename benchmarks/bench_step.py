@@ -115,6 +115,19 @@ def step_flops(cfg, batch, seq):
     return 6 * p_mm * batch * seq + 12 * L * batch * seq * seq * C
 
 
+def parameter_count(cfg):
+    """The seed's GPTModel's parameters (untied head)."""
+    C, L, V = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
+    per_block = 12 * C * C + 10 * C + (3 * C if cfg["qkv_bias"] else 0)
+    return 2 * V * C + cfg["context_length"] * C + L * per_block + 2 * C
+
+
+def causal_step_flops(cfg, batch, seq):
+    """step_flops with attention's masked half left out, as numgpt's flash kernel computes it."""
+    C, L = cfg["emb_dim"], cfg["n_layers"]
+    return step_flops(cfg, batch, seq) - 6 * L * batch * seq * seq * C
+
+
 def torch_eager_training_bytes(cfg, batch, seq):
     """A rough estimate of PyTorch eager's memory for the seed's step (float32), counted as
     numgpt.train.estimate_training_bytes counts numgpt's, from what the seed's autograd graph keeps:
@@ -130,8 +143,7 @@ def torch_eager_training_bytes(cfg, batch, seq):
     - logits, log-softmax and their gradient: 3 * B * T * V.
     The measured peak adds the runtime's own few hundred MB (4.07 GB measured at 2 x 256)."""
     B, T, C, L, NH, V = batch, seq, cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"], cfg["vocab_size"]
-    per_block_params = 12 * C * C + 10 * C + (3 * C if cfg["qkv_bias"] else 0)
-    params = 2 * V * C + cfg["context_length"] * C + L * per_block_params + 2 * C
+    params = parameter_count(cfg)
     per_layer = B * T * C * 32 + B * NH * T * T * 9 // 4
     return 16 * params + 4 * (L * per_layer + B * NH * T * T * 3 + 3 * B * T * V)
 
@@ -697,6 +709,16 @@ def render(args, setup, torch_version, first, cached, check, sgemm, products, st
     if numgpt and eager:
         lines += ["", f"**numgpt / PyTorch eager: time {numgpt / eager:.2f}, "
                       f"peak memory {peaks['numgpt'] / peaks['torch']:.2f}** (issue 15 targets: <= 0.30 and <= 0.6)."]
+        causal_flops = causal_step_flops(setup.cfg, setup.batch, setup.seq)
+        products_floor = causal_flops / (ceiling * 1e9)
+        state_bytes = 16 * parameter_count(setup.cfg)
+        lines += ["", f"What bounds them: numgpt's matrix products alone ({causal_flops / 1e9:.3g} GFLOP, "
+                      f"attention's masked half skipped) take {products_floor * 1e3:.0f} "
+                      f"ms at this run's sgemm ceiling, {products_floor / eager:.2f} x PyTorch eager's step; "
+                      f"numgpt's step is {numgpt / products_floor:.2f} x that floor. The weights, their gradients "
+                      f"and AdamW's two moments, all alive at optimizer.step(), are {state_bytes / 2 ** 30:.2f} GB "
+                      f"({state_bytes / 2 ** 20 / peaks['torch']:.2f} x PyTorch's peak), "
+                      f"before any activation or the runtime."]
     if "compile" in medians:
         lines += ["", (f"torch.compile: the first step took {steps['first_step']['compile']:.1f} s (inductor "
                        "compiling forward and backward into an empty cache, plus one step); the table times the "

@@ -34,7 +34,8 @@ Fused ops (numgpt/ops/fused.py: bias + GELU, dropout + residual add, and
 the residual add with its LayerNorm) are compositions of the ops above. Their
 reference is the ops one by one; ``fused(forward, parts, data)`` answers
 whether the fused kernel pair runs instead: in kernel mode ``numba``, on the
-host, unless a learner's backward is in force for one of the ``parts``. When
+host, unless a learner's backward is in force for one of the ``parts`` or
+``op_by_op()`` is. When
 it answers None, the tape wrapper calls the parts one by one.
 
 ``op_pairs()`` names every op with a reference pair (for ``use_backward``,
@@ -140,11 +141,14 @@ def implementation(reference, data=None):
     return reference
 
 
+_unfused = False          # True while op_by_op() is in force
+
+
 def fused(forward, parts, data):
     """The numba twins (an OpPair) of the fused op whose reference forward is
     ``forward``, when they run for inputs like ``data``; None when the op is to
     run as its ``parts`` (op names), one by one (see the module docstring)."""
-    if backend.get_kernel_mode() != "numba" or not is_host(data):
+    if _unfused or backend.get_kernel_mode() != "numba" or not is_host(data):
         return None
     if any(op_pair(part).backward in _learner_backwards for part in parts):
         return None
@@ -177,6 +181,18 @@ def op_pair(op):
     if op not in pairs:
         raise UsageError(f"unknown op {op!r}: expected one of {', '.join(pairs)}")
     return pairs[op]
+
+
+@contextlib.contextmanager
+def op_by_op():
+    """Within the block, every fused op runs as its parts, one by one (their numba
+    twins in kernel mode numba): to compare, or to see each part in the graph."""
+    global _unfused
+    previous, _unfused = _unfused, True
+    try:
+        yield
+    finally:
+        _unfused = previous
 
 
 @contextlib.contextmanager

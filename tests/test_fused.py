@@ -4,6 +4,8 @@ within named tolerances and in float64 to round-off; bit for bit against the
 op-by-op numba twins; the several-output node in the autograd; and when the
 fused op runs (numba mode, no learner's backward) and when its parts run one
 by one."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -119,21 +121,15 @@ def test_dropout_add_layer_norm_twin_with_no_gradient_gives_none():
 
 def run_model(fusing, cfg, seed=123):
     """Loss and every gradient of one training step of a GPTModel with dropout, numba mode;
-    ``fusing=False`` makes the fused ops run as their parts (as the registry does for a learner)."""
+    ``fusing=False`` makes the fused ops run as their parts (registry.op_by_op)."""
     numgpt.manual_seed(seed)
     model = GPTModel(cfg)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, cfg["vocab_size"], (2, cfg["context_length"]))
-    with kernel_mode("numba"):
-        if not fusing:
-            saved, f_ref.fused = f_ref.fused, lambda *args: None
-        try:
-            loss = numgpt.calc_loss_batch(idx, rng.integers(0, cfg["vocab_size"], idx.shape), model)
-            ops_used = {line.split()[1] for line in numgpt.explain(loss).splitlines()[1:]}
-            loss.backward()
-        finally:
-            if not fusing:
-                f_ref.fused = saved
+    with kernel_mode("numba"), (contextlib.nullcontext() if fusing else registry.op_by_op()):
+        loss = numgpt.calc_loss_batch(idx, rng.integers(0, cfg["vocab_size"], idx.shape), model)
+        ops_used = {line.split()[1] for line in numgpt.explain(loss).splitlines()[1:]}
+        loss.backward()
     return loss.item(), {name: p.grad for name, p in model.named_parameters()}, ops_used
 
 
@@ -151,7 +147,7 @@ def test_a_model_step_gives_the_same_bits_fused_and_op_by_op():
         np.testing.assert_array_equal(grads[name], grads_parts[name], err_msg=name)
 
 
-def test_the_registry_runs_the_parts_for_numpy_mode_and_for_a_learners_backward():
+def test_the_registry_runs_the_parts_for_numpy_mode_a_learners_backward_and_op_by_op():
     x = Tensor(np.zeros((2, 4), np.float32))
     with kernel_mode("numba"):
         assert registry.fused(f_ref.dropout_add_layer_norm_forward, ("dropout", "add", "layer_norm"), x.data) \
@@ -161,6 +157,8 @@ def test_the_registry_runs_the_parts_for_numpy_mode_and_for_a_learners_backward(
                                   x.data) is None
             assert registry.fused(f_ref.linear_gelu_forward, ("linear", "gelu"), x.data) is not None
     with kernel_mode("numpy"):
+        assert registry.fused(f_ref.linear_gelu_forward, ("linear", "gelu"), x.data) is None
+    with kernel_mode("numba"), registry.op_by_op():
         assert registry.fused(f_ref.linear_gelu_forward, ("linear", "gelu"), x.data) is None
 
 

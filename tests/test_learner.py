@@ -181,7 +181,13 @@ def test_draw_graph_writes_files_and_explain_collapses_the_blocks(tmp_path):
     numgpt.manual_seed(0)
     model = numgpt.GPTModel(dict(numgpt.PRESETS["tiny"], n_layers=3))
     idx = np.random.default_rng(0).integers(0, 50257, (2, 8))
-    loss = numgpt.calc_loss_batch(idx, idx, model)
+    with kernel_mode("numba"):                  # the fused epilogues: one node each
+        fused = numgpt.explain(numgpt.calc_loss_batch(idx, idx, model), model)
+    print(fused)
+    assert "trf_blocks.1 .. trf_blocks.2: 2 more blocks, each the same 12 ops as trf_blocks.0" in fused
+    assert "dropout_add_layer_norm[1]" in fused and "linear_gelu" in fused
+    with kernel_mode("numpy"):                  # the reference: op by op
+        loss = numgpt.calc_loss_batch(idx, idx, model)
     text = numgpt.explain(loss, model)
     print(text)
     assert "trf_blocks.1 .. trf_blocks.2: 2 more blocks, each the same 14 ops as trf_blocks.0" in text
