@@ -21,22 +21,30 @@ import numba
 import numpy
 from numba.core import event
 
-# Threads that wait by spinning (GNU OpenMP's default) steal the cores from
-# whatever runs next. Where the matrix products stay on OpenBLAS (CPUs without
-# AVX-512, see matmul.py) it runs between every two kernels: a LayerNorm ->
-# matmul -> GELU -> matmul sequence took 1.4x as long. numba's workqueue pool
-# waits without spinning. An explicit NUMBA_THREADING_LAYER wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
-
-from numgpt.kernels import compile_cache  # noqa: E402
+from numgpt.kernels import compile_cache
 
 compile_cache.refresh()      # before the kernels load: drops cached code whose inlined vexp.py changed
 
 from numgpt.kernels import adamw, attention, cross_entropy, embedding, fused, gelu, layer_norm, linear, matmul  # noqa: E402, F401, E501
-from numgpt.ops.embedding import embedding_forward  # noqa: E402
 from numgpt.ops.dropout import DropoutMask  # noqa: E402
+from numgpt.ops.embedding import embedding_forward  # noqa: E402
 from numgpt.ops.philox import AttentionDropout  # noqa: E402
+
+# The threading layer (numba reads it at the first parallel loop, not at import). A seed step
+# starts about 550 parallel loops. GNU OpenMP ("omp") starts one in about 2 us, numba's own
+# workqueue pool in about 90 us (measured here), but OpenMP's idle threads wait by spinning, and
+# so steal the cores from whatever runs next. Where the matrix products stay on OpenBLAS (no
+# AVX-512, see matmul.py) it runs between every two kernels, and a LayerNorm -> matmul -> GELU ->
+# matmul sequence took 1.4x as long. So: OpenMP where numgpt's matmul kernel runs the products
+# (the seed's step took 0.89 of workqueue's time, alternating, 2026-11-28), else workqueue, which
+# waits without spinning; workqueue also where this numba has no OpenMP layer. An explicit
+# NUMBA_THREADING_LAYER wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    if matmul.HAS_AVX512:
+        numba.config.THREADING_LAYER = "default"
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]   # numba wants all three named
+    else:
+        numba.config.THREADING_LAYER = "workqueue"
 
 JITTED = (attention.JITTED + layer_norm.JITTED + gelu.JITTED + cross_entropy.JITTED + adamw.JITTED
           + embedding.JITTED + matmul.JITTED + fused.JITTED)

@@ -20,7 +20,7 @@ from numgpt.ops.gelu import CUBIC, SQRT_2_OVER_PI
 SPAN = 4096     # elements per prange iteration: 16 KiB of float32, in L1 with its output
 
 
-@njit(cache=True)
+@njit(inline="always")
 def gelu_span_forward(x, c, k, out):
     """out = gelu(x) for 1-D x, out (a span of a row): the steps of the reference."""
     half, one = x.dtype.type(0.5), x.dtype.type(1)
@@ -46,7 +46,7 @@ def gelu_forward(x):
     return out.reshape(x.shape), x
 
 
-@njit(cache=True)
+@njit(inline="always")
 def gelu_span_backward(dout, x, c, k, dx):
     """dx = dout * gelu'(x) for 1-D spans, t recomputed as in the forward."""
     half, one, three = x.dtype.type(0.5), x.dtype.type(1), x.dtype.type(3)

@@ -20,7 +20,7 @@ from numgpt.ops.layer_norm import EPS, LayerNormCache
 ROWS_PER_CHUNK = 16
 
 
-@njit(cache=True)
+@njit(inline="always")
 def layer_norm_row(x, weight, bias, eps, out):
     """out = LayerNorm of one row x (C,); returns (mean, rstd) in x's dtype."""
     C = x.shape[0]
@@ -56,7 +56,7 @@ def layer_norm_forward(x, weight, bias, eps=EPS):
     return out.reshape(x.shape), LayerNormCache(x, weight, mean.reshape(stats_shape), rstd.reshape(stats_shape))
 
 
-@njit(cache=True)
+@njit(inline="always")
 def layer_norm_row_backward(dout, x, weight, m, r, dx, dweight_part, dbias_part):
     """dx (C,) of one row; adds the row's terms into dweight_part, dbias_part (C,)."""
     C = x.shape[0]

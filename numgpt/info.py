@@ -71,7 +71,7 @@ def describe():
         ("Python", f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})"),
         ("NumPy", numpy.__version__),
         ("numba", f"{numba.__version__} (llvmlite {llvmlite.__version__}, threading layer "
-                  f"{numba.config.THREADING_LAYER})"),
+                  f"{numba.threading_layer()})"),        # started by get_num_threads above
         ("BLAS", _blas()),
         ("kernel mode", f"{backend.get_kernel_mode()} ({mode_source})"),
         ("matmul kernel", _matmul_kernel()),

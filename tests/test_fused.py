@@ -26,7 +26,7 @@ FLOAT32_RTOL = {"linear_gelu.out": 2e-6, "linear_gelu.grads": 5e-6,
                 "layer_norm.out": 2e-6, "layer_norm.s": 0.0, "layer_norm.grads": 5e-6}
 FLOAT64_RTOL = 1e-12
 
-# rows x columns that cut the kernels' spans, strips and chunks unevenly (N = 1, odd C, F > STRIP)
+# rows x columns that cut the kernels' spans and chunks unevenly (N = 1, odd C, F not a multiple of anything)
 SHAPES = [((1, 1, 5), 3), ((3, 37, 70), 300), ((2, 7, 768), 3072)]
 
 
