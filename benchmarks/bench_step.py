@@ -379,7 +379,10 @@ def scale_child(side_name, setup, context, batch, steps, budget_bytes):
         side = TorchSide(cfg, batch, context)
     side.step()                                                     # warm-up
     times = [side.step()[0] for _ in range(steps)]
-    print(json.dumps({"batch": batch, "seconds": statistics.median(times), "peak_mb": peak_mb()}), flush=True)
+    reply = {"batch": batch, "seconds": statistics.median(times), "peak_mb": peak_mb()}
+    if side_name == "numgpt":
+        reply["estimate_mb"] = estimate / 2 ** 20
+    print(json.dumps(reply), flush=True)
 
 
 # ------------------------------------------------------------------ the parent
@@ -769,11 +772,13 @@ def render_scale(scale_rows):
             return ["", "", ""]
         if "skipped" in reply:
             return [f"skipped: {reply['skipped']}", "", ""]
-        return [f"{reply['seconds'] * 1e3:.0f}", f"{reply['batch'] * context / reply['seconds']:.0f}",
-                f"{reply['peak_mb'] / 1024:.2f} GB"]
+        peak = f"{reply['peak_mb'] / 1024:.2f} GB"
+        if "estimate_mb" in reply:                                  # numgpt: its own estimate beside the peak
+            peak += f" (est. {reply['estimate_mb'] / 1024:.2f})"
+        return [f"{reply['seconds'] * 1e3:.0f}", f"{reply['batch'] * context / reply['seconds']:.0f}", peak]
 
     lines = ["", "## Scale (one timed step after a warm-up, one process per side and shape; report only)", "",
-             ("| context | batch | numgpt ms/step | numgpt tokens/s | numgpt peak | PyTorch eager ms/step "
+             ("| context | batch | numgpt ms/step | numgpt tokens/s | numgpt peak (estimate_training_bytes) | PyTorch eager ms/step "
               "| PyTorch eager tokens/s | PyTorch eager peak | numgpt time / PyTorch eager |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for row in scale_rows:
