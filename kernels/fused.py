@@ -1,5 +1,5 @@
 """numba twins of numgpt/ops/fused.py: each fused epilogue in one pass over
-the activations each way. The arithmetic is the op-by-op twins', step for
+the activations each way (but the bias gradient, below). The arithmetic is the op-by-op twins', step for
 step and in the same order (the GELU and LayerNorm row functions are theirs,
 from kernels/gelu.py and kernels/layer_norm.py), so a fused op gives the same
 bits as its parts run one by one in numba mode; only the passes over memory
@@ -35,6 +35,7 @@ from numgpt.ops.gelu import CUBIC, SQRT_2_OVER_PI
 from numgpt.ops.layer_norm import EPS, LayerNormCache
 from numgpt.ops.linear import LinearCache
 
+
 # ---------------------------------------------------------------- bias + GELU
 @njit(parallel=True, cache=True)
 def _bias_gelu_forward(h, bias, has_bias, c, k, out):
@@ -52,7 +53,7 @@ def linear_gelu_forward(x, weight, bias=None):
     h = matmul(x2d, weight.T)                                          # (N, IN) @ (IN, F) -> (N, F)
     out = numpy.empty_like(h)
     has_bias = bias is not None
-    _bias_gelu_forward(h, bias.astype(h.dtype, copy=False) if has_bias else h[0], has_bias,
+    _bias_gelu_forward(h, bias.astype(h.dtype, copy=False) if has_bias else numpy.empty(F, h.dtype), has_bias,
                        h.dtype.type(SQRT_2_OVER_PI), h.dtype.type(CUBIC), out)
     return out.reshape(lead + (F,)), LinearGELUCache(LinearCache(x2d, weight, has_bias), h.reshape(lead + (F,)))
 
