@@ -13,7 +13,6 @@ next time". ``warm_up(dtype)`` runs every kernel once on tiny inputs and
 returns the seconds it took: the compile time on a first run, the cache-load
 time afterwards.
 """
-import os
 import sys
 import time
 
@@ -21,6 +20,7 @@ import numba
 import numpy
 from numba.core import event
 
+from numgpt import backend
 from numgpt.kernels import compile_cache
 
 compile_cache.refresh()      # before the kernels load: drops cached code whose inlined vexp.py changed
@@ -30,21 +30,7 @@ from numgpt.ops.dropout import DropoutMask  # noqa: E402
 from numgpt.ops.embedding import embedding_forward  # noqa: E402
 from numgpt.ops.philox import AttentionDropout  # noqa: E402
 
-# The threading layer (numba reads it at the first parallel loop, not at import). A seed step
-# starts about 550 parallel loops. GNU OpenMP ("omp") starts one in about 2 us, numba's own
-# workqueue pool in about 90 us (measured here), but OpenMP's idle threads wait by spinning, and
-# so steal the cores from whatever runs next. Where the matrix products stay on OpenBLAS (no
-# AVX-512, see matmul.py) it runs between every two kernels, and a LayerNorm -> matmul -> GELU ->
-# matmul sequence took 1.4x as long. So: OpenMP where numgpt's matmul kernel runs the products
-# (the seed's step took 0.89 of workqueue's time, alternating, 2026-11-28), else workqueue, which
-# waits without spinning; workqueue also where this numba has no OpenMP layer. An explicit
-# NUMBA_THREADING_LAYER wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    if matmul.HAS_AVX512:
-        numba.config.THREADING_LAYER = "default"
-        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]   # numba wants all three named
-    else:
-        numba.config.THREADING_LAYER = "workqueue"
+backend.choose_threading_layer()     # before the first parallel loop: GNU OpenMP, waiting passively
 
 JITTED = (attention.JITTED + layer_norm.JITTED + gelu.JITTED + cross_entropy.JITTED + adamw.JITTED
           + embedding.JITTED + matmul.JITTED + fused.JITTED)

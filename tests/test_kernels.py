@@ -704,3 +704,34 @@ def test_swiglu_linear_matches_numpy(dtype, bias):
         else:
             assert got.dtype == dtype
             assert_close(f"swiglu_linear.{name}", got, want, tol("linear.grads", dtype))
+
+
+# ---------------------------------------------------------------- numba's threading layer
+THREADING_PROBE = """
+import ctypes, ctypes.util, json, os, sys
+if sys.argv[1] == "preload":                      # another library brought OpenMP in first
+    ctypes.CDLL(ctypes.util.find_library("gomp") or "libgomp.so.1")
+import numba, numpy
+from numgpt import kernels
+from numgpt.kernels import layer_norm
+x = numpy.ones((4, 3), dtype=numpy.float32)
+layer_norm.layer_norm_forward(x, x[0], x[0])      # a parallel loop: the layer is fixed now
+print(json.dumps({"layer": numba.threading_layer(), "wait": os.environ.get("OMP_WAIT_POLICY")}))
+"""
+
+
+@pytest.mark.parametrize("case, env, want", [
+    ("plain", {}, {"layer": "omp", "wait": "passive"}),
+    ("plain", {"OMP_WAIT_POLICY": "active"}, {"layer": "omp", "wait": "active"}),
+    ("plain", {"NUMBA_THREADING_LAYER": "workqueue"}, {"layer": "workqueue", "wait": None}),
+    ("preload", {}, {"layer": "workqueue", "wait": None}),
+])
+def test_the_threading_layer_is_openmp_waiting_passively_unless_told_or_preloaded(case, env, want):
+    """backend.choose_threading_layer in a fresh process: OpenMP with passive waiting by default
+    (spinning threads took the cores from OpenBLAS between loops); the user's settings win; an
+    OpenMP already loaded by another library keeps its own wait policy, so numba's workqueue runs."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
+    result = subprocess.run([sys.executable, "-c", THREADING_PROBE, case], env=dict(environment, **env),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == want
