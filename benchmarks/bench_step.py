@@ -560,6 +560,9 @@ def main():
 
     setup = TINY if args.tiny else FULL
     if args.child in ("numgpt", "torch"):
+        if args.context:                            # a resident side at another shape (bench_context.py)
+            setup = setup._replace(cfg=dict(setup.cfg, context_length=args.context), batch=args.batch,
+                                   seq=args.context)
         return serve(args.child, args.variant, setup)
     if args.child == "check":
         return check_agreement(setup.cfg, setup.batch, setup.seq)
