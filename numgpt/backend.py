@@ -122,10 +122,10 @@ def choose_threading_layer():
     spin and 50 us when they wait passively. Spinning threads steal the cores from
     what runs between two loops: OpenBLAS's products (generation with the KV cache
     fell from 30 to 3.2 tokens/s; a step with the products on OpenBLAS took 1.25x as
-    long). So: OpenMP with OMP_WAIT_POLICY=passive (unless the environment says
-    otherwise), which took 0.88 of workqueue's time for the seed's step and 0.78 for
-    generation; workqueue where OpenMP is missing, or already loaded by another
-    library in this process (its wait policy was fixed when it loaded)."""
+    long). So: OpenMP waiting passively (unless OMP_WAIT_POLICY says otherwise), which
+    took 0.88 of workqueue's time for the seed's step and 0.78 for generation;
+    workqueue where OpenMP is missing, or already loaded by another library in this
+    process (its wait policy was fixed when it loaded)."""
     global _threading_layer_chosen
     import numba
     from threadpoolctl import threadpool_info
@@ -133,12 +133,35 @@ def choose_threading_layer():
     if _threading_layer_chosen or "NUMBA_THREADING_LAYER" in os.environ:
         return
     _threading_layer_chosen = True
-    if any(pool["user_api"] == "openmp" for pool in threadpool_info()):
+    if any(pool["user_api"] == "openmp" for pool in threadpool_info()) or not _load_openmp_passive():
         numba.config.THREADING_LAYER = "workqueue"
         return
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")          # read by libgomp when numba loads it
     numba.config.THREADING_LAYER = "default"
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]   # numba wants all three named
+
+
+def _load_openmp_passive():
+    """Load GNU OpenMP now, with OMP_WAIT_POLICY=passive unless the environment sets a policy:
+    libgomp reads it once, when it loads (numba's OpenMP pool then uses this copy). The
+    variable is not left in the environment, where subprocesses (PyTorch in the benchmarks)
+    would inherit it. False when there is no libgomp to load."""
+    import ctypes
+    import ctypes.util
+
+    path = ctypes.util.find_library("gomp")
+    if path is None:
+        return False
+    ours = "OMP_WAIT_POLICY" not in os.environ
+    if ours:
+        os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+        ctypes.CDLL(path)
+    except OSError:
+        return False
+    finally:
+        if ours:
+            del os.environ["OMP_WAIT_POLICY"]
+    return True
 
 
 def set_num_threads(n):

@@ -716,22 +716,29 @@ from numgpt import kernels
 from numgpt.kernels import layer_norm
 x = numpy.ones((4, 3), dtype=numpy.float32)
 layer_norm.layer_norm_forward(x, x[0], x[0])      # a parallel loop: the layer is fixed now
-print(json.dumps({"layer": numba.threading_layer(), "wait": os.environ.get("OMP_WAIT_POLICY")}))
+print(json.dumps({"layer": numba.threading_layer(), "environment": os.environ.get("OMP_WAIT_POLICY")}))
 """
 
 
-@pytest.mark.parametrize("case, env, want", [
-    ("plain", {}, {"layer": "omp", "wait": "passive"}),
-    ("plain", {"OMP_WAIT_POLICY": "active"}, {"layer": "omp", "wait": "active"}),
-    ("plain", {"NUMBA_THREADING_LAYER": "workqueue"}, {"layer": "workqueue", "wait": None}),
-    ("preload", {}, {"layer": "workqueue", "wait": None}),
+@pytest.mark.parametrize("case, env, layer, policy", [
+    ("plain", {}, "omp", "PASSIVE"),
+    ("plain", {"OMP_WAIT_POLICY": "active"}, "omp", "ACTIVE"),
+    ("plain", {"NUMBA_THREADING_LAYER": "workqueue"}, "workqueue", None),
+    ("preload", {}, "workqueue", None),
 ])
-def test_the_threading_layer_is_openmp_waiting_passively_unless_told_or_preloaded(case, env, want):
+def test_the_threading_layer_is_openmp_waiting_passively_unless_told_or_preloaded(case, env, layer, policy):
     """backend.choose_threading_layer in a fresh process: OpenMP with passive waiting by default
-    (spinning threads took the cores from OpenBLAS between loops); the user's settings win; an
-    OpenMP already loaded by another library keeps its own wait policy, so numba's workqueue runs."""
+    (spinning threads took the cores from OpenBLAS between loops), without leaving
+    OMP_WAIT_POLICY to subprocesses; the user's settings win; an OpenMP already loaded by another
+    library keeps its own wait policy, so numba's workqueue runs. libgomp prints the policy it
+    runs with (OMP_DISPLAY_ENV), when numgpt loads it."""
     environment = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
-    result = subprocess.run([sys.executable, "-c", THREADING_PROBE, case], env=dict(environment, **env),
+    result = subprocess.run([sys.executable, "-c", THREADING_PROBE, case],
+                            env=dict(environment, OMP_DISPLAY_ENV="true", **env),
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == want
+    assert json.loads(result.stdout.splitlines()[-1]) == {"layer": layer, "environment": env.get("OMP_WAIT_POLICY")}
+    if policy:                                   # one OpenMP runtime, numgpt's, with that policy
+        print(result.stderr)
+        assert [line.strip() for line in result.stderr.splitlines() if "OMP_WAIT_POLICY =" in line] == \
+            [f"OMP_WAIT_POLICY = '{policy}'"]
