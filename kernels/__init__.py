@@ -16,7 +16,6 @@ time afterwards.
 import sys
 import time
 
-import numba
 import numpy
 from numba.core import event
 
