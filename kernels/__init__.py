@@ -12,80 +12,47 @@ The first compile in a process prints one line, "compiling kernels, cached for
 next time". ``warm_up(dtype)`` runs every kernel once on tiny inputs and
 returns the seconds it took: the compile time on a first run, the cache-load
 time afterwards.
+
+Importing this package runs ``kernels/runtime.py``: it refreshes the compile
+cache, loads every kernel module, chooses numba's threading layer and defines
+``JITTED`` and ``warm_up``.
+
+This folder is a package only as ``numgpt.kernels`` (setup.cfg maps it there).
+From the repository root, where the current directory is first on
+``sys.path``, Python would also find it as a top-level ``kernels`` and hide
+another package of that name (Hugging Face's ``kernels``, which transformers
+imports). Imported under any name but ``numgpt.kernels``, this file steps
+aside: it loads the next ``kernels`` on ``sys.path`` in its place, or raises
+ModuleNotFoundError when there is none.
 """
-import sys
-import time
-
-import numpy
-from numba.core import event
-
-from numgpt import backend
-from numgpt.kernels import compile_cache
-
-compile_cache.refresh()      # before the kernels load: drops cached code whose inlined vexp.py changed
-
-from numgpt.kernels import adamw, attention, cross_entropy, embedding, fused, gelu, layer_norm, linear, matmul  # noqa: E402, F401, E501
-from numgpt.ops.dropout import DropoutMask  # noqa: E402
-from numgpt.ops.embedding import embedding_forward  # noqa: E402
-from numgpt.ops.philox import AttentionDropout  # noqa: E402
-
-backend.choose_threading_layer()     # before the first parallel loop: GNU OpenMP, waiting passively
-
-JITTED = (attention.JITTED + layer_norm.JITTED + gelu.JITTED + cross_entropy.JITTED + adamw.JITTED
-          + embedding.JITTED + matmul.JITTED + fused.JITTED)
 
 
-class _AnnounceFirstCompile(event.Listener):
-    """Prints the compile notice once, when numba starts compiling one of these
-    kernels (numba fires "numba:compile" on a cache miss only)."""
+def _step_aside(name):
+    """Imported as ``name``, not as numgpt.kernels: load the next module called
+    ``name`` on ``sys.path``, skipping this folder, into ``sys.modules[name]``,
+    which is what the import statement then returns."""
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    if "." in name:
+        raise ImportError(f"{here} is numgpt's kernels package: import it as numgpt.kernels, not as {name}")
 
-    announced = False
+    def holds_this_folder(entry):
+        candidate = os.path.join(entry or os.getcwd(), name)
+        return os.path.isdir(candidate) and os.path.samefile(candidate, here)
 
-    def on_start(self, ev):
-        if not self.announced and ev.data["dispatcher"] in JITTED:
-            type(self).announced = True
-            print("compiling kernels, cached for next time", file=sys.stderr, flush=True)
-
-    def on_end(self, ev):
-        pass
-
-
-event.register("numba:compile", _AnnounceFirstCompile())
+    spec = importlib.machinery.PathFinder.find_spec(name, [e for e in sys.path if not holds_this_folder(e)])
+    if spec is None:
+        raise ModuleNotFoundError(f"No module named {name!r} (the folder {here} is numgpt's kernels, "
+                                  f"imported as numgpt.kernels)", name=name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
 
 
-def warm_up(dtype=numpy.float32):
-    """Run every kernel once in ``dtype`` (compiling it, or loading it from the
-    cache); returns the seconds taken."""
-    dtype = numpy.dtype(dtype)
-    rng = numpy.random.default_rng(0)
-    start = time.perf_counter()
-    B, T, NH, HS, V = 1, 3, 2, 2, 5
-    C = NH * HS
-    x = rng.standard_normal((B, T, C)).astype(dtype)
-    for dropout in (None, AttentionDropout(0.5, 1)):
-        out, cache = attention.attention_forward(x, x, x, NH, dropout)
-        attention.attention_backward(out, cache)
-    ones, zeros = numpy.ones(C, dtype=dtype), numpy.zeros(C, dtype=dtype)
-    out, cache = layer_norm.layer_norm_forward(x, ones, zeros)
-    layer_norm.layer_norm_backward(out, cache)
-    out, cache = gelu.gelu_forward(x)
-    gelu.gelu_backward(out, cache)
-    out, cache = fused.linear_gelu_forward(x, x[0], ones[:T])
-    fused.linear_gelu_backward(out, cache)
-    for mask in (None, DropoutMask(x > 0, 2.0)):
-        out, cache = fused.dropout_add_forward(x, x, mask)
-        fused.dropout_add_backward(out, cache)
-        outs, cache = fused.dropout_add_layer_norm_forward(x, x, mask, ones, zeros)
-        for douts in ((outs[0], outs[1]), (None, outs[1])):
-            fused.dropout_add_layer_norm_backward(douts, cache)
-    targets = numpy.arange(T, dtype=numpy.int64)
-    loss, cache = cross_entropy.cross_entropy_forward(rng.standard_normal((T, V)).astype(dtype), targets)
-    cross_entropy.cross_entropy_backward(numpy.ones((), dtype=dtype), cache)
-    adamw.adamw_update(x.copy(), x, x * 0, x * 0, 1, 1e-3, 0.9, 0.999, 1e-8, 0.01)
-    out, cache = embedding_forward(targets, rng.standard_normal((V, C)).astype(dtype))
-    embedding.embedding_backward(out, cache)
-    square = rng.standard_normal((matmul.MIN_DIM, matmul.MIN_DIM)).astype(dtype)   # the smallest product the kernel takes
-    matmul.matmul(square, square.T)
-    adamw.sum_of_squares(square)
-    return time.perf_counter() - start
-
+if __name__ == "numgpt.kernels":
+    from numgpt.kernels.runtime import JITTED, warm_up  # noqa: F401
+else:
+    _step_aside(__name__)
