@@ -190,7 +190,8 @@ def save_checkpoint(path, model, optimizer=None, **state):
         files.append(STATE_FILE)
         marker = {"format": FORMAT, "version": FORMAT_VERSION,
                   "sha256": {name: safe_io.sha256_file(tmp / name) for name in files}}
-        safe_write.write_new_file(tmp / MARKER_FILE, json.dumps(marker, indent=1).encode("utf-8"))  # 3. the marker, last
+        # 3. the marker, last
+        safe_write.write_new_file(tmp / MARKER_FILE, json.dumps(marker, indent=1).encode("utf-8"))
         safe_write.fsync_path(tmp)
         if os.path.lexists(path):                       # 4. the old one aside, the new one in
             aside = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
@@ -454,7 +455,7 @@ class CheckpointManager:
         """Save ``step`` atomically, then delete committed checkpoints beyond keep_last (never this one)."""
         if not isinstance(step, (int, numpy.integer)) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
-        safe_write.own_directory(self.directory)
+        safe_write.refuse_link(self.directory)
         path = save_checkpoint(self.path_for(int(step)), model, optimizer, step=int(step), **state)
         if self.keep_last is not None:
             committed = self.checkpoints()

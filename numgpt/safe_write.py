@@ -53,10 +53,11 @@ def _link_words(path):
 
 
 def refuse_link(path):
-    """LinkRefused when ``path`` is a symbolic link (a missing path is fine: it will be created)."""
+    """LinkRefused when ``path`` is a symbolic link (a path that does not exist is fine: the
+    writer creates it, or reports why it cannot)."""
     try:
         info = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return
     if stat.S_ISLNK(info.st_mode):
         raise LinkRefused(f"refusing to write {path}: it is {_link_words(path)}; numgpt writes nothing through "
