@@ -21,6 +21,8 @@ writes them, so that a loss history with a NaN round-trips exactly.)
 ``CheckpointManager`` keeps ``directory/step-{step:08d}`` checkpoints for a
 training run: it deletes old ones only after the new one is committed, finds
 the newest committed one, and removes the temporaries a killed run leaves.
+It neither writes nor deletes through a symbolic link (numgpt.safe_write): its
+directory, a step directory or a file there that is a link is refused.
 """
 import errno
 import hashlib
@@ -36,7 +38,7 @@ from typing import NamedTuple, Optional
 
 import numpy
 
-from numgpt import backend, safe_io
+from numgpt import backend, safe_io, safe_write
 from numgpt.errors import NumgptError
 
 FORMAT = "numgpt-checkpoint"
@@ -96,13 +98,6 @@ def _json_ready(value, where):
         return [_json_ready(item, f"{where}[{i}]") for i, item in enumerate(value)]
     hint = " (store arrays in the model or as .tolist())" if isinstance(value, numpy.ndarray) else ""
     raise CheckpointError(f"checkpoint state {where} is a {type(value).__name__}, which JSON cannot hold{hint}")
-
-
-def _write_file(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _untie(state_dict):
@@ -172,6 +167,7 @@ def save_checkpoint(path, model, optimizer=None, **state):
     document = {"format": FORMAT, "version": FORMAT_VERSION, "config": _json_ready(model.cfg, "config"),
                 "tied": tied, "optimizer": opt_json, "state": _json_ready(state, "")}
     state_bytes = json.dumps(document, indent=1).encode("utf-8")
+    safe_write.refuse_link(path)
     if not _replaceable(path):
         raise CheckpointError(f"refusing to save checkpoint {path}: it exists and is not a numgpt checkpoint "
                               f"directory (it holds other files)")
@@ -190,18 +186,19 @@ def save_checkpoint(path, model, optimizer=None, **state):
         if optimizer is not None:
             safe_io.write_safetensors(tmp / OPTIMIZER_FILE, opt_arrays, {"format": FORMAT})
             files.append(OPTIMIZER_FILE)
-        _write_file(tmp / STATE_FILE, state_bytes)
+        safe_write.write_new_file(tmp / STATE_FILE, state_bytes)
         files.append(STATE_FILE)
         marker = {"format": FORMAT, "version": FORMAT_VERSION,
                   "sha256": {name: safe_io.sha256_file(tmp / name) for name in files}}
-        _write_file(tmp / MARKER_FILE, json.dumps(marker, indent=1).encode("utf-8"))  # 3. the marker, last
-        safe_io.fsync_path(tmp)
+        # 3. the marker, last
+        safe_write.write_new_file(tmp / MARKER_FILE, json.dumps(marker, indent=1).encode("utf-8"))
+        safe_write.fsync_path(tmp)
         if os.path.lexists(path):                       # 4. the old one aside, the new one in
             aside = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(path, aside)
         os.rename(tmp, path)
         tmp, placed = None, True
-        safe_io.fsync_path(path.parent)
+        safe_write.fsync_path(path.parent)
     except BaseException as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -458,6 +455,7 @@ class CheckpointManager:
         """Save ``step`` atomically, then delete committed checkpoints beyond keep_last (never this one)."""
         if not isinstance(step, (int, numpy.integer)) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        safe_write.refuse_link(self.directory)
         path = save_checkpoint(self.path_for(int(step)), model, optimizer, step=int(step), **state)
         if self.keep_last is not None:
             committed = self.checkpoints()
@@ -485,6 +483,7 @@ class CheckpointManager:
         """Remove what interrupted saves and deletions left (temporary and trash directories); put back
         a committed checkpoint that a killed save had renamed aside. Returns the paths removed."""
         removed = []
+        safe_write.refuse_link(self.directory)     # what it deletes must be this run's
         if not self.directory.is_dir():
             return removed
         stale = re.compile(r"\.(step-[0-9]{8,})\.(tmp|trash|old)-[0-9A-Za-z_]+")

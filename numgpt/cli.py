@@ -27,6 +27,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 SEED_START_CONTEXT = "Every effort moves you"
+NO_BACKWARD = "none"                # --backward none: train with numgpt's own backwards
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -157,7 +158,9 @@ def _train_settings(args, run, processes=1):
     (batch_size x grad_accum x processes): grad_accum becomes the saved
     product divided by the processes now, which must divide it."""
     from numgpt.run import RunError, resolve_settings
-    given = {name: getattr(args, name) for name in TRAIN_DEFAULTS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in TRAIN_DEFAULTS
+             if getattr(args, name) is not None and name != "backward"}
+    typed_backwards = _typed_backwards(args.backward)
     if "data" in given:
         given["data"] = str(Path(given["data"]).expanduser().resolve())
     saved = run.read_settings()
@@ -179,11 +182,51 @@ def _train_settings(args, run, processes=1):
                                f"{saved['train']['grad_accum']} on {saved_processes})")
             given.pop("grad_accum", None)
             saved = dict(saved, train=dict(saved["train"], grad_accum=grad_accum))
-        return resolve_settings(given, TRAIN_DEFAULTS, saved["train"], run.settings_path), saved
+        flags = resolve_settings(given, TRAIN_DEFAULTS, saved["train"], run.settings_path)
+        backwards = _resumed_backwards(typed_backwards, saved["train"].get("backward", []), run.settings_path)
+        return dict(flags, backward=backwards), saved
     if run.holds_a_run():
         raise RunError(f"{run.path} already holds a run: continue it with numgpt train --resume --out {run.path}, "
                        f"or choose another --out")
-    return resolve_settings(given, TRAIN_DEFAULTS), None
+    return resolve_settings(dict(given, backward=typed_backwards or []), TRAIN_DEFAULTS), None
+
+
+def _typed_backwards(specs):
+    """The --backward flags as typed: None when none was typed, [] for --backward none."""
+    if specs is None:
+        return None
+    if NO_BACKWARD not in specs:
+        return list(specs)
+    if len(specs) > 1:
+        raise UsageError(f"--backward {NO_BACKWARD} trains with numgpt's own backwards: it cannot go with "
+                         f"--backward {next(spec for spec in specs if spec != NO_BACKWARD)}")
+    return []
+
+
+def _resumed_backwards(typed, recorded, settings_path):
+    """The learner backwards a resumed run trains with: the ones typed now, never the ones
+    its settings.json names (a run directory may come from anyone, and names no code that
+    numgpt runs); ``recorded`` is only compared. A run that recorded some needs the same
+    flags typed again, or --backward none to go on with numgpt's own."""
+    from numgpt.run import RunError
+    if typed is None and recorded:
+        shown = _as_flags(recorded) if _is_list_of_str(recorded) else f"the value {str(recorded)[:200]!r}"
+        raise RunError(f"this run trained with {shown} (in {settings_path}); numgpt runs no code that a run "
+                       f"directory names: type the same --backward flags to go on with them, or --backward "
+                       f"{NO_BACKWARD} to go on with numgpt's own backwards")
+    if typed and typed != recorded:
+        shown = _as_flags(recorded) if recorded and _is_list_of_str(recorded) else "numgpt's own backwards"
+        raise RunError(f"{_as_flags(typed)} contradicts this run's {shown} (in {settings_path}); type the run's "
+                       f"own --backward flags, or --backward {NO_BACKWARD}, or start a new run with another --out")
+    return typed or []
+
+
+def _is_list_of_str(value):
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _as_flags(specs):
+    return " ".join(f"--backward {spec}" for spec in specs)
 
 
 def _model_config(flags):
@@ -246,11 +289,13 @@ def _training_window(flags, cfg):
     return min(flags["context_length"] or min(cfg["context_length"], DEFAULT_MAX_WINDOW), cfg["context_length"])
 
 
-def _learner_backwards(specs):
-    """[(op, function, spec)] from --backward OP=MODULE:FUNCTION flags."""
+def _load_learner_backwards(typed):
+    """[(op, function, spec)] from the --backward OP=MODULE:FUNCTION flags as typed on the
+    command line (None or [none]: numgpt's own backwards). It imports the learner's modules:
+    only ever called with the command line's flags, never with a value read from a file."""
     from numgpt.registry import op_pair
     chosen = []
-    for spec in specs:
+    for spec in _typed_backwards(typed) or []:
         op, _, function = spec.partition("=")
         if not function:
             raise UsageError(f"--backward {spec}: expected OP=MODULE:FUNCTION, e.g. layer_norm=mine:layer_norm_backward")
@@ -285,7 +330,7 @@ def cmd_train(args):
         backend.set_num_threads(flags["threads"])
     elif world.size > 1:                                    # the cores shared by this machine's ranks
         backend.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.local_ranks()))
-    yours = _learner_backwards(flags["backward"])
+    yours = _load_learner_backwards(args.backward)     # typed now; settings.json's are only compared
     device = resolve_device(flags["device"])
     text, data_sha256 = _read_corpus(flags["data"])
     if saved is not None and data_sha256 != saved["data_sha256"]:
@@ -776,7 +821,9 @@ def build_parser():
     train.add_argument("--allow-special", action="store_true", default=None,
                        help="encode a literal <|endoftext|> in the text as the special token (default: as text)")
     train.add_argument("--backward", action="append", metavar="OP=MODULE:FUNCTION",
-                       help="train with your backward for OP (repeatable), e.g. layer_norm=mine:layer_norm_backward")
+                       help="train with your backward for OP (repeatable), e.g. layer_norm=mine:layer_norm_backward; "
+                            "--resume needs the run's flags typed again (numgpt runs no code a run directory "
+                            "names), or --backward none to go on with numgpt's own")
     _add_threads(train)
     train.set_defaults(run=cmd_train)
 

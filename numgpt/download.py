@@ -56,6 +56,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from numgpt.errors import NumgptError, UsageError
+from numgpt.safe_write import open_existing_or_new, refuse_link
 
 HF_BASE_URL = "https://huggingface.co"
 
@@ -314,7 +315,7 @@ def _exclusive(lock_path):
     the same name: so a lock counts only while the path still names the locked file.
     """
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_existing_or_new(lock_path, os.O_RDWR)
         fcntl.flock(fd, fcntl.LOCK_EX)              # waits for the holder
         try:
             current = os.stat(lock_path)
@@ -358,6 +359,7 @@ class _Interrupted(Exception):
 
 def _fetch_once(url, dest, expected_size, expected_sha256, progress):
     part = dest.with_name(dest.name + ".part")
+    refuse_link(part)                               # neither resumed from nor written through a link
     offset = part.stat().st_size if part.is_file() else 0
     if expected_size is not None and offset > expected_size:
         part.unlink()
@@ -394,7 +396,7 @@ def _fetch_once(url, dest, expected_size, expected_sha256, progress):
         header_sha256 = next((s for s in map(_header_sha256, headers_seen) if s), None)
 
         digest = hashlib.sha256()
-        with open(part, "r+b" if offset else "wb") as out:
+        with os.fdopen(open_existing_or_new(part, os.O_RDWR | (0 if offset else os.O_TRUNC)), "r+b") as out:
             if offset:                          # hash what is already there
                 while chunk := out.read(CHUNK):
                     digest.update(chunk)

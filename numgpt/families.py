@@ -16,10 +16,10 @@
 """
 import json
 import re
-import shutil
 from pathlib import Path
 
 from numgpt.errors import NumgptError
+from numgpt.safe_write import atomic_write, copy_file, own_directory
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 RUN_TOKENIZER_DIR = "tokenizer"        # RUN/tokenizer/: the tokenizer a Llama-family run trains with
@@ -157,12 +157,12 @@ def get_tokenizer(source=None, cache_dir=None):
 
 
 def copy_tokenizer(source_dir, run_dir):
-    """Copy the tokenizer files of a model directory into RUN/tokenizer/ (what there is of them)."""
-    target = Path(run_dir) / RUN_TOKENIZER_DIR
-    target.mkdir(parents=True, exist_ok=True)
+    """Copy the tokenizer files of a model directory into RUN/tokenizer/ (what there is of them),
+    never through a symbolic link (numgpt.safe_write)."""
+    target = own_directory(Path(run_dir) / RUN_TOKENIZER_DIR)
     for name in TOKENIZER_FILES:
         if (Path(source_dir) / name).is_file():
-            shutil.copyfile(Path(source_dir) / name, target / name)
+            copy_file(Path(source_dir) / name, target / name)
     return target
 
 
@@ -174,7 +174,6 @@ def export_pretrained(model, directory, tokenizer_dir=None, max_shard_bytes=None
     from numgpt.device import to_host
     from numgpt.llama import is_llama_config, to_hf_config
     from numgpt.pretrained import WeightsError, export_hf
-    from numgpt.safe_io import atomic_write
     if not is_llama_config(model.cfg):
         return export_hf(model, directory)
     from numgpt.hf_weights import save_weights
@@ -191,5 +190,5 @@ def export_pretrained(model, directory, tokenizer_dir=None, max_shard_bytes=None
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file() and Path(tokenizer_dir).resolve() != directory.resolve():
-                shutil.copyfile(Path(tokenizer_dir) / name, directory / name)
+                copy_file(Path(tokenizer_dir) / name, directory / name)
     return directory

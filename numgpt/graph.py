@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from numgpt.errors import UsageError
+from numgpt.safe_write import atomic_write
 
 BLOCK_PARAMETER = re.compile(r"trf_blocks\.(\d+)\.")
 GRAPH_FORMATS = (".svg", ".png", ".pdf", ".dot")
@@ -158,7 +159,8 @@ def draw_graph(root, path, model=None):
         raise UsageError(f"graph file {path} must end in one of {', '.join(GRAPH_FORMATS)}")
     nodes, first_block, summary = _collapsed(graph_nodes(root, model))
     if path.suffix.lower() == ".dot":
-        path.write_text(_dot(nodes, summary))
+        text = _dot(nodes, summary).encode("utf-8")
+        atomic_write(path, lambda fh: fh.write(text))
         return path
     from matplotlib.figure import Figure
 
@@ -189,5 +191,5 @@ def draw_graph(root, path, model=None):
     ax.set_xlim(-width / 2 - 0.5, width / 2 + 0.5)
     ax.set_ylim(-height + 0.4, 0.6)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda fh: fig.savefig(fh, format=path.suffix.lower()[1:]))
     return path

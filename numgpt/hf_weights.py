@@ -39,7 +39,8 @@ import numpy
 
 from numgpt.device import like, to_host
 from numgpt.errors import NumgptError, UsageError
-from numgpt.safe_io import UnsafeFileError, atomic_write, check_safetensors_header, read_json, write_header
+from numgpt.safe_io import UnsafeFileError, check_safetensors_header, read_json, write_header
+from numgpt.safe_write import atomic_write
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

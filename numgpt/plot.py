@@ -7,12 +7,14 @@ plots in Jupyter stay inline); matplotlib is imported only when a plot is drawn.
 from pathlib import Path
 
 from numgpt.errors import UsageError
+from numgpt.safe_write import atomic_write
 
 PLOT_FORMATS = (".pdf", ".png", ".svg")
 
 
 def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path="loss-plot.pdf"):
-    """Training and validation loss against epochs, with a second x-axis of tokens seen."""
+    """Training and validation loss against epochs, with a second x-axis of tokens seen, written
+    atomically (numgpt.safe_write: never through a symbolic link)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -31,5 +33,5 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path="loss-p
     ax2.plot(tokens_seen, train_losses, alpha=0)       # invisible: only aligns the ticks
     ax2.set_xlabel("Tokens seen")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda fh: fig.savefig(fh, format=path.suffix.lower()[1:]))
     return path

@@ -27,7 +27,8 @@ from numgpt.errors import NumgptError
 from numgpt.hf_weights import WeightsError       # defined there; still importable from here
 from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
 from numgpt.nn import LayerNorm
-from numgpt.safe_io import atomic_write, check_safetensors_header, stream_safetensors
+from numgpt.safe_io import check_safetensors_header, stream_safetensors
+from numgpt.safe_write import atomic_write
 
 
 class WeightsNotFoundError(NumgptError, FileNotFoundError):

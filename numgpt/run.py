@@ -7,7 +7,12 @@ run is resumed from it with no flags.
       losses.json     the seed's lists (train and validation losses, tokens seen) and their epochs
       loss-plot.pdf   the seed's loss plot, redrawn at each evaluation
       checkpoints/    committed step-NNNNNNNN checkpoints (numgpt.checkpoint)
+      tokenizer/      a Llama-family model's tokenizer files, copied from --init
       .lock           held by the training process for the run's life
+
+Nothing in it is written through a symbolic link (numgpt.safe_write): a link
+where numgpt writes (``.lock``, ``checkpoints``, ``settings.json``, ...) is
+refused, naming it, before anything is written.
 
 ``settings.json`` records every training flag as resolved (defaults filled
 in), the model config, the optimizer and schedule, the data file with its
@@ -21,8 +26,9 @@ import math
 import os
 from pathlib import Path
 
-from numgpt import safe_io
+from numgpt import safe_io, safe_write
 from numgpt.errors import UsageError
+from numgpt.families import RUN_TOKENIZER_DIR
 
 SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.jsonl"
@@ -84,9 +90,12 @@ class RunDirectory:
     # ------------------------------------------------------------ the lock
     def lock(self):
         """Hold RUN/.lock for this process's life (released when it exits, even killed):
-        a second training process on the same directory stops here, having written nothing."""
+        a second training process on the same directory stops here, having written nothing.
+        A link in place of the lock or of anything numgpt writes here is refused first."""
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK_FILE, "a+")
+        for entry in (SETTINGS_FILE, METRICS_FILE, LOSSES_FILE, PLOT_FILE, CHECKPOINTS_DIR, RUN_TOKENIZER_DIR):
+            safe_write.refuse_link(self.path / entry)
+        handle = os.fdopen(safe_write.open_existing_or_new(self.path / LOCK_FILE, os.O_RDWR), "r+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -121,8 +130,8 @@ class RunDirectory:
 
     def write_settings(self, document):
         document = {"format": SETTINGS_FORMAT, "version": SETTINGS_VERSION, **document}
-        safe_io.atomic_write(self.settings_path,
-                             lambda fh: fh.write(json.dumps(document, indent=1).encode("utf-8") + b"\n"))
+        safe_write.atomic_write(self.settings_path,
+                                lambda fh: fh.write(json.dumps(document, indent=1).encode("utf-8") + b"\n"))
 
     # ------------------------------------------------------------ metrics
     def read_metrics(self):
@@ -150,15 +159,17 @@ class RunDirectory:
     def start_metrics(self, keep_through_step):
         """The records up to and including ``keep_through_step`` (-1: none), after rewriting
         metrics.jsonl to hold only those: a resumed run drops what came after its checkpoint."""
+        safe_write.refuse_link(self.metrics_path)          # it is rewritten: not read through a link either
         records = [r for r in self.read_metrics() if r["step"] <= keep_through_step]
         text = "".join(json.dumps(r) + "\n" for r in records)
-        safe_io.atomic_write(self.metrics_path, lambda fh: fh.write(text.encode("utf-8")))
+        safe_write.atomic_write(self.metrics_path, lambda fh: fh.write(text.encode("utf-8")))
         return records
 
     def append_metrics(self, record):
         """Append one evaluation's record as a JSON line, flushed to disk."""
         line = json.dumps({key: _finite_or_none(value) for key, value in record.items()}, allow_nan=False)
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+        fd = safe_write.open_existing_or_new(self.metrics_path, os.O_WRONLY | os.O_APPEND)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -170,7 +181,7 @@ class RunDirectory:
                   "tokens_seen": state.track_tokens_seen, "epochs_seen": epochs_of(records),
                   "global_step": state.global_step, "total_tokens": state.tokens_seen}
         report = json.loads(json.dumps(report), parse_constant=lambda name: None)   # NaN/Infinity -> null
-        safe_io.atomic_write(self.losses_path, lambda fh: fh.write(json.dumps(report, indent=1).encode("utf-8")))
+        safe_write.atomic_write(self.losses_path, lambda fh: fh.write(json.dumps(report, indent=1).encode("utf-8")))
 
     def draw_plot(self, records, path=None):
         """The seed's loss plot of ``records`` at ``path`` (default RUN/loss-plot.pdf)."""
@@ -178,14 +189,8 @@ class RunDirectory:
         nan = float("nan")
         train = [nan if r.get("train_loss") is None else r["train_loss"] for r in records]
         val = [nan if r.get("val_loss") is None else r["val_loss"] for r in records]
-        path = Path(self.plot_path if path is None else path)
-        partial = path.with_name(f".{path.stem}.partial{path.suffix}")   # same format, renamed into place
-        try:
-            plot_losses(epochs_of(records), [r["tokens_seen"] for r in records], train, val, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return path
+        return plot_losses(epochs_of(records), [r["tokens_seen"] for r in records], train, val,
+                           self.plot_path if path is None else path)
 
 
 def epochs_of(records):

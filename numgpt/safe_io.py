@@ -54,6 +54,7 @@ from safetensors import SafetensorError, safe_open
 
 from numgpt.device import array_module, is_host, to_host
 from numgpt.errors import NumgptError
+from numgpt.safe_write import atomic_write
 
 MAX_HEADER_BYTES = 100_000_000      # the safetensors library's own limit; a caller may set a lower one
 MAX_JSON_BYTES = 100 * 2**20
@@ -389,41 +390,12 @@ def check_finite(arrays, path):
 
 # ---------------------------------------------------------------- writing
 
-def fsync_path(path):
-    """fsync a file or directory by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def sha256_file(path, chunk=1 << 20):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write(path, write):
-    """Write ``path`` through ``write(fh)`` on a temporary file in the same
-    directory, flushed and fsynced, renamed over ``path``, the directory fsynced:
-    a reader sees the old file or the whole new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_path(path.parent)
 
 
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items() if name != "BF16"}

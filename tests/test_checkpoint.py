@@ -1,5 +1,6 @@
 """numgpt.checkpoint: exact round trips, bit-exact resume, atomic saves that survive kill -9 and
 full disks, and checkpoints that can never run code or hold NaN."""
+import ast
 import errno
 import json
 import os
@@ -496,3 +497,86 @@ def test_the_source_scan_catches_what_it_looks_for(tmp_path):
                    "def eval(self):\n    pass\n")
     assert forbidden_uses(bad) == [(1, "the pickle module"), (2, "eval("), (3, "allow_pickle=True"),
                                    (4, "torch.load"), (5, "exec(")]
+
+
+# What imports or runs code named at run time. numgpt does it in one function (cli.load_function,
+# a learner's --backward / gradcheck module), reached only from the command line's own flags.
+DYNAMIC_CODE = {"import_module", "spec_from_file_location", "module_from_spec", "exec_module", "__import__",
+                "runpy", "run_path", "run_module"}
+CODE_LOADERS = {"load_function", "_load_learner_backwards"}
+LOADER_HOME = ("numgpt/cli.py", "load_function")
+
+
+def _functions_around(tree):
+    """(node, name of the innermost function around it, or None) for every node of ``tree``."""
+    def walk(node, function):
+        for child in ast.iter_child_nodes(node):
+            yield child, function
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            yield from walk(child, inner)
+    return walk(tree, None)
+
+
+def _name_of(node):
+    return node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+
+
+def dynamic_code(source):
+    """[(line, what, function)] for every use of DYNAMIC_CODE in ``source``."""
+    found = []
+    for node, function in _functions_around(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+            found += [(node.lineno, part, function) for module in modules for part in module.split(".")
+                      if part in DYNAMIC_CODE]
+        elif _name_of(node) in DYNAMIC_CODE:
+            found.append((node.lineno, _name_of(node), function))
+    return found
+
+
+def loader_misuses(source):
+    """[(line, what)] where a CODE_LOADERS function is called with anything but an ``args.<flag>``
+    of the parsed command line (outside the loaders themselves), or passed on as a value."""
+    tree = ast.parse(source)
+    as_callee = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    found = []
+    for node, function in _functions_around(tree):
+        if isinstance(node, ast.Call) and _name_of(node.func) in CODE_LOADERS and function not in CODE_LOADERS:
+            for value in [*node.args, *(keyword.value for keyword in node.keywords)]:
+                if not (isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name)
+                        and value.value.id == "args"):
+                    found.append((node.lineno, f"{_name_of(node.func)}({ast.unparse(value)})"))
+        elif (_name_of(node) in CODE_LOADERS and id(node) not in as_callee
+              and isinstance(getattr(node, "ctx", None), ast.Load)):
+            found.append((node.lineno, f"{_name_of(node)} passed on as a value"))
+    return found
+
+
+def test_no_module_is_imported_by_a_name_that_came_from_a_file():
+    files = sorted((REPO / "numgpt").rglob("*.py")) + sorted((REPO / "kernels").rglob("*.py"))
+    uses = [(str(path.relative_to(REPO)), line, what, function) for path in files
+            for line, what, function in dynamic_code(path.read_text())]
+    print("\n".join(f"{path}:{line}: {what} in {function}" for path, line, what, function in uses))
+    assert uses and all((path, function) == LOADER_HOME for path, _, _, function in uses)
+    misuses = [f"{path.relative_to(REPO)}:{line}: {what}" for path in files
+               for line, what in loader_misuses(path.read_text())]
+    assert not misuses, "\n".join(misuses)
+
+
+def test_the_dynamic_import_scan_catches_what_it_looks_for():
+    bad = ("import importlib\n"
+           "from runpy import run_path\n"
+           "def resume(args, flags, saved):\n"
+           "    importlib.import_module(saved['module'])\n"
+           "    __import__(flags['module'])\n"
+           "    _load_learner_backwards(flags['backward'])\n"
+           "    load_function(saved['train']['backward'][0])\n"
+           "    load_function(args.backward)\n"
+           "    hooks = [load_function]\n"
+           "def _load_learner_backwards(typed):\n"
+           "    return [load_function(spec) for spec in typed]\n")
+    assert dynamic_code(bad) == [(2, "run_path", None), (2, "runpy", None), (4, "import_module", "resume"),
+                                 (5, "__import__", "resume")]
+    assert loader_misuses(bad) == [(6, "_load_learner_backwards(flags['backward'])"),
+                                   (7, "load_function(saved['train']['backward'][0])"),
+                                   (9, "load_function passed on as a value")]
