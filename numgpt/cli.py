@@ -882,7 +882,9 @@ def build_parser():
     train.add_argument("--min-lr", type=_non_negative_float, help="where the cosine ends (default 0)")
     train.add_argument("--weight-decay", type=_non_negative_float, help=f"default {d['weight_decay']}")
     train.add_argument("--drop-rate", type=_non_negative_float, help="default the preset's (0.1)")
-    train.add_argument("--grad-clip", type=_non_negative_float, help="clip the global gradient norm to this")
+    train.add_argument("--grad-clip", type=_non_negative_float,
+                       help="clip the global gradient norm to this (0: no clipping, as nanoGPT's grad_clip = 0.0 "
+                            "and the Hugging Face Trainer's max_grad_norm = 0; default: no clipping)")
     train.add_argument("--max-skipped-steps", type=_positive_int,
                        help="stop after this many consecutive steps with a non-finite loss or gradient (default 5)")
     train.add_argument("--eval-freq", type=_positive_int, help=f"evaluate every N steps (default {d['eval_freq']})")

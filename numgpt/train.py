@@ -149,9 +149,10 @@ class LRSchedule:
         cosine:     min + (peak - min) * (1 + cos(pi * p)) / 2,   p = (step - W) / (total - W), at most 1
 
     A cosine re-anchored at step A with rate R (``anchor_step``, ``anchor_lr``:
-    a resumed run whose ``total_steps`` changed, see ``reanchored``) follows
-    the formula above before A and, from A on, a half cosine from R down to
-    ``min_lr`` at step ``total_steps``: p = (step - A) / (total - A), at most 1.
+    a resumed run whose ``total_steps`` changed, see ``reanchored``) is, from A
+    on, a half cosine from R down to ``min_lr`` at step ``total_steps``:
+    p = (step - A) / (total - A), at most 1. (The steps before A were taken
+    under the schedule as it was then.)
     """
     peak_lr: float
     total_steps: int
