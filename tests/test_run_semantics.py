@@ -12,6 +12,7 @@ import gc
 import hashlib
 import io
 import json
+import math
 import shutil
 
 import numpy as np
@@ -21,6 +22,7 @@ import numgpt
 from numgpt import cli
 from numgpt.checkpoint import CheckpointManager, load_checkpoint
 from numgpt.errors import UsageError
+from numgpt.hf_weights import tensor_index
 from numgpt.model import PRESETS
 from numgpt.run import RunDirectory
 from numgpt.train import LRSchedule, train_model_simple
@@ -259,3 +261,78 @@ def test_a_failure_during_training_keeps_its_checkpoint_and_says_which(tmp_path,
     monkeypatch.setattr(RunDirectory, "draw_plot", lambda self, records, path=None: path)
     code, stdout, _ = train("--resume", "--out", out, "--max-steps", 5)
     assert code == 0 and f"Resuming from {kept} (step 2 done, step 3 next)" in stdout
+
+
+# ---------------------------------------------------------------- export: GPT-2 sharded, with its tokenizer
+
+# the seed's corpus with what byte-level BPE finds hard: the special token, accents, runs of spaces, digits
+TOKENIZER_TEXT_TAIL = " <|endoftext|> caf\u00e9  na\u00efve\n\n   12345 don't  \u4e16\u754c "
+
+
+@pytest.fixture(scope="module")
+def gpt2_export(tmp_path_factory):
+    """A tiny GPT-2 (GPT-2's vocabulary) saved as a checkpoint, exported by the CLI in 10 MiB shards."""
+    root = tmp_path_factory.mktemp("export")
+    numgpt.manual_seed(3)
+    model = numgpt.GPTModel(dict(PRESETS["tiny"], context_length=16))
+    numgpt.save_checkpoint(root / "checkpoint", model)
+    assert cli.main(["export", "--checkpoint", str(root / "checkpoint"), "--out", str(root / "hf"),
+                     "--max-shard-size", "10"]) == 0
+    return model, root
+
+
+def test_export_shards_gpt2_as_transformers_does(gpt2_export):
+    model, root = gpt2_export
+    out = root / "hf"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (out / "model.safetensors").exists()
+    held = {}                                               # shard -> [bytes of each tensor]
+    for name, info in tensor_index(out).items():
+        assert info.path.name == index["weight_map"][name] and info.dtype == "F32"
+        held.setdefault(info.path.name, []).append(4 * math.prod(info.shape))
+    print(f"{len(shards)} shards, tensor bytes: {[sum(held[name]) for name in shards]}")
+    assert sorted(held) == shards
+    assert all(len(sizes) == 1 or sum(sizes) <= 10 * 2**20 for sizes in held.values())   # or one larger tensor
+    loaded = numgpt.load_gpt2(out)                          # numgpt reads its shards back, exactly
+    for name, array in model.state_dict().items():
+        assert np.array_equal(loaded.state_dict()[name], array), name
+    again = root / "hf-again"
+    shutil.copytree(out, again)
+    assert cli.main(["export", "--checkpoint", str(root / "checkpoint"), "--out", str(again)]) == 0
+    assert sorted(p.name for p in again.glob("model*")) == ["model.safetensors"]   # the old shards are gone
+    assert np.array_equal(numgpt.load_gpt2(again).out_head.weight.data, model.out_head.weight.data)
+
+
+def test_export_writes_gpt2s_tokenizer_files_that_tokenizers_reads(gpt2_export, verdict_text, tokenizer):
+    from tokenizers import Tokenizer
+
+    from numgpt.tokenizer import HF_TOKENIZER_FILES
+    _, root = gpt2_export
+    out = root / "hf"
+    assert {"vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"} <= set(HF_TOKENIZER_FILES)
+    assert all((out / name).is_file() for name in HF_TOKENIZER_FILES)
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 16
+    text = verdict_text + TOKENIZER_TEXT_TAIL
+    expected = tokenizer.encode(text, allowed_special="all")
+    theirs = Tokenizer.from_file(str(out / "tokenizer.json")).encode(text)
+    first = next((i for i, (a, b) in enumerate(zip(theirs.ids, expected)) if a != b), None)
+    print(f"{len(expected)} tokens; tokenizer.json first differs at {first}")
+    assert theirs.ids == expected
+    assert Tokenizer.from_file(str(out / "tokenizer.json")).decode(expected, skip_special_tokens=False) == text
+    pipeline = json.loads((out / "tokenizer.json").read_text())["model"]  # what GPT2Tokenizer's files must hold
+    assert json.loads((out / "vocab.json").read_text()) == pipeline["vocab"] and len(pipeline["vocab"]) == 50257
+    merges = (out / "merges.txt").read_text().splitlines()
+    assert merges[0] == "#version: 0.2" and [m.split(" ") for m in merges[1:]] == [list(m) for m in
+                                                                                    pipeline["merges"]]
+
+
+def test_transformers_autotokenizer_loads_the_export(gpt2_export, verdict_text, tokenizer):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (not in numgpt's "
+                                                              "test extra): its AutoTokenizer is not tried")
+    _, root = gpt2_export
+    loaded = transformers.AutoTokenizer.from_pretrained(str(root / "hf"))
+    text = verdict_text[:2000] + TOKENIZER_TEXT_TAIL
+    assert loaded(text)["input_ids"] == tokenizer.encode(text, allowed_special="all")
+    assert loaded.eos_token == "<|endoftext|>" and loaded.eos_token_id == 50256
+    assert loaded.decode(tokenizer.encode(text, allowed_special="all")) == text
