@@ -8,6 +8,7 @@ training run (SIGINT, SIGTERM) finishes its step, saves a committed
 checkpoint and exits 130 or 143.
 """
 import argparse
+import dataclasses
 import hashlib
 import os
 import platform
@@ -449,7 +450,6 @@ def _resumed_schedule(saved, schedule, next_step, say):
     """(the schedule, its re-anchoring record) of a run resumed at ``next_step``: the one the run was
     following (settings.json's total_steps and re-anchorings), re-anchored when the run's length
     changed and its rate depends on it (LRSchedule.reanchored): the rate goes on from where it was."""
-    import dataclasses
     recorded = saved.get("schedule", {})
     reanchored = list(recorded.get("reanchored", []))
     previous = dataclasses.replace(schedule, total_steps=recorded.get("total_steps", schedule.total_steps))

@@ -20,6 +20,7 @@ same as the ids, which a test checks against tiktoken's own reader.)
 """
 import functools
 import json
+from pathlib import Path
 
 import numpy
 import tiktoken
@@ -27,6 +28,7 @@ import tiktoken
 from numgpt import backend, bundled
 from numgpt.autograd import array_of
 from numgpt.device import to_host
+from numgpt.safe_io import atomic_write
 
 ENCODING_NAME = "gpt2"
 N_VOCAB = 50257
@@ -91,11 +93,8 @@ def save_hf_tokenizer(directory, model_max_length):
     ``tokenizers`` pipeline: byte-level BPE over GPT-2's pre-tokenizer, <|endoftext|> special),
     ``tokenizer_config.json`` and ``special_tokens_map.json``. Each file is written atomically.
     Returns the paths written."""
-    from pathlib import Path
-
+    # the tokenizers library (Rust) is loaded only by those who write its files
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-
-    from numgpt.safe_io import atomic_write
     encoder_json = bundled.read_bundled(bundled.GPT2_ENCODER_JSON)
     vocab_bpe = bundled.read_bundled(bundled.GPT2_VOCAB_BPE)
     merges = [tuple(line.split(" ")) for line in vocab_bpe.decode("utf-8").splitlines()[1:] if line]
