@@ -116,10 +116,10 @@ def test_a_resume_that_lengthens_a_cosine_run_keeps_the_rate_continuous(tmp_path
                        "--warmup-steps", 1, "--min-lr", "1e-5")
     assert code == 0
     code, stdout, stderr = train("--resume", "--out", out, "--max-steps", 8)
-    assert code == 0 and "cosine goes on from the rate of step 3" in stderr
     rates = {r["step"]: r["lr"] for r in metrics(out)}
     print(f"step 3 (before the resume) {rates[3]:.6e}, step 4 (after) {rates[4]:.6e}")
     assert rates[4] == pytest.approx(rates[3], rel=RATE_RTOL)
+    assert code == 0 and "cosine goes on from the rate of step 3" in stderr
     after = [rates[k] for k in range(4, 8)]
     assert all(a > b for a, b in zip(after, after[1:])) and after[-1] > 1e-5
     schedule = json.loads((out / "settings.json").read_text())["schedule"]
