@@ -431,7 +431,8 @@ def _start_training(run, world, flags, saved, cfg, pretrained, device, total_ste
             if world.is_main:
                 print(f"Resuming from {checkpoint.path} (step {state.global_step} done, step "
                       f"{state.global_step + 1} next)")
-            schedule, reanchored = _resumed_schedule(saved, schedule, state.global_step + 1, world.is_main)
+            schedule, reanchored = _resumed_schedule(saved, run.settings_path, schedule, state.global_step + 1,
+                                                     world.is_main)
     if world.is_main:
         run.write_settings({
             "train": flags, "data_sha256": data_sha256, "model": cfg,
@@ -446,12 +447,17 @@ def _start_training(run, world, flags, saved, cfg, pretrained, device, total_ste
     return model, optimizer, manager, state, schedule
 
 
-def _resumed_schedule(saved, schedule, next_step, say):
+def _resumed_schedule(saved, source, schedule, next_step, say):
     """(the schedule, its re-anchoring record) of a run resumed at ``next_step``: the one the run was
     following (settings.json's total_steps and re-anchorings), re-anchored when the run's length
     changed and its rate depends on it (LRSchedule.reanchored): the rate goes on from where it was."""
+    from numgpt.run import RunError
     recorded = saved.get("schedule", {})
     reanchored = list(recorded.get("reanchored", []))
+    if not all(isinstance(entry, dict) and type(entry.get("step")) is int and type(entry.get("lr")) is float
+               and type(entry.get("total_steps")) is int for entry in reanchored):
+        raise RunError(f"{source}: schedule.reanchored must be a list of {{step, lr, total_steps}} records, "
+                       f"got {reanchored!r}")
     previous = dataclasses.replace(schedule, total_steps=recorded.get("total_steps", schedule.total_steps))
     if reanchored:
         previous = dataclasses.replace(previous, anchor_step=reanchored[-1]["step"], anchor_lr=reanchored[-1]["lr"])
@@ -461,7 +467,7 @@ def _resumed_schedule(saved, schedule, next_step, say):
         if say:
             print(f"numgpt train: note: this run now takes {resumed.total_steps} steps, not {previous.total_steps}: "
                   f"its cosine goes on from the rate of step {next_step - 1} ({resumed.anchor_lr:.4g}) down to "
-                  f"--min-lr {resumed.min_lr:g} at step {resumed.total_steps - 1} (recorded in settings.json's "
+                  f"--min-lr {resumed.min_lr:g} at the run's new end (recorded in settings.json's "
                   f"schedule.reanchored)", file=sys.stderr)
     return resumed, reanchored
 

@@ -109,6 +109,14 @@ def test_lr_schedule_reanchored_goes_on_from_the_last_rate():
     assert constant.anchor_step is None and constant(10) == 1e-3
 
 
+def test_a_malformed_reanchoring_record_is_named(tmp_path):
+    from numgpt.run import RunError
+    schedule = LRSchedule(peak_lr=1e-3, total_steps=20, kind="cosine")
+    saved = {"schedule": {"total_steps": 10, "reanchored": [{"step": "5", "lr": 1e-4, "total_steps": 10}]}}
+    with pytest.raises(RunError, match=r"settings.json: schedule.reanchored must be a list"):
+        cli._resumed_schedule(saved, tmp_path / "settings.json", schedule, 8, say=False)
+
+
 def test_a_resume_that_lengthens_a_cosine_run_keeps_the_rate_continuous(tmp_path, train, no_plot):
     """The issue's walk: a cosine run resumed with a larger --max-steps jumped from 1.3e-4 to 4.5e-4."""
     out = tmp_path / "run"
