@@ -266,6 +266,12 @@ def test_a_failure_during_training_keeps_its_checkpoint_and_says_which(tmp_path,
     kept = out / "checkpoints" / "step-00000002"
     assert drawn == [0, 4] and f"the last committed checkpoint is {kept}" in err and f"--resume --out {out}" in err
     assert CheckpointManager(out / "checkpoints").latest() == kept
+
+    def plot_with_bad_input(self, records, path=None):      # a NumgptError: one line, naming the checkpoint too
+        raise UsageError("injected: a plot path that cannot be used")
+    monkeypatch.setattr(RunDirectory, "draw_plot", plot_with_bad_input)
+    code, _, err = train("--resume", "--out", out)
+    one_line_error(code, err, "injected: a plot path", f"the last committed checkpoint is {kept}")
     monkeypatch.setattr(RunDirectory, "draw_plot", lambda self, records, path=None: path)
     code, stdout, _ = train("--resume", "--out", out, "--max-steps", 5)
     assert code == 0 and f"Resuming from {kept} (step 2 done, step 3 next)" in stdout
