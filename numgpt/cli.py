@@ -8,9 +8,11 @@ training run (SIGINT, SIGTERM) finishes its step, saves a committed
 checkpoint and exits 130 or 143.
 """
 import argparse
+import dataclasses
 import hashlib
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -145,6 +147,28 @@ def _read_corpus(data):
     return text, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _run_corpus(flags, saved, run):
+    """(text, sha256) of the run's data. A resumed run's data is matched by its bytes, not its path:
+    --data NEW_PATH continues a run whose file moved; a file with other bytes is refused."""
+    from numgpt.run import RunError
+    if saved is None:
+        return _read_corpus(flags["data"])
+    recorded = saved["train"].get("data")
+    if flags["data"] == recorded and recorded is not None and not os.path.lexists(recorded):
+        raise RunError(f"this run's data {recorded} is gone (in {run.settings_path}, sha256 "
+                       f"{saved['data_sha256']}): if it moved, give its new path with --data")
+    text, data_sha256 = _read_corpus(flags["data"])
+    if data_sha256 != saved["data_sha256"]:
+        raise RunError(f"the data {_data_name(flags['data'])} has sha256 {data_sha256}, but this run trained "
+                       f"on {_data_name(recorded)} with sha256 {saved['data_sha256']} (in {run.settings_path}): resume "
+                       f"with the same bytes, or start a new run with another --out")
+    return text, data_sha256
+
+
+def _data_name(data):
+    return data or "the bundled the-verdict.txt"
+
+
 def _environment():
     import numba
     return {"numgpt": numgpt_version, "python": platform.python_version(), "numpy": numpy.__version__,
@@ -182,9 +206,11 @@ def _train_settings(args, run, processes=1):
                                f"{saved['train']['grad_accum']} on {saved_processes})")
             given.pop("grad_accum", None)
             saved = dict(saved, train=dict(saved["train"], grad_accum=grad_accum))
+        moved_data = given.pop("data", None)                # the data is matched by its sha256 (_run_corpus)
         flags = resolve_settings(given, TRAIN_DEFAULTS, saved["train"], run.settings_path)
         backwards = _resumed_backwards(typed_backwards, saved["train"].get("backward", []), run.settings_path)
-        return dict(flags, backward=backwards), saved
+        flags = dict(flags, backward=backwards)
+        return (flags if moved_data is None else dict(flags, data=moved_data)), saved
     if run.holds_a_run():
         raise RunError(f"{run.path} already holds a run: continue it with numgpt train --resume --out {run.path}, "
                        f"or choose another --out")
@@ -305,25 +331,19 @@ def _load_learner_backwards(typed):
 
 
 def cmd_train(args):
-    import contextlib
-
-    from numgpt.checkpoint import CheckpointManager, restore
     from numgpt.data import create_dataloader_v1, split_text
-    from numgpt.families import RUN_TOKENIZER_DIR, copy_tokenizer, model_from_config
+    from numgpt.families import RUN_TOKENIZER_DIR, copy_tokenizer
     from numgpt.llama import is_llama_config
-    from numgpt.optim import AdamW
     from numgpt.run import RunDirectory, RunError
     from numgpt.tokenizer import get_tokenizer
-    from numgpt.train import LRSchedule, NonFiniteTraining, TrainState, train_model_simple
 
     world = distributed.world()                             # one process, unless started by mpiexec
     run = RunDirectory(args.out)
-    if world.is_main:                                       # rank 0 alone writes into the run directory
-        try:
-            run.lock()                                      # before anything is read or written
-        except OSError as error:
-            raise RunError(f"cannot use {run.path} as the run directory: {error.strerror or error}") from None
-    world.barrier()                                         # the others read it once rank 0 holds it
+    # A run directory that exists is locked before anything is read: a second process stops here. A new
+    # one is created only after every check below, so that a start that fails leaves nothing behind.
+    existed = world.any(os.path.lexists(run.path)) if world.size > 1 else os.path.lexists(run.path)
+    if existed:
+        _claim(run, world)
     flags, saved = _train_settings(args, run, world.size)
     world.barrier()                                         # every rank has read the settings before rank 0 writes
     if flags["threads"] is not None:
@@ -332,10 +352,7 @@ def cmd_train(args):
         backend.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.local_ranks()))
     yours = _load_learner_backwards(args.backward)     # typed now; settings.json's are only compared
     device = resolve_device(flags["device"])
-    text, data_sha256 = _read_corpus(flags["data"])
-    if saved is not None and data_sha256 != saved["data_sha256"]:
-        raise RunError(f"the data {flags['data'] or 'bundled the-verdict.txt'} has sha256 {data_sha256}, but this "
-                       f"run trained on sha256 {saved['data_sha256']} (in {run.settings_path})")
+    text, data_sha256 = _run_corpus(flags, saved, run)
     if saved is not None:
         cfg, pretrained = saved["model"], None              # the weights come from the checkpoint
         tokenizer_dir = run.path / RUN_TOKENIZER_DIR if is_llama_config(cfg) else None
@@ -360,8 +377,6 @@ def cmd_train(args):
         special = {"<|endoftext|>"} if flags["allow_special"] else ()
     else:
         from numgpt.hf_tokenizer import HFTokenizer
-        if saved is None and world.is_main:                 # the run keeps its tokenizer: resumable offline
-            tokenizer_dir = copy_tokenizer(tokenizer_dir, run.path)
         tokenizer = HFTokenizer(tokenizer_dir)
         special = tokenizer.special_tokens_set if flags["allow_special"] else ()
         if tokenizer.n_vocab > cfg["vocab_size"]:
@@ -381,9 +396,58 @@ def cmd_train(args):
     total_steps = flags["epochs"] * steps_per_epoch
     if flags["max_steps"] is not None:
         total_steps = min(total_steps, flags["max_steps"])
+
+    created = None if existed else _claim(run, world)      # every check passed: the run directory now
+    try:
+        if not existed and not args.resume and world.is_main and run.holds_a_run():
+            raise RunError(f"{run.path} already holds a run (another numgpt train started it meanwhile): "
+                           f"continue it with numgpt train --resume --out {run.path}, or choose another --out")
+        if saved is None and tokenizer_dir is not None and world.is_main:
+            copy_tokenizer(tokenizer_dir, run.path)         # the run keeps its tokenizer: resumable offline
+        started = _start_training(run, world, flags, saved, cfg, pretrained, device, total_steps, data_sha256)
+    except BaseException:
+        if created is not None:                            # a start that fails leaves no directory it created
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    if started is None:
+        return 0                                            # a finished run: nothing left to do
+    model, optimizer, manager, state, schedule = started
+    if not world.is_main:
+        return _follow(world, model, optimizer, train_loader, val_loader, tokenizer, flags, schedule, state)
+    return _train_run(run, world, flags, yours, model, optimizer, manager, state, schedule, train_loader,
+                      val_loader, tokenizer)
+
+
+def _claim(run, world):
+    """Lock the run directory on rank 0, creating it when missing; the others wait for it. Returns
+    the topmost directory this call created (None when ``run.path`` existed), for a failed start
+    to remove, and nothing that was there before."""
+    from numgpt.run import RunError
+    created = None
+    if world.is_main:
+        path = run.path.absolute()
+        while not os.path.lexists(path):
+            created, path = path, path.parent
+        try:
+            run.lock()                                      # before anything is read or written
+        except OSError as error:
+            raise RunError(f"cannot use {run.path} as the run directory: {error.strerror or error}") from None
+    world.barrier()                                         # the others read it once rank 0 holds it
+    return created
+
+
+def _start_training(run, world, flags, saved, cfg, pretrained, device, total_steps, data_sha256):
+    """The model, optimizer, checkpoint manager, training state and schedule of the run, restored
+    from its newest checkpoint when it resumes; the settings written. None, with a message, when a
+    resumed run has no step left to take (nothing is written then)."""
+    from numgpt.checkpoint import CheckpointManager, restore
+    from numgpt.families import model_from_config
+    from numgpt.optim import AdamW
+    from numgpt.train import LRSchedule, TrainState
+
     schedule = LRSchedule(peak_lr=flags["lr"], total_steps=total_steps, warmup_steps=flags["warmup_steps"],
                           kind=flags["lr_schedule"], min_lr=flags["min_lr"], initial_lr=flags["initial_lr"])
-
+    reanchored = []
     backend.manual_seed(flags["seed"])
     model = pretrained if pretrained is not None else model_from_config(cfg)   # on the host, as on every device
     model.to(device)
@@ -403,27 +467,76 @@ def cmd_train(args):
         else:
             restore(checkpoint, model, optimizer, require=("rng_state", "train_state"))
             state = TrainState.from_dict(checkpoint.state["train_state"])
+            if state.global_step + 1 >= total_steps:
+                if world.is_main:
+                    print(f"Nothing left to do: {run.path} has taken its {total_steps} steps (steps 0 to "
+                          f"{total_steps - 1}; {checkpoint.path} holds step {state.global_step}); raise --max-steps "
+                          f"or --epochs to train further")
+                return None
             if world.is_main:
-                print(f"Resuming from {checkpoint.path} (step {state.global_step})")
-    if not world.is_main:
-        return _follow(world, model, optimizer, train_loader, val_loader, tokenizer, flags, schedule, state)
+                print(f"Resuming from {checkpoint.path} (step {state.global_step} done, step "
+                      f"{state.global_step + 1} next)")
+            schedule, reanchored = _resumed_schedule(saved, run.settings_path, schedule, state.global_step + 1,
+                                                     world.is_main)
+    if world.is_main:
+        run.write_settings({
+            "train": flags, "data_sha256": data_sha256, "model": cfg,
+            "optimizer": {"name": "AdamW", "lr": flags["lr"], "weight_decay": flags["weight_decay"],
+                          "betas": list(ADAMW_BETAS), "eps": ADAMW_EPS},
+            "schedule": {"kind": flags["lr_schedule"], "warmup_steps": flags["warmup_steps"],
+                         "initial_lr": flags["initial_lr"], "peak_lr": flags["lr"], "min_lr": flags["min_lr"],
+                         "total_steps": total_steps, "grad_accum": flags["grad_accum"], "reanchored": reanchored},
+            "environment": saved["environment"] if saved is not None else _environment(),
+            "processes": world.size,
+        })
+    return model, optimizer, manager, state, schedule
 
-    run.write_settings({
-        "train": flags, "data_sha256": data_sha256, "model": cfg,
-        "optimizer": {"name": "AdamW", "lr": flags["lr"], "weight_decay": flags["weight_decay"],
-                      "betas": list(ADAMW_BETAS), "eps": ADAMW_EPS},
-        "schedule": {"kind": flags["lr_schedule"], "warmup_steps": flags["warmup_steps"],
-                     "initial_lr": flags["initial_lr"], "peak_lr": flags["lr"], "min_lr": flags["min_lr"],
-                     "total_steps": total_steps, "grad_accum": flags["grad_accum"]},
-        "environment": saved["environment"] if saved is not None else _environment(),
-        "processes": world.size,
-    })
+
+def _resumed_schedule(saved, source, schedule, next_step, say):
+    """(the schedule, its re-anchoring record) of a run resumed at ``next_step``: the one the run was
+    following (settings.json's total_steps and re-anchorings), re-anchored when the run's length
+    changed and its rate depends on it (LRSchedule.reanchored): the rate goes on from where it was."""
+    from numgpt.run import RunError
+    recorded = saved.get("schedule", {})
+    reanchored = list(recorded.get("reanchored", []))
+    if not all(isinstance(entry, dict) and type(entry.get("step")) is int and type(entry.get("lr")) is float
+               and type(entry.get("total_steps")) is int for entry in reanchored):
+        raise RunError(f"{source}: schedule.reanchored must be a list of {{step, lr, total_steps}} records, "
+                       f"got {reanchored!r}")
+    previous = dataclasses.replace(schedule, total_steps=recorded.get("total_steps", schedule.total_steps))
+    if reanchored:
+        previous = dataclasses.replace(previous, anchor_step=reanchored[-1]["step"], anchor_lr=reanchored[-1]["lr"])
+    resumed = previous.reanchored(next_step, schedule.total_steps)
+    if resumed.anchor_step != previous.anchor_step or resumed.anchor_lr != previous.anchor_lr:
+        reanchored.append({"step": next_step, "lr": resumed.anchor_lr, "total_steps": resumed.total_steps})
+        if say:
+            print(f"numgpt train: note: this run now takes {resumed.total_steps} steps, not {previous.total_steps}: "
+                  f"its cosine goes on from the rate of step {next_step - 1} ({resumed.anchor_lr:.4g}) down to "
+                  f"--min-lr {resumed.min_lr:g} at the run's new end (recorded in settings.json's "
+                  f"schedule.reanchored)", file=sys.stderr)
+    return resumed, reanchored
+
+
+def _train_run(run, world, flags, yours, model, optimizer, manager, state, schedule, train_loader, val_loader,
+               tokenizer):
+    """Rank 0's training loop, checkpoints, metrics and plot; its exit status."""
+    import contextlib
+
+    from numgpt.registry import use_backward
+    from numgpt.run import RunError
+    from numgpt.train import NonFiniteTraining, train_model_simple
+
     records = run.start_metrics(keep_through_step=state.global_step)
+    saved_step = state.global_step                          # the step the newest checkpoint holds (-1: none)
 
     def save():
-        path = manager.save(state.global_step + 1, model, optimizer, rng_state=backend.get_rng_state(),
-                            train_state=state.to_dict())
-        print(f"Saved checkpoint {path}", flush=True)
+        """A checkpoint named by the step it holds, the seed's 0-based step of the log lines, once."""
+        nonlocal saved_step
+        if state.global_step != saved_step:
+            path = manager.save(state.global_step, model, optimizer, rng_state=backend.get_rng_state(),
+                                train_state=state.to_dict())
+            saved_step = state.global_step
+            print(f"Saved checkpoint {path}", flush=True)
         world.barrier()                                     # the other ranks wait for the commit
 
     def after_evaluation(current, record):
@@ -432,37 +545,51 @@ def cmd_train(args):
         run.write_losses(current, records)
         run.draw_plot(records)
 
-    from numgpt.registry import use_backward
     start_time = time.time()
-    with StopRequest() as stop, contextlib.ExitStack() as backwards:
-        for op, function, spec in yours:
-            backwards.enter_context(use_backward(op, function))
-            print(f"{op} trains with your backward {spec.partition('=')[2]}", flush=True)
-        def after_step(current):
-            if world.any(stop.signum is not None):          # every rank stops after the same step
-                save()
-                raise Stopped(stop.signum or signal.SIGTERM)
-            if flags["checkpoint_every"] and (current.global_step + 1) % flags["checkpoint_every"] == 0:
-                save()
+    try:
+        with StopRequest() as stop, contextlib.ExitStack() as backwards:
+            for op, function, spec in yours:
+                backwards.enter_context(use_backward(op, function))
+                print(f"{op} trains with your backward {spec.partition('=')[2]}", flush=True)
 
-        try:
-            train_model_simple(model, train_loader, val_loader, optimizer, "cpu", tokenizer=tokenizer,
-                               on_evaluate=after_evaluation, **_loop_options(flags, schedule, after_step, state, world))
-        except Stopped as stopped:
-            return EXIT_SIGNAL[stopped.signum]
-        except NonFiniteTraining as exc:
-            latest = manager.latest()
-            kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved"
-            print(f"numgpt train: error: {exc}; {kept}", file=sys.stderr)
-            return EXIT_FAILURE
-    minutes = (time.time() - start_time) / 60
-    print(f"Training completed in {minutes:.2f} minutes.")
-    save()
-    run.write_losses(state, records)
-    if records:
-        run.draw_plot(records)
+            def after_step(current):
+                if world.any(stop.signum is not None):      # every rank stops after the same step
+                    save()
+                    raise Stopped(stop.signum or signal.SIGTERM)
+                if flags["checkpoint_every"] and (current.global_step + 1) % flags["checkpoint_every"] == 0:
+                    save()
+
+            try:
+                train_model_simple(model, train_loader, val_loader, optimizer, "cpu", tokenizer=tokenizer,
+                                   on_evaluate=after_evaluation,
+                                   **_loop_options(flags, schedule, after_step, state, world))
+            except Stopped as stopped:
+                return EXIT_SIGNAL[stopped.signum]
+            except NonFiniteTraining as exc:
+                print(f"numgpt train: error: {exc}; {_resume_point(manager, run)}", file=sys.stderr)
+                return EXIT_FAILURE
+        minutes = (time.time() - start_time) / 60
+        print(f"Training completed in {minutes:.2f} minutes.")
+        save()
+        run.write_losses(state, records)
+        if records:
+            run.draw_plot(records)
+    except NumgptError as exc:                              # e.g. a full disk: one line, naming what is kept
+        raise RunError(f"{exc}; {_resume_point(manager, run)}") from exc
+    except Exception:                                       # a bug: what is kept, then its traceback
+        print(f"numgpt train: training failed; {_resume_point(manager, run)}", file=sys.stderr, flush=True)
+        raise
     print(f"Wrote {run.plot_path}, {run.losses_path} and {run.metrics_path}")
     return 0
+
+
+def _resume_point(manager, run):
+    """Which committed checkpoint a failed run keeps, and how to go on from it."""
+    latest = manager.latest()
+    if latest is None:
+        return (f"no checkpoint was committed (--checkpoint-every N saves one every N steps); "
+                f"numgpt train --resume --out {run.path} starts the run over")
+    return f"the last committed checkpoint is {latest}: continue from it with numgpt train --resume --out {run.path}"
 
 
 def _loop_options(flags, schedule, after_step, state, world):
@@ -807,7 +934,9 @@ def build_parser():
     train.add_argument("--min-lr", type=_non_negative_float, help="where the cosine ends (default 0)")
     train.add_argument("--weight-decay", type=_non_negative_float, help=f"default {d['weight_decay']}")
     train.add_argument("--drop-rate", type=_non_negative_float, help="default the preset's (0.1)")
-    train.add_argument("--grad-clip", type=_non_negative_float, help="clip the global gradient norm to this")
+    train.add_argument("--grad-clip", type=_non_negative_float,
+                       help="clip the global gradient norm to this (0: no clipping, as nanoGPT's grad_clip = 0.0 "
+                            "and the Hugging Face Trainer's max_grad_norm = 0; default: no clipping)")
     train.add_argument("--max-skipped-steps", type=_positive_int,
                        help="stop after this many consecutive steps with a non-finite loss or gradient (default 5)")
     train.add_argument("--eval-freq", type=_positive_int, help=f"evaluate every N steps (default {d['eval_freq']})")

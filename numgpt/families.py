@@ -170,12 +170,19 @@ def export_pretrained(model, directory, tokenizer_dir=None, max_shard_bytes=None
     """Write ``model`` in the Hugging Face layout of its family into ``directory``:
     config.json and model.safetensors (sharded with model.safetensors.index.json when
     larger than ``max_shard_bytes``, 5 GiB by default, as transformers), and the
-    tokenizer files of ``tokenizer_dir`` when given. Returns the directory."""
+    tokenizer files: those of ``tokenizer_dir`` when given; for GPT-2, GPT-2's own
+    (numgpt.tokenizer.save_hf_tokenizer) when its vocabulary fits the model's.
+    Returns the directory."""
     from numgpt.device import to_host
     from numgpt.llama import is_llama_config, to_hf_config
     from numgpt.pretrained import WeightsError, export_hf
+    options = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
     if not is_llama_config(model.cfg):
-        return export_hf(model, directory)
+        from numgpt.tokenizer import N_VOCAB, save_hf_tokenizer
+        directory = export_hf(model, directory, **options)
+        if model.cfg["vocab_size"] >= N_VOCAB:
+            save_hf_tokenizer(directory, model.cfg["context_length"])
+        return directory
     from numgpt.hf_weights import save_weights
     directory = Path(directory)
     try:
@@ -183,7 +190,6 @@ def export_pretrained(model, directory, tokenizer_dir=None, max_shard_bytes=None
     except OSError as error:
         raise WeightsError(f"cannot export to {directory}: {error.strerror or error}") from None
     state = {name: to_host(param.data) for name, param in model.named_parameters()}   # a tied head once
-    options = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
     save_weights(state, directory, **options)
     config = (json.dumps(to_hf_config(model.cfg), indent=2, sort_keys=True) + "\n").encode("utf-8")
     atomic_write(directory / "config.json", lambda fh: fh.write(config))

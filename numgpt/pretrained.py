@@ -12,9 +12,12 @@ Loading reads one tensor at a time with ``safetensors.safe_open`` and copies
 it into the model's parameter in place, so no second copy of the model is
 ever held: the peak is the model plus its largest tensor (wte).
 """
+import contextlib
 import json
+import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +27,7 @@ from safetensors import safe_open
 from numgpt.download import canonical_size, download_gpt2
 from numgpt.device import to_host
 from numgpt.errors import NumgptError
+from numgpt.hf_weights import INDEX_FILE, SHARD_PATTERN, SINGLE_FILE, save_weights, tensor_index
 from numgpt.hf_weights import WeightsError       # defined there; still importable from here
 from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
 from numgpt.nn import LayerNorm
@@ -98,8 +102,9 @@ def load_gpt2(source, cache_dir=None):
 
     ``source`` is a size name ('gpt2-124m', '355m', ... : found in the Hugging
     Face cache or numgpt's, downloaded first when in neither, see
-    ``numgpt.download``), a directory with model.safetensors (and config.json,
-    when present) or a .safetensors file. A size name only says where to look:
+    ``numgpt.download``), a directory with model.safetensors or transformers'
+    shards and model.safetensors.index.json (and config.json, when present) or
+    a .safetensors file. A size name only says where to look:
     the config.json found there decides the shapes, as it does for a directory.
     The config comes from config.json when there is one, else from the tensor
     shapes: vocab_size and emb_dim from wte, context_length from wpe, n_layers
@@ -109,8 +114,8 @@ def load_gpt2(source, cache_dir=None):
     reported in one WeightsError.
     """
     weights_path, config_path = _resolve(source, cache_dir)
-    check_safetensors_header(weights_path)                        # a hostile header fails here, clearly
-    with safe_open(str(weights_path), framework="numpy") as f:
+    with contextlib.ExitStack() as files:
+        f = _open_weights(weights_path, files)
         names = {}                                                # HF name without prefix -> key in the file
         for key in f.keys():
             names[key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key] = key
@@ -140,6 +145,37 @@ def load_gpt2(source, cache_dir=None):
     return model.eval()
 
 
+class _Shards:
+    """``safe_open``'s keys / get_slice / get_tensor over the shards of one model."""
+
+    def __init__(self, handle_of):
+        self._handle_of = handle_of                               # tensor name -> the open shard holding it
+
+    def keys(self):
+        return list(self._handle_of)
+
+    def get_slice(self, key):
+        return self._handle_of[key].get_slice(key)
+
+    def get_tensor(self, key):
+        return self._handle_of[key].get_tensor(key)
+
+
+def _open_weights(weights_path, files):
+    """The tensors of model.safetensors, or of the shards a model.safetensors.index.json names (the index
+    and every header checked first, hf_weights.tensor_index), opened in the ExitStack ``files``."""
+    if weights_path.name != INDEX_FILE:
+        check_safetensors_header(weights_path)                    # a hostile header fails here, clearly
+        return files.enter_context(safe_open(str(weights_path), framework="numpy"))
+    handles = {}
+    handle_of = {}
+    for name, info in tensor_index(weights_path.parent).items():
+        if info.path not in handles:
+            handles[info.path] = files.enter_context(safe_open(str(info.path), framework="numpy"))
+        handle_of[name] = handles[info.path]
+    return _Shards(handle_of)
+
+
 def _copy_in(f, key, entry, params):
     """Copy one HF tensor into its numgpt parameter(s) in place; a problem string, or None."""
     expected = hf_shape(entry, params)
@@ -167,9 +203,12 @@ def _resolve(source, cache_dir):
     if path is None:
         raise TypeError(f"load_gpt2 source must be a size name or a path, got {type(source).__name__}")
     if path.is_dir():
-        weights, config = path / "model.safetensors", path / "config.json"
+        weights, config = path / SINGLE_FILE, path / "config.json"
+        if not weights.is_file() and (path / INDEX_FILE).is_file():
+            weights = path / INDEX_FILE                            # sharded, as export writes a large model
         if not weights.is_file():
-            raise WeightsNotFoundError(f"{path} has no model.safetensors (the Hugging Face GPT-2 layout)")
+            raise WeightsNotFoundError(f"{path} has no model.safetensors nor {INDEX_FILE} (the Hugging Face "
+                                       f"GPT-2 layout)")
         return weights, config if config.is_file() else None
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -246,7 +285,7 @@ def is_tied(model):
     return model.out_head.weight is model.tok_emb.weight
 
 
-def export_hf(model, directory):
+def export_hf(model, directory, max_shard_bytes=5 * 2**30):
     """Write ``model`` as Hugging Face GPT-2: model.safetensors and config.json in ``directory``.
 
     Keys carry the ``transformer.`` prefix, as GPT2LMHeadModel.save_pretrained
@@ -257,7 +296,11 @@ def export_hf(model, directory):
     written with zero query/key/value biases, which compute the same thing.
     The causal-mask buffers (attn.bias) are not written; transformers does not
     need them. Tensors are written one at a time, each file atomically.
-    Returns the directory.
+
+    Weights larger than ``max_shard_bytes`` (5 GiB by default, as transformers)
+    are written as transformers' float32 shards and model.safetensors.index.json
+    (``hf_weights.save_weights``); the weight files of an earlier export that
+    this one does not use are removed. Returns the directory.
     """
     directory = Path(directory)
     try:
@@ -278,12 +321,36 @@ def export_hf(model, directory):
 
     table = [e if e is LM_HEAD else e._replace(hf=HF_PREFIX + e.hf) for e in weight_table(cfg["n_layers"], tied)]
     header = {entry.hf: (hf_shape(entry, arrays), dtype) for entry in table}
-    atomic_write(directory / "model.safetensors",
-                 lambda fh: stream_safetensors(fh, header, map(hf_tensor, table), metadata={"format": "pt"}))
+    if sum(math.prod(shape) for shape, _ in header.values()) * dtype.itemsize > max_shard_bytes:
+        save_weights(_LazyTensors(table, hf_tensor), directory, max_shard_bytes=max_shard_bytes)
+    else:
+        atomic_write(directory / SINGLE_FILE,
+                     lambda fh: stream_safetensors(fh, header, map(hf_tensor, table), metadata={"format": "pt"}))
+        for path in directory.iterdir():                            # an earlier sharded export's files
+            if path.name == INDEX_FILE or SHARD_PATTERN.match(path.name):
+                path.unlink()
     config = hf_config(model)
     atomic_write(directory / "config.json",
                  lambda fh: fh.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")))
     return directory
+
+
+class _LazyTensors(Mapping):
+    """{Hugging Face name: tensor} whose tensors are made when read (c_attn concatenated then),
+    so that save_weights holds one at a time."""
+
+    def __init__(self, table, make):
+        self._entry = {entry.hf: entry for entry in table}
+        self._make = make
+
+    def __getitem__(self, name):
+        return self._make(self._entry[name])
+
+    def __iter__(self):
+        return iter(self._entry)
+
+    def __len__(self):
+        return len(self._entry)
 
 
 def hf_config(model):

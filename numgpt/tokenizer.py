@@ -20,6 +20,7 @@ same as the ids, which a test checks against tiktoken's own reader.)
 """
 import functools
 import json
+from pathlib import Path
 
 import numpy
 import tiktoken
@@ -27,6 +28,7 @@ import tiktoken
 from numgpt import backend, bundled
 from numgpt.autograd import array_of
 from numgpt.device import to_host
+from numgpt.safe_write import atomic_write
 
 ENCODING_NAME = "gpt2"
 N_VOCAB = 50257
@@ -79,3 +81,44 @@ def token_ids_to_text(token_ids, tokenizer):
     if ids.ndim != 1:
         raise ValueError(f"token ids must have shape (1, n) or (n,), got {ids.shape}")
     return tokenizer.decode(ids.tolist())
+
+
+# the files transformers' GPT2TokenizerFast.save_pretrained writes, which AutoTokenizer.from_pretrained reads
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_hf_tokenizer(directory, model_max_length):
+    """Write GPT-2's tokenizer into ``directory`` as transformers lays it out: ``vocab.json`` and
+    ``merges.txt`` (OpenAI's encoder.json and vocab.bpe, as bundled), ``tokenizer.json`` (the
+    ``tokenizers`` pipeline: byte-level BPE over GPT-2's pre-tokenizer, <|endoftext|> special),
+    ``tokenizer_config.json`` and ``special_tokens_map.json``. Each file is written atomically.
+    Returns the paths written."""
+    # the tokenizers library (Rust) is loaded only by those who write its files
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    encoder_json = bundled.read_bundled(bundled.GPT2_ENCODER_JSON)
+    vocab_bpe = bundled.read_bundled(bundled.GPT2_VOCAB_BPE)
+    merges = [tuple(line.split(" ")) for line in vocab_bpe.decode("utf-8").splitlines()[1:] if line]
+    pipeline = Tokenizer(models.BPE(vocab=json.loads(encoder_json), merges=merges))
+    pipeline.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    pipeline.decoder = decoders.ByteLevel()
+    pipeline.post_processor = processors.ByteLevel(trim_offsets=False)
+    pipeline.add_special_tokens([AddedToken(ENDOFTEXT, special=True, normalized=True)])
+    special = {"content": ENDOFTEXT, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False,
+               "special": True}
+    config = {"add_prefix_space": False, "added_tokens_decoder": {str(ENDOFTEXT_ID): special},
+              "bos_token": ENDOFTEXT, "clean_up_tokenization_spaces": False, "eos_token": ENDOFTEXT,
+              "errors": "replace", "model_max_length": model_max_length, "pad_token": None,
+              "tokenizer_class": "GPT2Tokenizer", "unk_token": ENDOFTEXT}
+    contents = {
+        "vocab.json": encoder_json,
+        "merges.txt": vocab_bpe,
+        "tokenizer.json": pipeline.to_str(pretty=True).encode("utf-8"),
+        "tokenizer_config.json": (json.dumps(config, indent=2) + "\n").encode("utf-8"),
+        "special_tokens_map.json": (json.dumps({"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT,
+                                                "unk_token": ENDOFTEXT}, indent=2) + "\n").encode("utf-8"),
+    }
+    paths = []
+    for name in HF_TOKENIZER_FILES:
+        atomic_write(Path(directory) / name, lambda fh, data=contents[name]: fh.write(data))
+        paths.append(Path(directory) / name)
+    return paths

@@ -13,6 +13,7 @@ interrupted epoch needs a loader whose iterators offer ``state_dict()`` (numgpt'
 ``DataLoader`` does); with any other loader a resumed run starts that epoch over.
 """
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -146,6 +147,12 @@ class LRSchedule:
 
         step < W:   initial + step * (peak - initial) / W
         cosine:     min + (peak - min) * (1 + cos(pi * p)) / 2,   p = (step - W) / (total - W), at most 1
+
+    A cosine re-anchored at step A with rate R (``anchor_step``, ``anchor_lr``:
+    a resumed run whose ``total_steps`` changed, see ``reanchored``) is, from A
+    on, a half cosine from R down to ``min_lr`` at step ``total_steps``:
+    p = (step - A) / (total - A), at most 1. (The steps before A were taken
+    under the schedule as it was then.)
     """
     peak_lr: float
     total_steps: int
@@ -153,6 +160,8 @@ class LRSchedule:
     kind: str = "constant"
     min_lr: float = 0.0
     initial_lr: float = 0.0
+    anchor_step: int = None
+    anchor_lr: float = None
 
     KINDS = ("constant", "cosine")
 
@@ -169,8 +178,28 @@ class LRSchedule:
             return self.initial_lr + step * (self.peak_lr - self.initial_lr) / self.warmup_steps
         if self.kind == "constant":
             return self.peak_lr
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        start, rate = self.warmup_steps, self.peak_lr
+        if self.anchor_step is not None and step >= self.anchor_step:
+            start, rate = self.anchor_step, self.anchor_lr
+        progress = min(1.0, (step - start) / max(1, self.total_steps - start))
+        return self.min_lr + (rate - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def decays_after(self, step):
+        """True when the rate of steps from ``step`` on depends on ``total_steps``."""
+        return self.kind == "cosine" and step > self.warmup_steps
+
+    def reanchored(self, next_step, total_steps):
+        """This schedule for a run resumed at ``next_step`` that now ends at ``total_steps``:
+        unchanged where the steps from ``next_step`` on do not depend on the end; else the
+        remaining steps stretched (or squeezed) from the rate of the last step taken,
+        ``self(next_step - 1)``, down to ``min_lr`` at ``total_steps``, so the rate goes on
+        without a jump."""
+        if total_steps == self.total_steps:
+            return self
+        if not self.decays_after(next_step):
+            return dataclasses.replace(self, total_steps=total_steps)
+        return dataclasses.replace(self, total_steps=total_steps, anchor_step=next_step,
+                                   anchor_lr=self(next_step - 1))
 
 
 def model_state_bytes(cfg, dtype_bytes=4):
@@ -229,6 +258,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
 
     - max_steps stops after that many optimizer steps in all;
     - grad_clip clips the global gradient norm (the log line shows the norm before clipping);
+      0 (or None) clips nothing, as nanoGPT's ``grad_clip = 0.0`` and the Hugging Face
+      Trainer's ``max_grad_norm = 0`` (``clip_grad_norm_(params, 0)`` zeroes the gradients);
     - grad_accum=K sums the gradients of K consecutive batches, each loss
       divided by K, into one AdamW step: the step of one batch K times larger
       (a last group of fewer than K batches in an epoch is left out, as
@@ -262,6 +293,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     """
     if not isinstance(grad_accum, int) or grad_accum < 1:
         raise UsageError(f"grad_accum must be a positive integer, got {grad_accum!r}")
+    if grad_clip is not None and not grad_clip >= 0:
+        raise UsageError(f"grad_clip must be >= 0 (0: no clipping), got {grad_clip!r}")
+    grad_clip = grad_clip or None                       # 0: no clipping
     from numgpt.distributed import World
     world = world or World()
     group_size = grad_accum * world.size                # loader batches per optimizer step, all processes

@@ -37,7 +37,7 @@ def test_train_writes_log_lines_checkpoint_plot_and_losses(tiny_run):
     assert (out / "loss-plot.pdf").read_bytes().startswith(b"%PDF")
     losses = json.loads((out / "losses.json").read_text())
     assert len(losses["train_losses"]) == 1 and losses["total_tokens"] == 4 * 8 * 64
-    assert CheckpointManager(out / "checkpoints").latest().name == "step-00000004"
+    assert CheckpointManager(out / "checkpoints").latest().name == "step-00000003"   # holds step 3
 
 
 def test_generate_eval_and_export_from_the_run(tiny_run, verdict_path, tmp_path):

@@ -129,7 +129,7 @@ def test_only_rank_0_writes_into_the_run_directory(tmp_path):
                             capture_output=True, text=True, timeout=300, env=ENV)
     assert result.returncode == 0, result.stderr
     assert log.read_text() == "[]"                                       # rank 1 wrote nothing there
-    assert (run / "checkpoints" / "step-00000004" / "COMMITTED").is_file()   # and rank 0 wrote the run
+    assert (run / "checkpoints" / "step-00000003" / "COMMITTED").is_file()   # and rank 0 wrote the run
 
 
 def test_sigkill_of_a_rank_ends_the_job_and_the_last_checkpoint_resumes(tmp_path):
@@ -139,7 +139,7 @@ def test_sigkill_of_a_rank_ends_the_job_and_the_last_checkpoint_resumes(tmp_path
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         deadline = time.time() + 240
-        while not (run / "checkpoints" / "step-00000004" / "COMMITTED").is_file():
+        while not (run / "checkpoints" / "step-00000003" / "COMMITTED").is_file():
             assert time.time() < deadline and job.poll() is None, "no checkpoint came"
             time.sleep(0.2)
         ranks = subprocess.run(["pgrep", "-f", f"numgpt train .*--out {run}$"], capture_output=True, text=True)

@@ -167,7 +167,7 @@ def test_continued_pretraining_tokenizes_with_the_models_own_tokenizer_and_lower
         assert r["tokens_seen"] == (r["step"] + 1) * BATCH * CONTEXT
     print(f"val loss {records[0]['val_loss']:.4f} -> {records[-1]['val_loss']:.4f}")
     assert records[-1]["val_loss"] < records[0]["val_loss"]
-    assert latest_checkpoint(run).name == "step-00000020"
+    assert latest_checkpoint(run).name == "step-00000019"
 
 
 def test_generate_and_eval_from_the_run(smollm2_run, verdict_path, verdict_text):
@@ -203,8 +203,8 @@ def test_resume_needs_neither_the_init_directory_nor_flags_and_is_exact(tmp_path
     init.rename(tmp_path / "gone")                                         # the run keeps its own tokenizer
     resumed = cli("train", "--resume", "--out", run, "--max-steps", "25", check=0)
     print(resumed.stdout, resumed.stderr)
-    assert f"Resuming from {run / 'checkpoints' / 'step-00000020'} (step 19)" in resumed.stdout
-    assert latest_checkpoint(run).name == "step-00000025"
+    assert f"Resuming from {run / 'checkpoints' / 'step-00000019'} (step 19 done, step 20 next)" in resumed.stdout
+    assert latest_checkpoint(run).name == "step-00000024"
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 5, 10, 15,
                                                                                                        20]
     assert (run / "tokenizer" / "tokenizer.json").read_bytes() == (SMOLLM2 / "tokenizer.json").read_bytes()
@@ -408,7 +408,7 @@ def test_download_then_train_and_generate_from_the_hf_cache(tmp_path):
         cli("train", "--init", REPO, "--max-steps", "2", "--out", run, *TRAIN, env=env, prelude=SOCKET_GUARD, check=0)
         assert not [path for _, path, _ in server.requests[before:] if "/resolve/" in path]
         assert (run / "tokenizer" / "tokenizer.json").read_bytes() == (SMOLLM2 / "tokenizer.json").read_bytes()
-        assert latest_checkpoint(run).name == "step-00000002"
+        assert latest_checkpoint(run).name == "step-00000001"
     connections = (tmp_path / "sockets.log").read_text().splitlines()
     assert connections and all(line.startswith("('127.0.0.1', ") for line in connections)
 

@@ -118,7 +118,8 @@ def test_safe_flags_are_taken_on_resume_and_others_must_agree(tmp_path):
     assert_usage_error(numgpt_cli("train", "--resume", "--out", tmp_path / "nothing"), "no run to continue")
     changed = tmp_path / "changed.txt"
     changed.write_text("a different corpus " * 400)
-    assert_usage_error(numgpt_cli("train", "--resume", "--out", out, "--data", changed), "--data", "data = None")
+    assert_usage_error(numgpt_cli("train", "--resume", "--out", out, "--data", changed), str(changed), "sha256",
+                       "the bundled the-verdict.txt")
 
 
 def test_a_second_process_on_the_same_run_stops_at_once_and_harms_nothing(tmp_path):
