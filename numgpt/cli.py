@@ -22,6 +22,8 @@ import numpy
 from numgpt import __version__ as numgpt_version
 from numgpt import backend, distributed
 from numgpt.errors import NumgptError, UsageError
+from numgpt.memory import check_training_fits as _check_memory
+from numgpt.memory import memory_available as _memory_available
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -70,41 +72,6 @@ TRAIN_DEFAULTS = {
 # (a Llama-family model knows 8192 to 131072 positions; GPT-2's 1024 stays).
 DEFAULT_MAX_WINDOW = 1024
 ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
-
-
-def _memory_available(meminfo="/proc/meminfo"):
-    """Bytes the kernel says are available (MemAvailable), else the free physical
-    pages sysconf reports, or None when neither is known."""
-    try:
-        with open(meminfo) as lines:
-            for line in lines:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _check_memory(cfg, batch_size, context, available):
-    from numgpt.train import estimate_training_bytes
-    needed = estimate_training_bytes(cfg, batch_size, context)
-    if available is None:
-        print(f"numgpt train: note: memory check skipped: the available memory is unknown here "
-              f"(this run needs about {needed / 2**30:.1f} GiB)", file=sys.stderr)
-    elif needed > available:
-        from numgpt.train import model_state_bytes
-        state = model_state_bytes(cfg)
-        if state > available:
-            raise UsageError(f"this model does not fit: its weights, gradients and AdamW moments alone take "
-                             f"{state:,} bytes ({state / 2**30:.1f} GiB) in float32 and {available:,} bytes "
-                             f"({available / 2**30:.1f} GiB) are available: choose a smaller model, e.g. "
-                             f"--init HuggingFaceTB/SmolLM2-135M or HuggingFaceTB/SmolLM2-360M")
-        raise UsageError(f"this run needs about {needed:,} bytes ({needed / 2**30:.1f} GiB) but {available:,} bytes "
-                         f"({available / 2**30:.1f} GiB) are available: try a smaller --batch-size or "
-                         f"--context-length")
 
 
 class StopRequest:
@@ -357,7 +324,7 @@ def cmd_train(args):
                       f"from step 0", file=sys.stderr)
         else:
             restore(checkpoint, model, optimizer, require=("rng_state", "train_state"))
-            state = TrainState.from_dict(checkpoint.state["train_state"])
+            state = TrainState.from_dict(checkpoint.state["train_state"], checkpoint.path / "checkpoint.json")
             if world.is_main:
                 print(f"Resuming from {checkpoint.path} (step {state.global_step})")
     if not world.is_main:
@@ -491,6 +458,14 @@ def _tokenizer_of(args):
     return get_tokenizer(None if getattr(args, "gpt2", None) else (getattr(args, "model", None) or args.checkpoint))
 
 
+def _check_vocabulary(model, tokenizer):
+    """UsageError when the tokenizer makes token ids the model has no embedding for."""
+    if tokenizer.n_vocab > model.cfg["vocab_size"]:
+        raise UsageError(f"the model's vocab_size {model.cfg['vocab_size']} is smaller than its tokenizer's "
+                         f"{tokenizer.n_vocab} tokens: token ids from {model.cfg['vocab_size']} on have no "
+                         f"embedding (expected a vocab_size of at least {tokenizer.n_vocab})")
+
+
 def _use_threads(args):
     if args.threads is not None:
         backend.set_num_threads(args.threads)
@@ -515,6 +490,7 @@ def cmd_generate(args):
     _use_threads(args)
     model = _load_model(args).eval().to(resolve_device(args.device))
     tokenizer = _tokenizer_of(args)
+    _check_vocabulary(model, tokenizer)
     backend.manual_seed(args.seed)
     idx = text_to_token_ids(args.prompt, tokenizer)
     if idx.shape[1] == 0:
@@ -532,8 +508,10 @@ def cmd_eval(args):
     model = _load_model(args).eval().to(resolve_device(args.device))
     context = min(args.context_length or min(model.cfg["context_length"], DEFAULT_MAX_WINDOW),
                   model.cfg["context_length"])
+    tokenizer = _tokenizer_of(args)
+    _check_vocabulary(model, tokenizer)
     loader = create_dataloader_v1(read_text(args.data), batch_size=args.batch_size, max_length=context,
-                                  stride=context, shuffle=False, drop_last=False, tokenizer=_tokenizer_of(args))
+                                  stride=context, shuffle=False, drop_last=False, tokenizer=tokenizer)
     from numgpt.autograd import no_grad
     with no_grad():
         loss = calc_loss_loader(loader, model)
