@@ -458,12 +458,13 @@ def _tokenizer_of(args):
     return get_tokenizer(None if getattr(args, "gpt2", None) else (getattr(args, "model", None) or args.checkpoint))
 
 
-def _check_vocabulary(model, tokenizer):
-    """UsageError when the tokenizer makes token ids the model has no embedding for."""
-    if tokenizer.n_vocab > model.cfg["vocab_size"]:
-        raise UsageError(f"the model's vocab_size {model.cfg['vocab_size']} is smaller than its tokenizer's "
-                         f"{tokenizer.n_vocab} tokens: token ids from {model.cfg['vocab_size']} on have no "
-                         f"embedding (expected a vocab_size of at least {tokenizer.n_vocab})")
+def _check_token_ids(model, ids, what, tokenizer):
+    """UsageError when ``ids`` (the tokens of ``what``) hold an id the model has no embedding for."""
+    vocab_size = model.cfg["vocab_size"]
+    largest = int(numpy.max(ids, initial=-1))
+    if largest >= vocab_size:
+        raise UsageError(f"{what} holds token id {largest}, outside the model's vocab_size {vocab_size} (its "
+                         f"tokenizer has {tokenizer.n_vocab} tokens): expected ids below {vocab_size}")
 
 
 def _use_threads(args):
@@ -490,11 +491,11 @@ def cmd_generate(args):
     _use_threads(args)
     model = _load_model(args).eval().to(resolve_device(args.device))
     tokenizer = _tokenizer_of(args)
-    _check_vocabulary(model, tokenizer)
     backend.manual_seed(args.seed)
     idx = text_to_token_ids(args.prompt, tokenizer)
     if idx.shape[1] == 0:
         raise UsageError("--prompt is empty: give at least one token of text")
+    _check_token_ids(model, idx, "--prompt", tokenizer)
     out = generate(model, idx, args.max_new_tokens, model.cfg["context_length"], temperature=args.temperature,
                    top_k=args.top_k, eos_id=None if args.no_eos else tokenizer.eot_token)
     print(token_ids_to_text(out, tokenizer))
@@ -509,9 +510,10 @@ def cmd_eval(args):
     context = min(args.context_length or min(model.cfg["context_length"], DEFAULT_MAX_WINDOW),
                   model.cfg["context_length"])
     tokenizer = _tokenizer_of(args)
-    _check_vocabulary(model, tokenizer)
     loader = create_dataloader_v1(read_text(args.data), batch_size=args.batch_size, max_length=context,
                                   stride=context, shuffle=False, drop_last=False, tokenizer=tokenizer)
+    for ids in (loader.dataset.input_ids, loader.dataset.target_ids):
+        _check_token_ids(model, ids, f"--data {args.data}", tokenizer)
     from numgpt.autograd import no_grad
     with no_grad():
         loss = calc_loss_loader(loader, model)

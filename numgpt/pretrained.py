@@ -174,7 +174,7 @@ def _resolve(source, cache_dir):
         weights, config = path / "model.safetensors", path / "config.json"
         if not weights.is_file():
             raise WeightsNotFoundError(f"{path} has no model.safetensors (the Hugging Face GPT-2 layout)")
-        return weights, config if config.is_file() else None
+        return weights, config if config.exists() else None           # a FIFO or device is refused, not read
     if path.is_file():
         if path.suffix != ".safetensors":
             raise WeightsError(f"{path} is not a .safetensors file")

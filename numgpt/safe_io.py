@@ -42,11 +42,13 @@ pickles, and ``.npy`` files may hold pickled objects; loading any of them can
 run arbitrary code, so ``sniff_format`` recognises them by their first bytes and
 ``refuse_pickle`` raises ``PickleFormatError`` with the way to convert them.
 """
+import ctypes
 import hashlib
 import json
 import math
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -69,6 +71,8 @@ SAFETENSORS_DTYPES = {
     "U64": numpy.dtype("<u8"), "I64": numpy.dtype("<i8"), "F64": numpy.dtype("<f8"),
 }
 TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
+_DTYPE_NAME = {name: name for name in SAFETENSORS_DTYPES}     # one shared string per dtype name
 
 ZIP_MAGIC = b"PK\x03\x04"          # torch.save since 1.6, .npz
 PICKLE_PROTO_MAGIC = b"\x80"       # pickle protocol >= 2 (older torch.save, .pkl)
@@ -357,13 +361,14 @@ def _library_refusal_of_bytes(head, length):
 
 
 def _validate(path, head, length, max_header_bytes, file=None):
-    """(entries, metadata, data_start) of the safetensors file ``path`` of ``length`` bytes
-    whose first bytes ``head`` hold its length field and header (when the file has them).
+    """(entries, metadata, data_start) of the safetensors file ``path`` of ``length`` bytes.
 
-    The library judges ``file`` when the bytes are that file on disk, else a stand-in
-    of ``head`` and ``length``; numgpt's own checks come before it (pickles, the
-    caller's header limit) and after it (what it lets through). Each entry is
-    name -> (dtype, shape, begin, end).
+    ``head`` holds the first bytes: the whole file when the bytes are in memory, or at least
+    its first 16 when they are the file ``file`` on disk, whose header is read only after the
+    library has judged the file (so that the two never hold it at once). The library judges
+    ``file``, or a stand-in of ``head`` and ``length``; numgpt's own checks come before it
+    (pickles, the caller's header limit, the number of tensors, counted in the raw bytes) and
+    after it (what it lets through). Each entry is name -> (dtype, shape, begin, end).
     """
     kind = sniff_format(bytes(head[:16]), Path(str(path)).suffix)
     if kind in ("zip", "pickle", "npy"):
@@ -372,28 +377,90 @@ def _validate(path, head, length, max_header_bytes, file=None):
     if header_len > max_header_bytes:
         raise UnsafeFileError(path, "header-too-large", f"header length {header_len} exceeds the limit of "
                                                         f"{max_header_bytes} bytes")
-    if len(head) >= 8 + header_len:                   # counted in the bytes, before any parser builds them
-        count = head.count(b'"data_offsets"', 8, 8 + header_len)
+    if 8 + header_len <= length:                      # counted in the bytes, before any parser builds them
+        needle = b'"data_offsets"'
+        count = (_count_in_file(file, needle, 8, 8 + header_len) if file is not None
+                 else head.count(needle, 8, 8 + header_len))
         if count > MAX_TENSORS:
             raise UnsafeFileError(path, "too-many-tensors", f"header describes {count} tensors; numgpt reads "
                                                             f"files of at most {MAX_TENSORS}")
     refusal = (_library_refusal(file) if file is not None
                else _library_refusal_of_bytes(bytes(head[:8 + header_len]), length))
+    _return_freed_memory()                            # what the library parsed, given back before numgpt parses
+    if file is not None and 8 + header_len <= length:
+        head = _read_start(file, 8 + header_len)
     if refusal is not None:
         reason, words, tensor = _diagnose(path, head, length)
         raise UnsafeFileError(path, reason, f"{words} (safetensors: {refusal})", tensor)
-    header = parse_json(memoryview(head)[8:8 + header_len], path)   # the library lets a duplicate key win
+    try:
+        with memoryview(head) as view:
+            text = str(view[8:8 + header_len], "utf-8")                # the library has checked: a second look
+    except UnicodeDecodeError as exc:
+        raise UnsafeFileError(path, "not-utf8", f"not UTF-8 text (invalid byte at offset {exc.start})") from None
+    del head                                                          # a header read from the file: freed
+    header = _parse_header(text, path)                                # the library lets a duplicate key win
     metadata = header.pop("__metadata__", None) or {}
     entries = {}
     for name in list(header):
-        entry = header.pop(name)                                     # each entry dropped as it is replaced
-        problem = _numgpt_entry_problem(entry)
+        entry = header.pop(name)                                     # each entry dropped as it is moved
+        problem = None if isinstance(entry, tuple) else (_numgpt_entry_problem(entry) or ("bad-entry", "not a tensor"))
         if problem is None and len(name) > MAX_TENSOR_NAME:
             problem = "long-name", f"tensor name of {len(name)} characters; the limit is {MAX_TENSOR_NAME}"
         if problem is not None:
             raise UnsafeFileError(path, *problem, name[:MAX_TENSOR_NAME])
-        entries[name] = (entry["dtype"], tuple(entry["shape"]), *entry["data_offsets"])
+        entries[name] = entry
     return entries, metadata, 8 + header_len
+
+
+def _parse_header(text, path):
+    """The header's JSON, with each valid tensor entry made a compact (dtype, shape, begin, end) tuple
+    as it is parsed (a dict with its two lists takes several times the memory of its text); an
+    entry with a fault stays a dict for the caller to name it."""
+    def compact(pairs):
+        entry = dict(pairs)
+        if len(entry) != len(pairs):
+            _reject_duplicates(path)(pairs)
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if (len(entry) == len(TENSOR_FIELDS) and isinstance(shape, list) and isinstance(offsets, list)
+                and _numgpt_entry_problem(entry) is None):
+            return (_DTYPE_NAME[entry["dtype"]], tuple(shape), *offsets)
+        return entry
+    try:
+        return json.loads(text, object_pairs_hook=compact, parse_constant=_reject_constant(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UnsafeFileError(path, "not-json", f"not valid JSON: {getattr(exc, 'msg', exc)}") from None
+
+
+def _return_freed_memory():
+    """Give the C heap's free memory back to the system: glibc keeps what the safetensors library
+    allocated and freed (several times a large header) for the process's later use. Elsewhere, nothing."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _count_in_file(path, needle, begin, end, chunk=1 << 20):
+    """Occurrences of ``needle`` in bytes [begin, end) of the file, read a chunk at a time."""
+    count, carry = 0, b""
+    with open_regular(path) as f:
+        f.seek(begin)
+        remaining = end - begin
+        while remaining > 0:
+            block = f.read(min(chunk, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            block = carry + block
+            count += block.count(needle)
+            carry = block[-(len(needle) - 1):]            # too short to hold a whole needle counted already
+    return count
+
+
+def _read_start(path, size):
+    """The first ``size`` bytes of the file (fewer if it is shorter), in a buffer of their own."""
+    with open_regular(path) as f:
+        head = bytearray(size)
+        del head[f.readinto(head):]
+    return head
 
 
 def check_safetensors_header(path, max_header_bytes=MAX_HEADER_BYTES):
@@ -403,12 +470,7 @@ def check_safetensors_header(path, max_header_bytes=MAX_HEADER_BYTES):
     with open_regular(path) as f:
         length = os.fstat(f.fileno()).st_size
         first = f.read(16)
-        header_len = int.from_bytes(first[:8], "little") if len(first) >= 8 else 0
-        head = bytearray(8 + header_len if header_len <= min(max_header_bytes, length) else len(first))
-        head[:len(first)] = first[:len(head)]
-        if len(head) > len(first):
-            f.readinto(memoryview(head)[len(first):])               # the header read once, into its own buffer
-    entries, metadata, _ = _validate(path, head, length, max_header_bytes, file=path)
+    entries, metadata, _ = _validate(path, first, length, max_header_bytes, file=path)
     return entries, metadata
 
 
