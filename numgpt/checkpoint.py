@@ -263,7 +263,7 @@ def is_committed(path):
     try:
         hashes = _read_manifest(path)
         return all(safe_io.sha256_file(path / name) == expected for name, expected in hashes.items())
-    except (CheckpointError, OSError):
+    except (CheckpointError, safe_io.UnsafeFileError, OSError):       # a FIFO or device is not a checkpoint file
         return False
 
 

@@ -62,17 +62,19 @@ def model_bytes(cfg, dtype_bytes=None):
     return dtype_bytes * (parameter_count(cfg) + cfg["vocab_size"] * C)
 
 
-def check_model_fits(cfg, where="model config", available=None):
+def check_model_fits(cfg, where="model config", available=None, spelled=None):
     """Raise MemoryCheckError when building ``cfg`` (a validated config) would take more than
     ``available`` bytes (default: what the machine has available now); the message names the
-    field of ``where`` that brings the most parameters."""
+    field of ``where`` that brings the most parameters, as ``spelled`` (cfg's name -> the file's)
+    says the file names it."""
     available = memory_available() if available is None else available
     needed = model_bytes(cfg)
     if available is None or needed <= available:
         return needed
     terms = parameter_terms(cfg)
     field = max(terms, key=terms.get)
-    raise MemoryCheckError(f"{where}: this model does not fit in memory: {field} {cfg[field]} makes its weights "
+    name = (spelled or {}).get(field, field)
+    raise MemoryCheckError(f"{where}: this model does not fit in memory: {name} {cfg[field]} makes its weights "
                            f"take {needed:,} bytes ({needed / 2**30:.1f} GiB) and {available:,} bytes "
                            f"({available / 2**30:.1f} GiB) are available")
 

@@ -75,6 +75,7 @@ BLOCK_NAME = re.compile(r"^h\.(\d+)\.")
 HEADS_BY_EMB_DIM = {size["emb_dim"]: size["n_heads"] for size in GPT2_SIZES.values()}
 FLOAT_DTYPES = ("F16", "F32", "F64")                                 # copied into float32 or float64 parameters
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+HF_FIELDS = {"n_layers": "n_layer", "context_length": "n_positions", "emb_dim": "n_embd"}   # numgpt's -> GPT2Config's
 MAX_CONFIG_BYTES = 2**20                                             # a config.json is a few hundred bytes
 
 
@@ -119,7 +120,8 @@ def load_gpt2(source, cache_dir=None):
             names[key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key] = key
         hf_cfg = _read_json(config_path, weights_path) if config_path is not None else None
         cfg = _gpt_config(hf_cfg, names, f, weights_path, config_path)
-        check_model_fits(cfg, config_path or weights_path)                # before anything is allocated
+        check_model_fits(cfg, config_path or weights_path,                # before anything is allocated
+                         spelled=HF_FIELDS if config_path is not None else None)
         model = GPTModel(cfg)
         if hf_cfg is not None and "layer_norm_epsilon" in hf_cfg:
             for module in model.modules():

@@ -208,11 +208,7 @@ def open_regular(path):
     The type is checked before the open (os.stat) and again on the open descriptor (fstat), as
     the path may change between the two; the open is non-blocking, so that a FIFO swapped in
     between cannot hang it, and blocking again once the file is known to be regular."""
-    try:
-        kind = os.stat(path).st_mode
-    except OSError as error:
-        error.filename = error.filename or str(path)
-        raise
+    kind = os.stat(path).st_mode
     if not stat.S_ISREG(kind):
         raise UnsafeFileError(path, "not-regular", f"is {_file_kind(kind)}, not a regular file: numgpt reads "
                                                    f"files only")

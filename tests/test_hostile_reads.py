@@ -212,7 +212,7 @@ CASES = {   # id: (builder of the hostile input -> argv, fragments the one line 
     "vocab_size 6e7": (lambda t: GPT2_GENERATE + [copy_dir(GPT2_TINY, t / "m", dict(vocab_size=60_000_000))],
                        ["config.json", "vocab_size is 60000000", f"<= {schema.MAX_VOCAB}"]),
     "gpt2 beyond memory": (lambda t: GPT2_GENERATE + [copy_dir(GPT2_TINY, t / "m", dict(
-        n_layer=1000, n_embd=16384, n_head=128))], ["config.json", "does not fit in memory", "n_layers 1000", "bytes"]),
+        n_layer=1000, n_embd=16384, n_head=128))], ["config.json", "does not fit in memory", "n_layer 1000", "bytes"]),
     "1-D wte": (lambda t: GPT2_GENERATE + [gpt2_file(t / "w.safetensors", {"wte.weight": np.zeros(16, np.float32)})],
                 ["w.safetensors", "wte.weight has shape (16,)", "expected (vocab_size, emb_dim)"]),
     "0-d wpe": (lambda t: GPT2_GENERATE + [gpt2_file(t / "w.safetensors", {"wpe.weight": np.float32(1)})],
