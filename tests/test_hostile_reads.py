@@ -323,6 +323,32 @@ def test_a_fifo_config_json_is_refused_not_read(tmp_path):
     assert_usage_error(result, "config.json", "FIFO")
 
 
+SWAP_PROBE = textwrap.dedent("""
+    import os, stat, sys
+    from numgpt import safe_io
+    real_stat = os.stat
+    def stat_before_the_swap(path, *args, **kwargs):      # the path was a regular file when it was checked
+        result = real_stat(path, *args, **kwargs)
+        return os.stat_result((stat.S_IFREG | 0o644,) + tuple(result)[1:])
+    safe_io.os.stat = stat_before_the_swap
+    try:
+        safe_io.read_json(sys.argv[1])
+    except safe_io.UnsafeFileError as error:
+        print(error)
+""")
+
+
+def test_a_fifo_swapped_in_after_the_check_is_refused_on_the_open_descriptor(tmp_path):
+    """The race: the path is checked, then replaced by a FIFO before the open. The open does not
+    block (O_NONBLOCK) and fstat refuses what was opened; a blocking open would hang here."""
+    fifo = tmp_path / "settings.json"
+    os.mkfifo(fifo)
+    result = subprocess.run([sys.executable, "-c", SWAP_PROBE, str(fifo)], capture_output=True, text=True,
+                            timeout=60, env=ENV)
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0 and "a FIFO (named pipe), not a regular file" in result.stdout
+
+
 MEMORY_PROBE = textwrap.dedent("""
     import sys
     def status(key):
