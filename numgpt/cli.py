@@ -8,7 +8,6 @@ training run (SIGINT, SIGTERM) finishes its step, saves a committed
 checkpoint and exits 130 or 143.
 """
 import argparse
-import hashlib
 import os
 import platform
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy
 
 from numgpt import __version__ as numgpt_version
-from numgpt import backend, distributed
+from numgpt import backend, distributed, safe_io
 from numgpt.errors import NumgptError, UsageError
 from numgpt.memory import check_training_fits as _check_memory
 from numgpt.memory import memory_available as _memory_available
@@ -108,7 +107,7 @@ def _read_corpus(data):
     from numgpt.data import read_text
     path = bundled.bundled_path(bundled.VERDICT) if data is None else Path(data)
     text = read_text(path)
-    return text, hashlib.sha256(path.read_bytes()).hexdigest()
+    return text, safe_io.sha256_file(path)
 
 
 def _environment():

@@ -250,6 +250,8 @@ CASES = {   # id: (builder of the hostile input -> argv, fragments the one line 
         t / "run", train_changes=dict(batch_size="2"))], ["settings.json: train", "batch_size is '2'", "an integer"]),
     "settings.json lr as a string": (lambda t: ["train", "--resume", "--out", run_dir(
         t / "run", train_changes=dict(lr="0.1"))], ["settings.json: train", "lr is '0.1'", "a number"]),
+    "settings.json data /dev/zero": (lambda t: ["train", "--resume", "--out", run_dir(
+        t / "run", train_changes=dict(data="/dev/zero"))], ["/dev/zero", "a character device, not a regular file"]),
     "checkpoint.json train_state 5": (lambda t: ["train", "--resume", "--out", resumable_run(t / "run", 5)],
                                       ["checkpoint.json", "train_state is 5", "a JSON object"]),
     "checkpoint.json betas ab": (lambda t: ["generate", "--prompt", "x", "--checkpoint", rewrite_checkpoint_json(
