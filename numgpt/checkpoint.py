@@ -38,8 +38,9 @@ from typing import NamedTuple, Optional
 
 import numpy
 
-from numgpt import backend, safe_io, safe_write
+from numgpt import backend, safe_io, safe_write, schema
 from numgpt.errors import NumgptError
+from numgpt.memory import check_model_fits
 
 FORMAT = "numgpt-checkpoint"
 FORMAT_VERSION = 1
@@ -259,7 +260,7 @@ def is_committed(path):
     try:
         hashes = _read_manifest(path)
         return all(safe_io.sha256_file(path / name) == expected for name, expected in hashes.items())
-    except (CheckpointError, OSError):
+    except (CheckpointError, safe_io.UnsafeFileError, OSError):       # a FIFO or device is not a checkpoint file
         return False
 
 
@@ -300,6 +301,7 @@ def load_checkpoint(path):
     config, tied, state = document.get("config"), document.get("tied"), document.get("state")
     if not isinstance(config, dict) or not isinstance(tied, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{path / STATE_FILE}: 'config', 'tied' and 'state' must be JSON objects")
+    check_model_config(config, f"{path / STATE_FILE}: config")
 
     # the arrays are views of the file's bytes: a load takes the memory of the files, once
     model_state, _ = safe_io.parse_safetensors(_read_verified(path, MODEL_FILE, hashes[MODEL_FILE]),
@@ -324,9 +326,16 @@ def _optimizer_state(path, opt, data):
     """AdamW.state_dict() layout from the JSON part and the moments file."""
     moments, _ = safe_io.parse_safetensors(data, path / OPTIMIZER_FILE, copy=False)
     safe_io.check_finite(moments, path / OPTIMIZER_FILE)
+    if not isinstance(opt, dict):
+        schema.fail(path / STATE_FILE, "optimizer", opt, "a JSON object or null", CheckpointError)
     steps, groups = opt.get("steps"), opt.get("param_groups")
     if not isinstance(steps, dict) or not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         raise CheckpointError(f"{path / STATE_FILE}: optimizer 'steps' and 'param_groups' are malformed")
+    for number, group in enumerate(groups):
+        _check_param_group(group, f"{path / STATE_FILE}: optimizer param_groups[{number}]")
+    names = opt.get("param_names")
+    if names is not None and not (isinstance(names, list) and all(n is None or isinstance(n, str) for n in names)):
+        schema.fail(path / STATE_FILE, "optimizer param_names", names, "a list of parameter names", CheckpointError)
     state = {}
     for key in moments:
         match = MOMENT_KEY.fullmatch(key)
@@ -343,6 +352,34 @@ def _optimizer_state(path, opt, data):
             raise CheckpointError(f"{path}: optimizer state of parameter {index} lacks a moment or a valid step")
         entry["step"] = step
     return {"state": dict(sorted(state.items())), "param_groups": groups, "param_names": opt.get("param_names")}
+
+
+def _check_param_group(group, where):
+    """One AdamW parameter group of checkpoint.json: its hyper-parameters and parameter indices."""
+    schema.number(group, "lr", where, low=0, error=CheckpointError)
+    schema.number(group, "eps", where, low=0, error=CheckpointError)
+    schema.number(group, "weight_decay", where, low=0, error=CheckpointError)
+    betas = group.get("betas")
+    if not (isinstance(betas, list) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        schema.fail(where, "betas", betas, "a list of two numbers in [0, 1)", CheckpointError)
+    params = group.get("params")
+    if not (isinstance(params, list) and all(schema.is_int(i) and i >= 0 for i in params)):
+        schema.fail(where, "params", params, "a list of parameter indices", CheckpointError)
+
+
+def check_model_config(config, where):
+    """The family's validator of a model config read from a file: GPT-2's (numgpt.model.check_config)
+    or the Llama family's (numgpt.llama.check_config), naming ``where``."""
+    from numgpt.llama import check_config as check_llama_config, is_llama_config
+    from numgpt.model import check_config as check_gpt_config
+    if is_llama_config(config):
+        check_llama_config(config, where)
+    elif "model_type" in config:
+        schema.fail(where, "model_type", config["model_type"], "absent (GPT-2) or one of llama, qwen2, qwen3",
+                    CheckpointError)
+    else:
+        check_gpt_config(config, where)
 
 
 # ---------------------------------------------------------------- restoring
@@ -407,11 +444,12 @@ def build_model(checkpoint):
     numgpt's RNG state is left as it was."""
     from numgpt.families import model_from_config
 
+    where = Path(checkpoint.path) / STATE_FILE
+    check_model_config(checkpoint.config, f"{where}: config")
+    check_model_fits(checkpoint.config, f"{where}: config")                 # before anything is allocated
     rng_state = backend.get_rng_state()
     try:
         model = model_from_config(checkpoint.config)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {checkpoint.path}: invalid model config: {exc}") from None
     finally:
         backend.set_rng_state(rng_state)
     try:

@@ -9,7 +9,6 @@ checkpoint and exits 130 or 143.
 """
 import argparse
 import dataclasses
-import hashlib
 import os
 import platform
 import shutil
@@ -22,8 +21,10 @@ from pathlib import Path
 import numpy
 
 from numgpt import __version__ as numgpt_version
-from numgpt import backend, distributed
+from numgpt import backend, distributed, safe_io
 from numgpt.errors import NumgptError, UsageError
+from numgpt.memory import check_training_fits as _check_memory
+from numgpt.memory import memory_available as _memory_available
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -75,41 +76,6 @@ DEFAULT_MAX_WINDOW = 1024
 ADAMW_BETAS, ADAMW_EPS = (0.9, 0.999), 1e-8
 
 
-def _memory_available(meminfo="/proc/meminfo"):
-    """Bytes the kernel says are available (MemAvailable), else the free physical
-    pages sysconf reports, or None when neither is known."""
-    try:
-        with open(meminfo) as lines:
-            for line in lines:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _check_memory(cfg, batch_size, context, available):
-    from numgpt.train import estimate_training_bytes
-    needed = estimate_training_bytes(cfg, batch_size, context)
-    if available is None:
-        print(f"numgpt train: note: memory check skipped: the available memory is unknown here "
-              f"(this run needs about {needed / 2**30:.1f} GiB)", file=sys.stderr)
-    elif needed > available:
-        from numgpt.train import model_state_bytes
-        state = model_state_bytes(cfg)
-        if state > available:
-            raise UsageError(f"this model does not fit: its weights, gradients and AdamW moments alone take "
-                             f"{state:,} bytes ({state / 2**30:.1f} GiB) in float32 and {available:,} bytes "
-                             f"({available / 2**30:.1f} GiB) are available: choose a smaller model, e.g. "
-                             f"--init HuggingFaceTB/SmolLM2-135M or HuggingFaceTB/SmolLM2-360M")
-        raise UsageError(f"this run needs about {needed:,} bytes ({needed / 2**30:.1f} GiB) but {available:,} bytes "
-                         f"({available / 2**30:.1f} GiB) are available: try a smaller --batch-size or "
-                         f"--context-length")
-
-
 class StopRequest:
     """SIGINT/SIGTERM handling: the first signal asks the loop to stop after the
     current step; a second one exits at once."""
@@ -144,7 +110,7 @@ def _read_corpus(data):
     from numgpt.data import read_text
     path = bundled.bundled_path(bundled.VERDICT) if data is None else Path(data)
     text = read_text(path)
-    return text, hashlib.sha256(path.read_bytes()).hexdigest()
+    return text, safe_io.sha256_file(path)
 
 
 def _run_corpus(flags, saved, run):
@@ -466,7 +432,7 @@ def _start_training(run, world, flags, saved, cfg, pretrained, device, total_ste
                       f"from step 0", file=sys.stderr)
         else:
             restore(checkpoint, model, optimizer, require=("rng_state", "train_state"))
-            state = TrainState.from_dict(checkpoint.state["train_state"])
+            state = TrainState.from_dict(checkpoint.state["train_state"], checkpoint.path / "checkpoint.json")
             if state.global_step + 1 >= total_steps:
                 if world.is_main:
                     print(f"Nothing left to do: {run.path} has taken its {total_steps} steps (steps 0 to "
@@ -663,6 +629,15 @@ def _tokenizer_of(args):
     return get_tokenizer(None if getattr(args, "gpt2", None) else (getattr(args, "model", None) or args.checkpoint))
 
 
+def _check_token_ids(model, ids, what, tokenizer):
+    """UsageError when ``ids`` (the tokens of ``what``) hold an id the model has no embedding for."""
+    vocab_size = model.cfg["vocab_size"]
+    largest = int(numpy.max(ids, initial=-1))
+    if largest >= vocab_size:
+        raise UsageError(f"{what} holds token id {largest}, outside the model's vocab_size {vocab_size} (its "
+                         f"tokenizer has {tokenizer.n_vocab} tokens): expected ids below {vocab_size}")
+
+
 def _use_threads(args):
     if args.threads is not None:
         backend.set_num_threads(args.threads)
@@ -691,6 +666,7 @@ def cmd_generate(args):
     idx = text_to_token_ids(args.prompt, tokenizer)
     if idx.shape[1] == 0:
         raise UsageError("--prompt is empty: give at least one token of text")
+    _check_token_ids(model, idx, "--prompt", tokenizer)
     out = generate(model, idx, args.max_new_tokens, model.cfg["context_length"], temperature=args.temperature,
                    top_k=args.top_k, eos_id=None if args.no_eos else tokenizer.eot_token)
     print(token_ids_to_text(out, tokenizer))
@@ -704,8 +680,11 @@ def cmd_eval(args):
     model = _load_model(args).eval().to(resolve_device(args.device))
     context = min(args.context_length or min(model.cfg["context_length"], DEFAULT_MAX_WINDOW),
                   model.cfg["context_length"])
+    tokenizer = _tokenizer_of(args)
     loader = create_dataloader_v1(read_text(args.data), batch_size=args.batch_size, max_length=context,
-                                  stride=context, shuffle=False, drop_last=False, tokenizer=_tokenizer_of(args))
+                                  stride=context, shuffle=False, drop_last=False, tokenizer=tokenizer)
+    for ids in (loader.dataset.input_ids, loader.dataset.target_ids):
+        _check_token_ids(model, ids, f"--data {args.data}", tokenizer)
     from numgpt.autograd import no_grad
     with no_grad():
         loss = calc_loss_loader(loader, model)

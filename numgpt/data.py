@@ -19,11 +19,10 @@
 - ``split_text``, ``read_text`` and ``load_the_verdict`` get text: the seed's
   corpus ships with numgpt, so no network is ever needed.
 """
-from pathlib import Path
 
 import numpy
 
-from numgpt import backend, bundled
+from numgpt import backend, bundled, safe_io
 from numgpt.errors import NumgptError
 from numgpt.tokenizer import get_tokenizer
 
@@ -327,9 +326,13 @@ def _decode_utf8(data, source):
 
 
 def read_text(path):
-    """The UTF-8 text of the file at ``path``; DataError if it cannot be read or decoded."""
+    """The UTF-8 text of the regular file at ``path``; DataError if it cannot be read or decoded,
+    or is a FIFO, a device or a socket (safe_io.open_regular: never read, so never a hang)."""
     try:
-        data = Path(path).read_bytes()
+        with safe_io.open_regular(path) as f:
+            data = f.read()
+    except safe_io.UnsafeFileError as error:
+        raise DataError(str(error)) from None
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror or error}") from error
     return _decode_utf8(data, path)

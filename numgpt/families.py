@@ -22,6 +22,7 @@ from numgpt.errors import NumgptError
 from numgpt.safe_write import atomic_write, copy_file, own_directory
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+MAX_CONFIG_BYTES = 2**20              # a config.json is a few kilobytes
 RUN_TOKENIZER_DIR = "tokenizer"        # RUN/tokenizer/: the tokenizer a Llama-family run trains with
 
 
@@ -54,14 +55,16 @@ def _checkpoint_of(path):
 
 
 def _model_type(directory):
+    """(model_type or None, the config.json dict or None) of a Hugging Face directory."""
+    from numgpt import schema
     from numgpt.safe_io import read_json
     config_path = Path(directory) / "config.json"
     if not config_path.is_file():
         return None, None
-    config = read_json(config_path)
+    config = read_json(config_path, MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
         raise SourceError(f"{config_path} is not a JSON object (expected a Hugging Face config.json)")
-    return config.get("model_type"), config
+    return schema.string(config, "model_type", config_path, error=SourceError, required=False), config
 
 
 def locate(source, cache_dir=None):
@@ -110,11 +113,13 @@ def load_llama(directory):
     from numgpt import backend
     from numgpt.hf_weights import load_weights
     from numgpt.llama import LlamaForCausalLM, from_hf_config
+    from numgpt.memory import check_model_fits
     directory = Path(directory)
     _, config = _model_type(directory)
     if config is None:
         raise SourceError(f"{directory} has no config.json (expected a Hugging Face model directory)")
     cfg = from_hf_config(config, where=str(directory / "config.json"))
+    check_model_fits(cfg, directory / "config.json")            # before anything is allocated
     rng_state = backend.get_rng_state()
     try:
         model = LlamaForCausalLM(cfg)

@@ -47,6 +47,8 @@ TOKENIZER_CONFIG_JSON = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_JSON = "special_tokens_map.json"
 CONFIG_JSON = "config.json"
 GENERATION_CONFIG_JSON = "generation_config.json"
+MAX_TOKENIZER_BYTES = 64 * 2**20     # the largest published tokenizer.json files are about 35 MB
+MAX_CONFIG_BYTES = 16 * 2**20         # tokenizer_config.json may hold a long chat template
 GPT2_HINT = "GPT-2 models use numgpt's bundled tokenizer (numgpt.tokenizer.get_tokenizer())"
 # tokenizer_config.json's named special tokens, which transformers adds when the vocabulary lacks them
 NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -80,9 +82,9 @@ def _first_id(value):
 
 def _read_optional_json(path):
     """The JSON object in ``path``, or {} when the file does not exist."""
-    if not path.is_file():
+    if not path.exists():
         return {}
-    document = safe_io.read_json(path)
+    document = safe_io.read_json(path, MAX_CONFIG_BYTES)          # a FIFO or device is refused, not read
     if not isinstance(document, dict):
         raise TokenizerError(f"{path}: expected a JSON object, got {type(document).__name__}")
     return document
@@ -91,7 +93,9 @@ def _read_optional_json(path):
 def _load_backend(path):
     """tokenizer.json -> tokenizers.Tokenizer, with errors that name the file."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = safe_io.read_limited(path, MAX_TOKENIZER_BYTES, TOKENIZER_JSON).decode("utf-8")
+    except safe_io.UnsafeFileError as exc:
+        raise TokenizerError(str(exc)) from None
     except FileNotFoundError:
         raise TokenizerNotFoundError(f"{path.parent}: no {TOKENIZER_JSON} (a Hugging Face model's tokenizer); "
                                      f"{GPT2_HINT}") from None

@@ -37,10 +37,13 @@ from typing import NamedTuple
 
 import numpy
 
+from numgpt import schema
 from numgpt.device import like, to_host
 from numgpt.errors import NumgptError, UsageError
-from numgpt.safe_io import UnsafeFileError, check_safetensors_header, read_json, write_header
+from numgpt.safe_io import (MAX_JSON_BYTES, UnsafeFileError, check_safetensors_header, open_regular, parse_json,
+                            read_limited, write_header)
 from numgpt.safe_write import atomic_write
+from numgpt.schema import MAX_FILE_NAME, MAX_TENSOR_NAME, MAX_TENSORS
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -53,6 +56,7 @@ FLOAT_DTYPES = {"BF16": numpy.dtype("<u2"), "F16": numpy.dtype("<f2"), "F32": nu
                 "F64": numpy.dtype("<f8")}
 SAVE_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
 CHUNK_BYTES = 8 * 2**20          # file bytes read, converted and copied at a time
+MAX_INDEX_EXTRA_STRINGS = 1024   # strings of an index besides its weight map's names (its metadata)
 
 
 class WeightsError(NumgptError, ValueError):
@@ -118,16 +122,17 @@ def _read_headers(path):
         entries, _ = check_safetensors_header(path)
     except UnsafeFileError as error:
         raise WeightsError(f"{path} is not a safetensors file numgpt reads: {error.words}") from error
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         data_start = 8 + int.from_bytes(f.read(8), "little")
     return {name: _Span(TensorInfo(path, dtype, shape), data_start + begin)
             for name, (dtype, shape, begin, _) in entries.items()}
 
 
 def _is_plain_name(name):
-    """A file name in the directory itself: no separator, not '.' or '..', no NUL."""
+    """A file name in the directory itself: no separator, not '.' or '..', no NUL, at most
+    MAX_FILE_NAME bytes."""
     return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and "\0" not in name)
+            and "\0" not in name and len(name.encode("utf-8", "surrogatepass")) <= MAX_FILE_NAME)
 
 
 def _scan_sharded(directory):
@@ -135,15 +140,28 @@ def _scan_sharded(directory):
     and matched to it."""
     index_path = directory / INDEX_FILE
     try:
-        index = read_json(index_path)
+        data = read_limited(index_path, MAX_JSON_BYTES, "index file")
     except UnsafeFileError as error:
         raise WeightsError(f"{index_path}: {error.words}") from error
+    strings = data.count(b'"') // 2                          # at least as many as the JSON holds, counted unparsed
+    if strings > 2 * MAX_TENSORS + MAX_INDEX_EXTRA_STRINGS:
+        raise WeightsError(f"{index_path}: holds about {strings} JSON strings (counted by their quotes): more than "
+                           f"an index of numgpt's limit of {MAX_TENSORS} tensors")
+    try:
+        index = parse_json(data, index_path)
+    except UnsafeFileError as error:
+        raise WeightsError(f"{index_path}: {error.words}") from error
+    del data
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
         raise WeightsError(f"{index_path} is not a safetensors index: expected a JSON object with a "
                            '"weight_map" object of tensor name -> shard file name')
-    problems = [f"{tensor}: shard {name!r} is not a plain file name in the directory"
-                for tensor, name in weight_map.items() if not _is_plain_name(name)]
+    long_names = [schema.shown(tensor) for tensor in weight_map if len(tensor) > MAX_TENSOR_NAME]
+    if long_names:
+        raise _index_error(index_path, [f"{name}: a tensor name longer than {MAX_TENSOR_NAME} characters"
+                                        for name in long_names])
+    problems = [f"{tensor}: shard {schema.shown(name)} is not a plain file name in the directory (of at most "
+                f"{MAX_FILE_NAME} bytes)" for tensor, name in weight_map.items() if not _is_plain_name(name)]
     problems += [f"{tensor}: shard {name!r} is not a .safetensors file"
                  for tensor, name in weight_map.items() if _is_plain_name(name) and not name.endswith(".safetensors")]
     if problems:
@@ -151,7 +169,7 @@ def _scan_sharded(directory):
     shards = sorted(set(weight_map.values()))
     missing = [name for name in shards if not (directory / name).is_file()]
     if missing:
-        raise WeightsError(f"{index_path} names shard(s) missing from {directory}: {', '.join(missing)} "
+        raise WeightsError(f"{index_path} names shard(s) missing from {directory}: {schema.listed(missing)} "
                            f"(the directory holds {len(shards) - len(missing)} of its {len(shards)} shards)")
     spans, holder = {}, {}                                   # holder: tensor name -> the shard that holds it
     for name in shards:
@@ -177,7 +195,7 @@ def _count(problems):
 
 def _index_error(index_path, problems):
     return WeightsError(f"{index_path} does not describe its shards ({_count(problems)}):\n  "
-                        + "\n  ".join(problems))
+                        + schema.listed(problems))
 
 
 # ---------------------------------------------------------------- loading
@@ -222,13 +240,13 @@ def load_weights(params, directory, ignore=None):
         for name in sorted(loadable, key=lambda n: (str(spans[n].info.path), spans[n].begin)):  # sequential reads
             path = spans[name].info.path
             if path not in handles:
-                handles[path] = stack.enter_context(open(path, "rb"))
+                handles[path] = stack.enter_context(open_regular(path))
             nan, inf = _copy_tensor(handles[path], spans[name], _data(params[name]), buffer)
             if nan or inf:
                 problems.append(f"not finite: {name} holds {nan} NaN and {inf} Inf")
     if problems:
         raise WeightsError(f"{directory} does not hold the weights expected ({_count(problems)}):\n  "
-                           + "\n  ".join(problems))
+                           + schema.listed(problems))
     return [name for name in spans if name in loadable]
 
 

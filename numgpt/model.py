@@ -6,11 +6,13 @@ Dimensions: B batch, T tokens, C = emb_dim, NH = n_heads, HS = C / NH, V = vocab
 """
 import numpy
 
-from numgpt import ops
+from numgpt import ops, schema
 from numgpt.device import array_module
 from numgpt.autograd import array_of
 from numgpt.ops.attention import LayerKVCache
+from numgpt.memory import check_model_fits
 from numgpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, Sequential
+from numgpt.schema import MAX_CONTEXT, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, SchemaError
 
 GPT_CONFIG_124M = {
     "vocab_size": 50257,     # GPT-2 BPE vocabulary
@@ -23,6 +25,8 @@ GPT_CONFIG_124M = {
 }
 
 CONFIG_KEYS = tuple(GPT_CONFIG_124M)
+SIZE_LIMITS = {"vocab_size": MAX_VOCAB, "context_length": MAX_CONTEXT, "emb_dim": MAX_WIDTH, "n_heads": MAX_HEADS,
+               "n_layers": MAX_LAYERS}
 
 # Model presets by name: the seed's run, GPT-2's four sizes (as OpenAI shipped
 # them: context 1024, biased qkv, tied head) and small ones for a laptop CPU.
@@ -47,18 +51,26 @@ def gpt2_config(size):
                 **GPT2_SIZES[size])
 
 
-def check_config(cfg):
-    """Raise a ValueError naming every missing key or impossible value."""
+def check_config(cfg, where="model config"):
+    """Raise a SchemaError (a ValueError) naming ``where``, the first missing key or impossible value
+    and what was expected: every size an integer from 1 to numgpt's limit (numgpt.schema)."""
+    if not isinstance(cfg, dict):
+        raise SchemaError(f"{where} is a {type(cfg).__name__}, not a JSON object of {', '.join(CONFIG_KEYS)}")
     missing = [key for key in CONFIG_KEYS if key not in cfg]
     if missing:
-        raise ValueError(f"model config lacks {', '.join(missing)} (expected keys: {', '.join(CONFIG_KEYS)})")
-    for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
-        if not isinstance(cfg[key], (int, numpy.integer)) or cfg[key] < 1:
-            raise ValueError(f"model config {key} must be a positive integer, got {cfg[key]!r}")
+        raise SchemaError(f"{where} lacks {', '.join(missing)} (expected keys: {', '.join(CONFIG_KEYS)})")
+    for key, high in SIZE_LIMITS.items():
+        schema.integer(_plain(cfg), key, where, low=1, high=high)
     if cfg["emb_dim"] % cfg["n_heads"]:
-        raise ValueError(f"emb_dim {cfg['emb_dim']} is not divisible by n_heads {cfg['n_heads']}")
-    if not 0.0 <= cfg["drop_rate"] < 1.0:
-        raise ValueError(f"drop_rate must be in [0, 1), got {cfg['drop_rate']!r}")
+        schema.fail(where, "n_heads", cfg["n_heads"], f"a divisor of emb_dim {cfg['emb_dim']}")
+    schema.number(cfg, "drop_rate", where, low=0.0, below=1.0)
+    schema.boolean(cfg, "qkv_bias", where)
+    schema.boolean(cfg, "tie_weights", where, required=False)
+
+
+def _plain(cfg):
+    """``cfg`` with NumPy integers as Python ints (a config built in code may hold them)."""
+    return {key: int(value) if isinstance(value, numpy.integer) else value for key, value in cfg.items()}
 
 
 class MultiHeadAttention(Module):
@@ -140,6 +152,7 @@ class GPTModel(Module):
     def __init__(self, cfg):
         super().__init__()
         check_config(cfg)
+        check_model_fits(cfg)                                                # before anything is allocated
         self.cfg = dict(cfg)
         self.tok_emb = Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = Embedding(cfg["context_length"], cfg["emb_dim"])

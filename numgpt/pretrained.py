@@ -24,15 +24,18 @@ from typing import NamedTuple
 import numpy
 from safetensors import safe_open
 
+from numgpt import schema
 from numgpt.download import canonical_size, download_gpt2
 from numgpt.device import to_host
 from numgpt.errors import NumgptError
 from numgpt.hf_weights import INDEX_FILE, SHARD_PATTERN, SINGLE_FILE, save_weights, tensor_index
 from numgpt.hf_weights import WeightsError       # defined there; still importable from here
+from numgpt.memory import check_model_fits
 from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
 from numgpt.nn import LayerNorm
-from numgpt.safe_io import check_safetensors_header, stream_safetensors
+from numgpt.safe_io import UnsafeFileError, check_safetensors_header, read_json, stream_safetensors
 from numgpt.safe_write import atomic_write
+from numgpt.schema import MAX_CONTEXT, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
 
 
 class WeightsNotFoundError(NumgptError, FileNotFoundError):
@@ -77,6 +80,8 @@ BLOCK_NAME = re.compile(r"^h\.(\d+)\.")
 HEADS_BY_EMB_DIM = {size["emb_dim"]: size["n_heads"] for size in GPT2_SIZES.values()}
 FLOAT_DTYPES = ("F16", "F32", "F64")                                 # copied into float32 or float64 parameters
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+HF_FIELDS = {"n_layers": "n_layer", "context_length": "n_positions", "emb_dim": "n_embd"}   # numgpt's -> GPT2Config's
+MAX_CONFIG_BYTES = 2**20                                             # a config.json is a few hundred bytes
 
 
 def weight_table(n_layers, tied):
@@ -120,7 +125,9 @@ def load_gpt2(source, cache_dir=None):
         for key in f.keys():
             names[key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key] = key
         hf_cfg = _read_json(config_path, weights_path) if config_path is not None else None
-        cfg = _gpt_config(hf_cfg, names, f, weights_path)
+        cfg = _gpt_config(hf_cfg, names, f, weights_path, config_path)
+        check_model_fits(cfg, config_path or weights_path,                # before anything is allocated
+                         spelled=HF_FIELDS if config_path is not None else None)
         model = GPTModel(cfg)
         if hf_cfg is not None and "layer_norm_epsilon" in hf_cfg:
             for module in model.modules():
@@ -141,7 +148,7 @@ def load_gpt2(source, cache_dir=None):
                 problems.append(problem)
     if problems:
         raise WeightsError(f"{weights_path} does not hold GPT-2 weights for {_describe(cfg)} "
-                           f"({len(problems)} problems):\n  " + "\n  ".join(problems))
+                           f"({len(problems)} problems):\n  " + schema.listed(problems))
     return model.eval()
 
 
@@ -209,7 +216,7 @@ def _resolve(source, cache_dir):
         if not weights.is_file():
             raise WeightsNotFoundError(f"{path} has no model.safetensors nor {INDEX_FILE} (the Hugging Face "
                                        f"GPT-2 layout)")
-        return weights, config if config.is_file() else None
+        return weights, config if config.exists() else None           # a FIFO or device is refused, not read
     if path.is_file():
         if path.suffix != ".safetensors":
             raise WeightsError(f"{path} is not a .safetensors file")
@@ -223,47 +230,87 @@ def _resolve(source, cache_dir):
 
 
 def _read_json(path, weights_path):
+    """The config.json beside ``weights_path``, read by safe_io's bounded JSON reader: a JSON object."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as error:
-        raise WeightsError(f"{path} (the config of {weights_path}) is not valid JSON: {error}") from error
+        config = read_json(path, MAX_CONFIG_BYTES)
+    except UnsafeFileError as error:
+        raise WeightsError(f"{path} (the config of {weights_path}): {error.words}") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path} (the config of {weights_path}) is a JSON {type(config).__name__}, not an "
+                           f"object (expected a Hugging Face GPT2Config)")
+    return config
 
 
-def _gpt_config(hf_cfg, names, f, weights_path):
+def _gpt_config(hf_cfg, names, f, weights_path, config_path):
     """numgpt's config dict, from a HF GPT2Config dict or, without one, from the tensor shapes."""
     tied = "lm_head.weight" not in names
     if hf_cfg is not None:
-        problems = [f"lacks {key}" for key in ("n_embd", "n_layer", "n_head", "vocab_size") if key not in hf_cfg]
-        activation = hf_cfg.get("activation_function", "gelu_new")
-        if activation not in GELU_TANH:
-            problems.append(f"activation_function {activation!r}: numgpt's GELU is the tanh form ('gelu_new')")
-        n_inner = hf_cfg.get("n_inner")
-        if n_inner is not None and n_inner != 4 * hf_cfg.get("n_embd", 0):
-            problems.append(f"n_inner {n_inner}: numgpt's MLP is 4 * n_embd wide")
-        if problems:
-            raise WeightsError(f"config.json beside {weights_path} does not describe a GPT-2 numgpt can build: "
-                               + "; ".join(problems))
+        dims = gpt2_dims(hf_cfg, config_path)
         if hf_cfg.get("tie_word_embeddings", True) is False:
             tied = False                                            # then lm_head.weight must be there
-        dims = dict(vocab_size=hf_cfg["vocab_size"], emb_dim=hf_cfg["n_embd"], n_heads=hf_cfg["n_head"],
-                    n_layers=hf_cfg["n_layer"],
-                    context_length=hf_cfg.get("n_positions", hf_cfg.get("n_ctx", 1024)))
     else:
         dims = _infer_dims(names, f, weights_path)
     return dict(GPT_CONFIG_124M, **dims, drop_rate=0.0, qkv_bias=True, tie_weights=tied)
 
 
+def gpt2_dims(hf_cfg, where):
+    """(numgpt's dims of a Hugging Face GPT2Config dict ``hf_cfg``, read from the file ``where``: every
+    field numgpt uses checked for its type and range; WeightsError names the first that fails, or
+    every setting numgpt cannot follow."""
+    def integer(field, high, **options):
+        return schema.integer(hf_cfg, field, where, low=1, high=high, error=WeightsError, **options)
+
+    emb_dim, n_layers = integer("n_embd", MAX_WIDTH), integer("n_layer", MAX_LAYERS)
+    n_heads, vocab_size = integer("n_head", MAX_HEADS), integer("vocab_size", MAX_VOCAB)
+    context = integer("n_positions", MAX_CONTEXT, required=False,
+                      default=integer("n_ctx", MAX_CONTEXT, required=False, default=1024))
+    schema.number(hf_cfg, "layer_norm_epsilon", where, above=0, error=WeightsError, required=False)
+    schema.boolean(hf_cfg, "tie_word_embeddings", where, error=WeightsError, required=False)
+    if emb_dim % n_heads:
+        schema.fail(where, "n_head", n_heads, f"a divisor of n_embd {emb_dim}", WeightsError)
+    problems = []
+    activation = hf_cfg.get("activation_function", "gelu_new")
+    if activation not in GELU_TANH:
+        problems.append(f"activation_function {schema.shown(activation)}: numgpt's GELU is the tanh form "
+                        f"('gelu_new')")
+    n_inner = hf_cfg.get("n_inner")
+    if n_inner is not None and n_inner != 4 * emb_dim:
+        problems.append(f"n_inner {schema.shown(n_inner)}: numgpt's MLP is 4 * n_embd wide")
+    if problems:
+        raise WeightsError(f"{where} does not describe a GPT-2 numgpt can build: " + "; ".join(problems))
+    return dict(vocab_size=vocab_size, emb_dim=emb_dim, n_heads=n_heads, n_layers=n_layers, context_length=context)
+
+
 def _infer_dims(names, f, weights_path):
+    """The dims of a GPT-2 from its tensors' shapes alone: wte (V, C), wpe (context, C), and the
+    h.{i} blocks, which must run from h.0 without a gap and number at most MAX_LAYERS."""
     problems = [f"missing: {name}" for name in ("wte.weight", "wpe.weight") if name not in names]
     if problems:
         raise WeightsError(f"{weights_path}: cannot infer the config from the shapes ({'; '.join(problems)}); "
                            "is it a GPT-2 file? Put a config.json beside model.safetensors")
+    for name, first in (("wte.weight", "vocab_size"), ("wpe.weight", "context_length")):
+        shape = tuple(f.get_slice(names[name]).get_shape())
+        if len(shape) != 2 or 0 in shape:
+            raise WeightsError(f"{weights_path}: {names[name]} has shape {shape}; expected ({first}, emb_dim) "
+                               f"with neither zero (a GPT-2 embedding table)")
     V, C = f.get_slice(names["wte.weight"]).get_shape()                       # (V, C)
     context = f.get_slice(names["wpe.weight"]).get_shape()[0]                 # (context, C)
+    for field, value, high in (("vocab_size", V, MAX_VOCAB), ("emb_dim", C, MAX_WIDTH),
+                               ("context_length", context, MAX_CONTEXT)):
+        if value > high:
+            raise WeightsError(f"{weights_path}: {field} {value} (from the tensor shapes) exceeds numgpt's limit "
+                               f"of {high}")
     blocks = {int(m.group(1)) for m in map(BLOCK_NAME.match, names) if m}
     if not blocks:
         raise WeightsError(f"{weights_path}: no transformer blocks (h.0.*) in the file; is it a GPT-2 file?")
+    if len(blocks) > MAX_LAYERS or max(blocks) >= MAX_LAYERS:
+        raise WeightsError(f"{weights_path}: the tensor names number blocks up to h.{max(blocks)}; numgpt builds "
+                           f"at most {MAX_LAYERS} layers")
+    if len(blocks) != max(blocks) + 1:
+        absent = sorted(set(range(max(blocks) + 1)) - blocks)
+        raise WeightsError(f"{weights_path}: the tensor names number blocks up to h.{max(blocks)} but "
+                           f"{len(absent)} of them hold no tensor (h.{absent[0]} first): the layer count "
+                           f"cannot be inferred; put a config.json beside model.safetensors")
     if C not in HEADS_BY_EMB_DIM:
         raise WeightsError(f"{weights_path}: emb_dim {C} is not one of GPT-2's sizes "
                            f"({', '.join(map(str, HEADS_BY_EMB_DIM))}), so n_heads is unknown: put a config.json "

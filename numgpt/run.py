@@ -24,11 +24,13 @@ import fcntl
 import json
 import math
 import os
+import re
 from pathlib import Path
 
-from numgpt import safe_io, safe_write
+from numgpt import safe_io, safe_write, schema
 from numgpt.errors import UsageError
 from numgpt.families import RUN_TOKENIZER_DIR
+from numgpt.train import LRSchedule
 
 SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.jsonl"
@@ -38,6 +40,8 @@ LOCK_FILE = ".lock"
 CHECKPOINTS_DIR = "checkpoints"
 SETTINGS_FORMAT = "numgpt-run"
 SETTINGS_VERSION = 1
+MAX_SETTINGS_BYTES = 2**20            # settings.json is a few kilobytes
+MAX_METRICS_BYTES = 256 * 2**20       # metrics.jsonl: about a million evaluations
 
 # flags a resumed run may change: how long it runs, how often it saves, evaluates and reports
 SAFE_TO_CHANGE = ("epochs", "max_steps", "checkpoint_every", "keep_last", "eval_freq", "eval_iter",
@@ -115,10 +119,11 @@ class RunDirectory:
         return self.settings_path.exists() or (self.checkpoints.is_dir() and any(self.checkpoints.iterdir()))
 
     def read_settings(self):
-        """The settings.json document, or None when there is none."""
+        """The settings.json document, or None when there is none; every field numgpt reads
+        from it is checked (check_settings)."""
         if not self.settings_path.exists():
             return None
-        document = safe_io.read_json(self.settings_path)
+        document = safe_io.read_json(self.settings_path, MAX_SETTINGS_BYTES)
         if (not isinstance(document, dict) or document.get("format") != SETTINGS_FORMAT
                 or not isinstance(document.get("train"), dict)):
             raise RunError(f"{self.settings_path} is not a numgpt run's settings (expected format "
@@ -126,6 +131,7 @@ class RunDirectory:
         if document.get("version") != SETTINGS_VERSION:
             raise RunError(f"{self.settings_path}: settings version {document.get('version')!r}; this numgpt "
                            f"reads version {SETTINGS_VERSION}")
+        check_settings(document, self.settings_path)
         return document
 
     def write_settings(self, document):
@@ -138,9 +144,11 @@ class RunDirectory:
         """The records of metrics.jsonl, in order ([] when there is none). A last line cut
         short by a crash (no newline) is left out; any other bad line is a RunError."""
         try:
-            text = self.metrics_path.read_bytes().decode("utf-8")
+            text = safe_io.read_limited(self.metrics_path, MAX_METRICS_BYTES, "metrics file").decode("utf-8")
         except FileNotFoundError:
             return []
+        except safe_io.UnsafeFileError as error:
+            raise RunError(str(error)) from None
         except UnicodeDecodeError as error:
             raise RunError(f"{self.metrics_path} is not UTF-8 text (byte offset {error.start})") from None
         lines = text.split("\n")
@@ -151,8 +159,9 @@ class RunDirectory:
                 record = safe_io.parse_json(line.encode("utf-8"), f"{self.metrics_path}:{number}")
             except safe_io.UnsafeFileError as error:
                 raise RunError(str(error)) from None
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            if not isinstance(record, dict):
                 raise RunError(f"{self.metrics_path}:{number}: expected a JSON object with an integer 'step'")
+            check_metrics_record(record, f"{self.metrics_path}:{number}")
             records.append(record)
         return records
 
@@ -191,6 +200,77 @@ class RunDirectory:
         val = [nan if r.get("val_loss") is None else r["val_loss"] for r in records]
         return plot_losses(epochs_of(records), [r["tokens_seen"] for r in records], train, val,
                            self.plot_path if path is None else path)
+
+
+def _optional(check):
+    """A check of a train field that may also be null."""
+    return lambda train, name, where: None if train[name] is None else check(train, name, where)
+
+
+def _integer(low):
+    return lambda train, name, where: schema.integer(train, name, where, low=low, error=RunError)
+
+
+def _number(**bounds):
+    return lambda train, name, where: schema.number(train, name, where, error=RunError, **bounds)
+
+
+def _string(train, name, where):
+    schema.string(train, name, where, error=RunError)
+
+
+def _strings(train, name, where):
+    if not (isinstance(train[name], list) and all(isinstance(item, str) for item in train[name])):
+        schema.fail(where, name, train[name], "a list of strings", RunError)
+
+
+# The fields of settings.json's "train" that a resumed run reads, and what each must hold;
+# fields that are absent take their defaults, fields unknown here are left to whoever reads them.
+TRAIN_FIELDS = {
+    "preset": _optional(_string), "init": _optional(_string), "data": _optional(_string),
+    "tokenizer": _optional(_string), "device": _string, "start_context": _string, "backward": _strings,
+    "epochs": _integer(1), "max_steps": _optional(_integer(1)), "batch_size": _integer(1),
+    "context_length": _optional(_integer(1)), "grad_accum": _integer(1), "eval_freq": _integer(1),
+    "eval_iter": _integer(1), "checkpoint_every": _optional(_integer(1)), "keep_last": _optional(_integer(1)),
+    "threads": _optional(_integer(1)), "max_skipped_steps": _integer(1), "warmup_steps": _integer(0),
+    "seed": lambda train, name, where: schema.integer(train, name, where, error=RunError),
+    "lr": _number(low=0), "weight_decay": _number(low=0), "min_lr": _number(low=0), "initial_lr": _number(low=0),
+    "drop_rate": _optional(_number(low=0, below=1)), "grad_clip": _optional(_number(low=0)),
+    "train_ratio": _number(above=0, below=1),
+    "allow_special": lambda train, name, where: schema.boolean(train, name, where, error=RunError),
+    "lr_schedule": lambda train, name, where: schema.string(train, name, where, error=RunError,
+                                                            choices=LRSchedule.KINDS),
+}
+
+
+def check_settings(document, path):
+    """RunError naming ``path``, the field, its value and what was expected, for the first field of a
+    settings.json document (format and version already checked) that a resumed run cannot use."""
+    from numgpt.checkpoint import check_model_config
+    train = document["train"]
+    for name, check in TRAIN_FIELDS.items():
+        if name in train:
+            check(train, name, f"{path}: train")
+    string = schema.string(document, "data_sha256", path, error=RunError)
+    if not re.fullmatch(r"[0-9a-f]{64}", string):
+        schema.fail(path, "data_sha256", string, "the sha256 of the data, 64 hexadecimal digits", RunError)
+    check_model_config(schema.mapping(document, "model", path, error=RunError), f"{path}: model")
+    environment = schema.mapping(document, "environment", path, error=RunError)
+    if not all(isinstance(value, str) for value in environment.values()):
+        schema.fail(path, "environment", environment, "an object of version strings", RunError)
+    schema.integer(document, "processes", path, low=1, error=RunError, required=False)
+
+
+def check_metrics_record(record, where):
+    """RunError naming ``where`` (the file and line) for a metrics.jsonl record missing a field that
+    the plot and a resumed run read, or holding the wrong kind of value there. Losses may be null
+    (a NaN or infinite loss is written as null); other fields are not read."""
+    schema.integer(record, "step", where, low=-1, error=RunError)
+    schema.number(record, "epoch", where, low=0, error=RunError)
+    schema.integer(record, "tokens_seen", where, low=0, error=RunError)
+    for name in ("train_loss", "val_loss"):
+        if record.get(name) is not None:
+            schema.number(record, name, where, error=RunError)
 
 
 def epochs_of(records):

@@ -42,10 +42,13 @@ pickles, and ``.npy`` files may hold pickled objects; loading any of them can
 run arbitrary code, so ``sniff_format`` recognises them by their first bytes and
 ``refuse_pickle`` raises ``PickleFormatError`` with the way to convert them.
 """
+import ctypes
 import hashlib
 import json
 import math
 import os
+import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,9 +58,11 @@ from safetensors import SafetensorError, safe_open
 from numgpt.device import array_module, is_host, to_host
 from numgpt.errors import NumgptError
 from numgpt.safe_write import atomic_write
+from numgpt.schema import MAX_TENSOR_DIMS, MAX_TENSOR_NAME, MAX_TENSORS
 
 MAX_HEADER_BYTES = 100_000_000      # the safetensors library's own limit; a caller may set a lower one
 MAX_JSON_BYTES = 100 * 2**20
+MAX_JSON_DEPTH = 64                # levels of nested arrays and objects in a JSON file
 
 # safetensors dtype -> little-endian NumPy dtype; BF16 is widened to float32 on load
 SAFETENSORS_DTYPES = {
@@ -67,6 +72,8 @@ SAFETENSORS_DTYPES = {
     "U64": numpy.dtype("<u8"), "I64": numpy.dtype("<i8"), "F64": numpy.dtype("<f8"),
 }
 TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
+_DTYPE_NAME = {name: name for name in SAFETENSORS_DTYPES}     # one shared string per dtype name
 
 ZIP_MAGIC = b"PK\x03\x04"          # torch.save since 1.6, .npz
 PICKLE_PROTO_MAGIC = b"\x80"       # pickle protocol >= 2 (older torch.save, .pkl)
@@ -126,7 +133,7 @@ def refuse_pickle(path, kind):
 
 def check_not_pickle(path):
     """Raise PickleFormatError if the file at ``path`` looks like a pickle, zip or .npy file."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(16)
     kind = sniff_format(head, Path(path).suffix)
     if kind in ("zip", "pickle", "npy"):
@@ -153,14 +160,15 @@ def _reject_constant(path):
 
 
 def parse_json(data, path, allow_nan=False):
-    """Decode ``data`` (bytes) as strict UTF-8 JSON; duplicate keys and (unless allowed) NaN/Infinity refused."""
+    """Decode ``data`` (bytes or a buffer) as strict UTF-8 JSON; duplicate keys, nesting deeper than
+    MAX_JSON_DEPTH and (unless allowed) NaN/Infinity refused."""
     try:
-        text = data.decode("utf-8")
+        text = str(data, "utf-8")                       # bytes, bytearray or memoryview, decoded once
     except UnicodeDecodeError as exc:
         raise UnsafeFileError(path, "not-utf8", f"not UTF-8 text (invalid byte at offset {exc.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicates(path),
-                          parse_constant=None if allow_nan else _reject_constant(path))
+        value = json.loads(text, object_pairs_hook=_reject_duplicates(path),
+                           parse_constant=None if allow_nan else _reject_constant(path))
     except json.JSONDecodeError as exc:
         raise UnsafeFileError(path, "not-json", f"not valid JSON: {exc.msg} at line {exc.lineno} "
                                                 f"column {exc.colno}") from None
@@ -170,19 +178,73 @@ def parse_json(data, path, allow_nan=False):
         if isinstance(exc, UnsafeFileError):
             raise
         raise UnsafeFileError(path, "not-json", f"not valid JSON: {exc}") from None
+    _check_depth(value, path)
+    return value
+
+
+def _check_depth(value, path):
+    """UnsafeFileError when ``value`` nests arrays and objects more than MAX_JSON_DEPTH deep."""
+    depth, level = 0, [value] if isinstance(value, (dict, list)) else []
+    while level:                                          # the containers at one depth, breadth first
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise UnsafeFileError(path, "too-deep", f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+        level = [item for container in level for item in (container.values() if isinstance(container, dict)
+                                                          else container) if isinstance(item, (dict, list))]
 
 
 def read_json(path, max_bytes=MAX_JSON_BYTES, allow_nan=False):
-    """The JSON value in ``path``; a file larger than ``max_bytes``, non-UTF-8 text, a syntax
-    error, duplicate keys or NaN/Infinity (unless ``allow_nan``) raise UnsafeFileError."""
-    with open(path, "rb") as f:
+    """The JSON value in ``path``, a regular file (see open_regular); a file larger than
+    ``max_bytes``, non-UTF-8 text, a syntax error, duplicate keys, nesting deeper than
+    MAX_JSON_DEPTH or NaN/Infinity (unless ``allow_nan``) raise UnsafeFileError."""
+    return parse_json(read_limited(path, max_bytes, "JSON file"), path, allow_nan=allow_nan)
+
+
+# ---------------------------------------------------------------- regular files only
+
+def open_regular(path):
+    """``path`` opened for reading in binary mode, when it is a regular file (a symlink to one
+    is followed); a FIFO, a device, a socket or a directory raises UnsafeFileError unread.
+
+    The type is checked before the open (os.stat) and again on the open descriptor (fstat), as
+    the path may change between the two; the open is non-blocking, so that a FIFO swapped in
+    between cannot hang it, and blocking again once the file is known to be regular."""
+    kind = os.stat(path).st_mode
+    if not stat.S_ISREG(kind):
+        raise UnsafeFileError(path, "not-regular", f"is {_file_kind(kind)}, not a regular file: numgpt reads "
+                                                   f"files only")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            raise UnsafeFileError(path, "not-regular", f"is {_file_kind(kind)}, not a regular file: numgpt "
+                                                       f"reads files only")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode):
+    for test, words in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                        (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def read_limited(path, max_bytes, what="file"):
+    """The bytes of the regular file ``path``; UnsafeFileError when it holds more than ``max_bytes``."""
+    with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
-            raise UnsafeFileError(path, "too-large", f"JSON file of {size} bytes exceeds the limit of {max_bytes}")
+            raise UnsafeFileError(path, "too-large", f"{what} of {size} bytes exceeds the limit of {max_bytes}")
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise UnsafeFileError(path, "too-large", f"JSON file grew past the limit of {max_bytes} bytes while read")
-    return parse_json(data, path, allow_nan=allow_nan)
+        raise UnsafeFileError(path, "too-large", f"{what} grew past the limit of {max_bytes} bytes while read")
+    return data
 
 
 # ---------------------------------------------------------------- safetensors
@@ -200,6 +262,9 @@ def _numgpt_entry_problem(entry):
     dtype = entry["dtype"]
     if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
         return "unknown-dtype", f"unknown or unsupported dtype {dtype!r}; numgpt reads {', '.join(SAFETENSORS_DTYPES)}"
+    if isinstance(entry["shape"], list) and len(entry["shape"]) > MAX_TENSOR_DIMS:
+        return "too-many-dims", (f"shape has {len(entry['shape'])} dimensions; numgpt reads tensors of at most "
+                                 f"{MAX_TENSOR_DIMS}")
     return None
 
 
@@ -293,13 +358,14 @@ def _library_refusal_of_bytes(head, length):
 
 
 def _validate(path, head, length, max_header_bytes, file=None):
-    """(entries, metadata, data_start) of the safetensors file ``path`` of ``length`` bytes
-    whose first bytes ``head`` hold its length field and header (when the file has them).
+    """(entries, metadata, data_start) of the safetensors file ``path`` of ``length`` bytes.
 
-    The library judges ``file`` when the bytes are that file on disk, else a stand-in
-    of ``head`` and ``length``; numgpt's own checks come before it (pickles, the
-    caller's header limit) and after it (what it lets through). Each entry is
-    name -> (dtype, shape, begin, end).
+    ``head`` holds the first bytes: the whole file when the bytes are in memory, or at least
+    its first 16 when they are the file ``file`` on disk, whose header is read only after the
+    library has judged the file (so that the two never hold it at once). The library judges
+    ``file``, or a stand-in of ``head`` and ``length``; numgpt's own checks come before it
+    (pickles, the caller's header limit, the number of tensors, counted in the raw bytes) and
+    after it (what it lets through). Each entry is name -> (dtype, shape, begin, end).
     """
     kind = sniff_format(bytes(head[:16]), Path(str(path)).suffix)
     if kind in ("zip", "pickle", "npy"):
@@ -308,33 +374,100 @@ def _validate(path, head, length, max_header_bytes, file=None):
     if header_len > max_header_bytes:
         raise UnsafeFileError(path, "header-too-large", f"header length {header_len} exceeds the limit of "
                                                         f"{max_header_bytes} bytes")
+    if 8 + header_len <= length:                      # counted in the bytes, before any parser builds them
+        needle = b'"data_offsets"'
+        count = (_count_in_file(file, needle, 8, 8 + header_len) if file is not None
+                 else head.count(needle, 8, 8 + header_len))
+        if count > MAX_TENSORS:
+            raise UnsafeFileError(path, "too-many-tensors", f"header describes {count} tensors; numgpt reads "
+                                                            f"files of at most {MAX_TENSORS}")
     refusal = (_library_refusal(file) if file is not None
                else _library_refusal_of_bytes(bytes(head[:8 + header_len]), length))
+    _return_freed_memory()                            # what the library parsed, given back before numgpt parses
+    if file is not None and 8 + header_len <= length:
+        head = _read_start(file, 8 + header_len)
     if refusal is not None:
         reason, words, tensor = _diagnose(path, head, length)
         raise UnsafeFileError(path, reason, f"{words} (safetensors: {refusal})", tensor)
-    header = parse_json(bytes(head[8:8 + header_len]), path)      # the library lets a duplicate key win
+    try:
+        with memoryview(head) as view:
+            text = str(view[8:8 + header_len], "utf-8")                # the library has checked: a second look
+    except UnicodeDecodeError as exc:
+        raise UnsafeFileError(path, "not-utf8", f"not UTF-8 text (invalid byte at offset {exc.start})") from None
+    del head                                                          # a header read from the file: freed
+    header = _parse_header(text, path)                                # the library lets a duplicate key win
     metadata = header.pop("__metadata__", None) or {}
     entries = {}
-    for name, entry in header.items():
-        problem = _numgpt_entry_problem(entry)
+    for name in list(header):
+        entry = header.pop(name)                                     # each entry dropped as it is moved
+        problem = None if isinstance(entry, tuple) else (_numgpt_entry_problem(entry) or ("bad-entry", "not a tensor"))
+        if problem is None and len(name) > MAX_TENSOR_NAME:
+            problem = "long-name", f"tensor name of {len(name)} characters; the limit is {MAX_TENSOR_NAME}"
         if problem is not None:
-            raise UnsafeFileError(path, *problem, name)
-        entries[name] = (entry["dtype"], tuple(entry["shape"]), *entry["data_offsets"])
+            raise UnsafeFileError(path, *problem, name[:MAX_TENSOR_NAME])
+        entries[name] = entry
     return entries, metadata, 8 + header_len
+
+
+def _parse_header(text, path):
+    """The header's JSON, with each valid tensor entry made a compact (dtype, shape, begin, end) tuple
+    as it is parsed (a dict with its two lists takes several times the memory of its text); an
+    entry with a fault stays a dict for the caller to name it."""
+    def compact(pairs):
+        entry = dict(pairs)
+        if len(entry) != len(pairs):
+            _reject_duplicates(path)(pairs)
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if (len(entry) == len(TENSOR_FIELDS) and isinstance(shape, list) and isinstance(offsets, list)
+                and _numgpt_entry_problem(entry) is None):
+            return (_DTYPE_NAME[entry["dtype"]], tuple(shape), *offsets)
+        return entry
+    try:
+        return json.loads(text, object_pairs_hook=compact, parse_constant=_reject_constant(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UnsafeFileError(path, "not-json", f"not valid JSON: {getattr(exc, 'msg', exc)}") from None
+
+
+def _return_freed_memory():
+    """Give the C heap's free memory back to the system: glibc keeps what the safetensors library
+    allocated and freed (several times a large header) for the process's later use. Elsewhere, nothing."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _count_in_file(path, needle, begin, end, chunk=1 << 20):
+    """Occurrences of ``needle`` in bytes [begin, end) of the file, read a chunk at a time."""
+    count, carry = 0, b""
+    with open_regular(path) as f:
+        f.seek(begin)
+        remaining = end - begin
+        while remaining > 0:
+            block = f.read(min(chunk, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            block = carry + block
+            count += block.count(needle)
+            carry = block[-(len(needle) - 1):]            # too short to hold a whole needle counted already
+    return count
+
+
+def _read_start(path, size):
+    """The first ``size`` bytes of the file (fewer if it is shorter), in a buffer of their own."""
+    with open_regular(path) as f:
+        head = bytearray(size)
+        del head[f.readinto(head):]
+    return head
 
 
 def check_safetensors_header(path, max_header_bytes=MAX_HEADER_BYTES):
     """Validate the safetensors file at ``path``, reading its header only (for
     loaders that then read tensor by tensor): (entries, metadata);
     UnsafeFileError (or PickleFormatError) otherwise."""
-    length = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(16)
-        header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
-        if header_len <= max_header_bytes:
-            head += f.read(max(0, 8 + header_len - len(head)))
-    entries, metadata, _ = _validate(path, head, length, max_header_bytes, file=path)
+    with open_regular(path) as f:
+        length = os.fstat(f.fileno()).st_size
+        first = f.read(16)
+    entries, metadata, _ = _validate(path, first, length, max_header_bytes, file=path)
     return entries, metadata
 
 
@@ -361,8 +494,8 @@ def parse_safetensors(data, path, max_header_bytes=MAX_HEADER_BYTES, copy=True):
 
 
 def read_bytes(path):
-    """The file's bytes as a bytearray, read once into a buffer of the file's size."""
-    with open(path, "rb") as f:
+    """The bytes of the regular file ``path`` as a bytearray, read once into a buffer of its size."""
+    with open_regular(path) as f:
         data = bytearray(os.fstat(f.fileno()).st_size)
         del data[f.readinto(data):]
     return data
@@ -392,7 +525,7 @@ def check_finite(arrays, path):
 
 def sha256_file(path, chunk=1 << 20):
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy
 from tqdm.auto import tqdm
 
-from numgpt import backend
+from numgpt import backend, schema
 from numgpt.autograd import no_grad
 from numgpt.device import to_host
 from numgpt.errors import UsageError
@@ -129,11 +129,38 @@ class TrainState:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data, where="training state"):
+        """The state ``to_dict`` wrote, read back from ``where`` (a checkpoint.json): every field
+        checked for its type and range (a UsageError names the field, the value and what was expected)."""
+        if not isinstance(data, dict):
+            schema.fail(where, "train_state", data, "a JSON object", UsageError)
         missing = [name for name in cls.__dataclass_fields__ if name not in data and name not in cls.OPTIONAL]
         if missing:
             raise UsageError(f"training state lacks {', '.join(missing)}: cannot resume exactly")
+        _check_train_state(data, f"{where}: train_state")
         return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+
+def _check_train_state(data, where):
+    for name, low in (("epoch", 0), ("global_step", -1), ("tokens_seen", 0), ("skipped_steps", 0),
+                      ("epoch_steps", 0)):
+        schema.integer(data, name, where, low=low, error=UsageError, required=False)
+    schema.number(data, "elapsed_s", where, low=0, error=UsageError, required=False)
+    schema.string(data, "batches_digest", where, error=UsageError)
+    if data.get("dropout_seed") is not None:
+        schema.integer(data, "dropout_seed", where, low=0, error=UsageError)
+    for name in ("train_losses", "val_losses", "track_tokens_seen"):      # NaN and Inf losses round-trip
+        values = data[name]
+        if not (isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in values)):
+            schema.fail(where, name, values, "a list of numbers", UsageError)
+    loader = data["loader_state"]
+    if loader is not None:
+        loader = schema.mapping(data, "loader_state", where, error=UsageError)
+        order = loader.get("epoch_order")
+        if order is not None and not (isinstance(order, list) and all(schema.is_int(i) for i in order)):
+            schema.fail(where, "loader_state epoch_order", order, "null or a list of item indices", UsageError)
+        schema.integer(loader, "batches_yielded", f"{where}: loader_state", low=0, error=UsageError)
 
 
 @dataclass(frozen=True)

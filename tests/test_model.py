@@ -117,7 +117,7 @@ def test_bad_input_gets_clear_errors():
         model(np.array([1, 2]))
     with pytest.raises(ValueError, match="lacks n_heads"):
         numgpt.GPTModel({k: v for k, v in TINY.items() if k != "n_heads"})
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match="n_heads is 3; expected a divisor of emb_dim 8"):
         numgpt.GPTModel(dict(TINY, n_heads=3))
     with pytest.raises(ValueError, match="device 'tpu'"):
         model.to("tpu")

@@ -168,7 +168,7 @@ def test_read_metrics_skips_a_torn_last_line_and_names_a_bad_one(tmp_path):
     assert [r["step"] for r in run.read_metrics()] == [0]
     assert [r["step"] for r in run.start_metrics(keep_through_step=-1)] == []
     assert (tmp_path / "metrics.jsonl").read_text() == ""
-    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\nnot json\n{"step": 2}\n')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "epoch": 0.1, "tokens_seen": 8}\nnot json\n{"step": 2}\n')
     with pytest.raises(RunError, match=r"metrics.jsonl:2"):
         run.read_metrics()
 
