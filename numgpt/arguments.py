@@ -141,12 +141,32 @@ def check_train(args):
     if args.init is not None and args.preset is not None:
         raise UsageError(f"--preset {args.preset} contradicts --init {args.init}: the model's shape comes from "
                          f"--init; leave --preset out")
+    if args.init is not None:
+        model_name("--init", args.init)
+    if args.tokenizer is not None:
+        model_name("--tokenizer", args.tokenizer, files=False)
     if args.data is not None:
         existing_file("--data", args.data, "a UTF-8 text file")
     directory_to_write("--out", args.out, "a run directory")
     for spec in args.backward or ():
         backward_spec(spec)
+    _check_threads(args.threads)
     _check_device(args.device)
+
+
+def model_name(flag, source, files=True):
+    """UsageError unless ``source`` could name a model, told apart as numgpt.families.locate tells
+    them, without asking the hub: an existing directory (or, with ``files``, a .safetensors file),
+    a GPT-2 size or a hub id (owner/name[@revision])."""
+    from numgpt.download import canonical_size
+    from numgpt.hub import parse_repo_id
+    path = Path(source).expanduser()
+    wanted = ("a model or run directory, a GPT-2 .safetensors file, a GPT-2 size (124m, 355m, 774m, 1558m) or a "
+              "hub id (owner/name)" if files else "a directory with tokenizer.json or a hub id (owner/name)")
+    if path.is_file() and not (files and path.suffix == ".safetensors"):
+        raise UsageError(f"{flag} {source} is a file: expected {wanted}")
+    if not path.exists() and canonical_size(source) is None and parse_repo_id(source) is None:
+        raise UsageError(f"{flag} {source} does not exist: expected {wanted}")
 
 
 def backward_spec(spec):
@@ -172,10 +192,21 @@ def _check_device(spec):
             raise UsageError(f"--device {spec}: {error}") from None
 
 
+def _check_threads(threads):
+    if threads is not None:
+        from numba import config        # numba's thread pool size, as numba read it at import; no pool starts
+        if threads > config.NUMBA_NUM_THREADS:
+            raise UsageError(f"--threads {threads}: expected 1 to {config.NUMBA_NUM_THREADS} (numba's thread pool "
+                             f"on this machine, NUMBA_NUM_THREADS)")
+
+
 def _check_model_source(args):
+    if args.model is not None:
+        model_name("--model", args.model)
     if args.checkpoint is not None and not Path(args.checkpoint).expanduser().exists():
         raise UsageError(f"--checkpoint {args.checkpoint} does not exist: expected a run directory or a checkpoint")
-    _check_device(args.device)
+    _check_threads(getattr(args, "threads", None))
+    _check_device(getattr(args, "device", None))
 
 
 def check_generate(args):
