@@ -15,6 +15,9 @@ Two parts, both run before a subcommand starts:
   file where a directory is wanted) and flags that contradict each other. A
   check only looks (``stat``); it writes nothing. Its ``UsageError`` names the
   flag and the value.
+
+numgpt's own modules are imported by the checks that need them, as numgpt.cli
+imports them, so that ``numgpt --help`` and a refused flag stay quick.
 """
 import argparse
 import math
@@ -100,14 +103,13 @@ def existing_file(flag, path, wanted="a file"):
         raise UsageError(f"{flag} {path} is empty: expected {wanted}")
 
 
-def existing_directory(flag, path, wanted="a directory"):
-    """UsageError unless ``path`` is an existing directory."""
+def existing_directory(path, wanted="a directory"):
+    """UsageError unless ``path`` (a positional argument: the line names it alone) is an existing directory."""
     path = Path(path).expanduser()
-    label = f"{flag} {path}" if flag else str(path)
     if not path.exists():
-        raise UsageError(f"{label} does not exist: expected {wanted}")
+        raise UsageError(f"{path} does not exist: expected {wanted}")
     if not path.is_dir():
-        raise UsageError(f"{label} is a file: expected {wanted}")
+        raise UsageError(f"{path} is a file: expected {wanted}")
 
 
 def directory_to_write(flag, path, wanted="a directory"):
@@ -137,10 +139,17 @@ def file_to_write(flag, path, suffixes):
 
 
 # ---------------------------------------------------------------- one check per subcommand
-def check_train(args):
+def check_train(args, defaults):
+    """``defaults``: the training flags' defaults (numgpt.cli.TRAIN_DEFAULTS), for a typed flag
+    checked against one left out."""
     if args.init is not None and args.preset is not None:
         raise UsageError(f"--preset {args.preset} contradicts --init {args.init}: the model's shape comes from "
                          f"--init; leave --preset out")
+    if args.min_lr is not None and not args.resume:
+        peak = defaults["lr"] if args.lr is None else args.lr
+        if args.min_lr > peak:
+            raise UsageError(f"--min-lr {args.min_lr:g} is above the peak learning rate --lr {peak:g}: the cosine "
+                             f"decays from --lr down to --min-lr")
     if args.init is not None:
         model_name("--init", args.init)
     if args.tokenizer is not None:
@@ -225,7 +234,7 @@ def check_export(args):
 
 def check_plot(args):
     from numgpt.plot import PLOT_FORMATS
-    existing_directory("", args.run_dir, "a run directory (numgpt train --out RUN)")
+    existing_directory(args.run_dir, "a run directory (numgpt train --out RUN)")
     if args.output is not None:
         file_to_write("--output", args.output, PLOT_FORMATS)
 

@@ -9,6 +9,7 @@ checkpoint and exits 130 or 143.
 """
 import argparse
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -821,7 +822,7 @@ def build_parser():
     train.add_argument("--backward", action="append", metavar="OP=MODULE:FUNCTION",
                        help="train with your backward for OP (repeatable), e.g. layer_norm=mine:layer_norm_backward")
     _add_threads(train)
-    train.set_defaults(run=cmd_train, check=arguments.check_train)
+    train.set_defaults(run=cmd_train, check=functools.partial(arguments.check_train, defaults=TRAIN_DEFAULTS))
 
     plot = sub.add_parser("plot", help="redraw a run's loss plot from its metrics.jsonl")
     plot.add_argument("run_dir", metavar="RUN", help="a run directory")

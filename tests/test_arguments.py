@@ -77,6 +77,8 @@ WALK = [
     *[(["train", "--init", value, "--out", "run"], "--init", value) for value in ("@" + FILE, "@" + MISSING, "foo")],
     (["train", "--out", "@" + FILE + "/run"], "--out", "@" + FILE),
     (["train", "--init", "gpt2-124m", "--preset", "small"], "--preset", "small"),
+    (["train", "--min-lr", "0.001"], "--min-lr", "0.001"),                  # above the default --lr 4e-4
+    (["train", "--lr", "1e-4", "--min-lr", "2e-4", "--lr-schedule", "cosine"], "--min-lr", "0.0002"),
     (["train", "--preset", "tiny", "--max-steps", "12", "--batch-size", "8", "--start-context", ""],   # the issue's
      "--start-context", ""),
     *[(GEN + [flag, value], flag, value) for flag, values in {
