@@ -876,7 +876,7 @@ def build_parser():
     dl = sub.add_parser("download", help="fetch a model into the Hugging Face cache: a hub id or a GPT-2 size")
     dl.add_argument("model", metavar="HF_ID", help="a hub id (HuggingFaceTB/SmolLM2-135M, Qwen/Qwen3-0.6B, ...) or "
                                                    "gpt2-124m, gpt2-355m, gpt2-774m, gpt2-1558m")
-    dl.add_argument("--revision", help="a branch, tag or commit of the hub repository (default main)")
+    dl.add_argument("--revision", type=non_empty, help="a branch, tag or commit of the hub repository (default main)")
     dl.set_defaults(run=cmd_download, check=arguments.check_nothing)
 
     ex = sub.add_parser("export", help="write a model in the Hugging Face layout of its family")

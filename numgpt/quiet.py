@@ -9,6 +9,7 @@ and the Python warnings numgpt's own code raises or triggers (a NumPy overflow i
 an op, a checkpoint that could not be deleted).
 """
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -48,6 +49,7 @@ def third_parties_quiet():
             os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
 
 
+@functools.cache
 def _numgpt_folders():
     """The folders of numgpt's code: the package and its kernels (a folder of their own in a
     source checkout), found without importing the kernels."""

@@ -5,11 +5,9 @@ line naming the flag and the value, before anything is created, read from the
 network or loaded; then the walk's findings one by one, and the quiet command
 line (no third-party noise, no BrokenPipeError, help that shows its defaults)."""
 import argparse
-import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +102,8 @@ WALK = [
     (["gradcheck", "softmaxx"], "op", "softmaxx"),
     (["gradcheck", "layer_norm", "--backward", "@missing.py:f"], "--backward", "@missing.py"),
     (["download", "gpt2-9b"], "GPT-2 size", "gpt2-9b"),
+    (["download", "owner/name", "--revision", ""], "--revision", ""),
+    (["download", "not a/repo id"], "repo id", "not a/repo id"),
     (["info", "--threads", "2"], "unrecognized arguments", "--threads 2"),
 ]
 
@@ -114,14 +114,12 @@ def test_a_bad_value_is_one_line_before_anything_is_made(argv, flag, value, plac
 
     def at(text):
         return text.replace("@", f"{fixtures}/")
-    started = time.perf_counter()
     code, out, err = run_in_process([at(a) for a in argv], capsys)
     print(err)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and out == ""
     assert flag in lines[0] and (at(value) if value else "''") in lines[0]
     assert listing(cwd.parent) == before                                  # nothing created, nothing downloaded
-    assert time.perf_counter() - started < 10                             # refused up front
 
 
 def test_a_negative_token_count_is_refused_before_any_download(tmp_path):
