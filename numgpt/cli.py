@@ -3,7 +3,10 @@ export, info.
 
 Bad input (any ``NumgptError``) ends with exit status 2 and one line on
 stderr; any other exception is a bug and shows its traceback (exit 1).
-``NUMGPT_DEBUG=1`` shows the traceback of bad input too. An interrupted
+``NUMGPT_DEBUG=1`` shows the traceback of bad input too. Every argument is
+checked before the subcommand does any work (numgpt.arguments: the flags'
+types and a check per subcommand), and other libraries' log lines, warnings
+and progress bars stay off stderr (numgpt.quiet) unless ``NUMGPT_DEBUG=1``. An interrupted
 training run (SIGINT, SIGTERM) finishes its step, saves a committed
 checkpoint and exits 130 or 143.
 """
