@@ -3,12 +3,17 @@ export, info.
 
 Bad input (any ``NumgptError``) ends with exit status 2 and one line on
 stderr; any other exception is a bug and shows its traceback (exit 1).
-``NUMGPT_DEBUG=1`` shows the traceback of bad input too. An interrupted
+``NUMGPT_DEBUG=1`` shows the traceback of bad input too. Every argument is
+checked before the subcommand does any work (numgpt.arguments: the flags'
+types and a check per subcommand), and other libraries' log lines, warnings
+and progress bars stay off stderr (numgpt.quiet) unless ``NUMGPT_DEBUG=1``. An interrupted
 training run (SIGINT, SIGTERM) finishes its step, saves a committed
 checkpoint and exits 130 or 143.
 """
 import argparse
+import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import shutil
@@ -21,42 +26,42 @@ from pathlib import Path
 import numpy
 
 from numgpt import __version__ as numgpt_version
-from numgpt import backend, distributed, safe_io
+from numgpt import arguments, backend, distributed, safe_io
+from numgpt.arguments import NO_BACKWARD, byte_size, integer, non_empty, real
 from numgpt.errors import NumgptError, UsageError
 from numgpt.memory import check_training_fits as _check_memory
 from numgpt.memory import memory_available as _memory_available
+from numgpt.quiet import debugging, third_parties_quiet
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 SEED_START_CONTEXT = "Every effort moves you"
-NO_BACKWARD = "none"                # --backward none: train with numgpt's own backwards
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each flag's default, unless its text already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return text
+        if "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 class OneLineParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def _non_negative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+# the argparse types of the flags below (numgpt.arguments): finite numbers only, each in its range
+_positive_int, _non_negative_int, _non_negative_float = integer(1), integer(0), real(0)
 
 
 # ---------------------------------------------------------------- train
@@ -277,21 +282,32 @@ def _initial_model(flags):
 
 
 def _training_window(flags, cfg):
-    """--context-length, else the model's context up to DEFAULT_MAX_WINDOW; never past the model's."""
-    return min(flags["context_length"] or min(cfg["context_length"], DEFAULT_MAX_WINDOW), cfg["context_length"])
+    """The window of a run: --context-length (at most the model's context), else the model's up to
+    DEFAULT_MAX_WINDOW."""
+    source = f"--init {flags['init']}" if flags["init"] else f"--preset {flags['preset']}"
+    return _window(flags["context_length"], cfg, source)
+
+
+def _window(requested, cfg, source):
+    """``requested`` (--context-length) or, when None, the model's context up to DEFAULT_MAX_WINDOW.
+    A window longer than the model's context is refused: its tokens past the last position have no
+    position embedding (GPT-2) or were never trained at (RoPE)."""
+    positions = cfg["context_length"]
+    if requested is None:
+        return min(positions, DEFAULT_MAX_WINDOW)
+    if requested > positions:
+        raise UsageError(f"--context-length {requested} is longer than the context of the model of {source} "
+                         f"({positions} positions): give at most --context-length {positions}")
+    return requested
 
 
 def _load_learner_backwards(typed):
     """[(op, function, spec)] from the --backward OP=MODULE:FUNCTION flags as typed on the
     command line (None or [none]: numgpt's own backwards). It imports the learner's modules:
     only ever called with the command line's flags, never with a value read from a file."""
-    from numgpt.registry import op_pair
     chosen = []
     for spec in _typed_backwards(typed) or []:
-        op, _, function = spec.partition("=")
-        if not function:
-            raise UsageError(f"--backward {spec}: expected OP=MODULE:FUNCTION, e.g. layer_norm=mine:layer_norm_backward")
-        op_pair(op)                                          # a clear error for an unknown op
+        op, function = arguments.backward_spec(spec)
         chosen.append((op, load_function(function), spec))
     return chosen
 
@@ -349,11 +365,14 @@ def cmd_train(args):
             raise UsageError(f"the tokenizer in {tokenizer_dir} has {tokenizer.n_vocab} tokens, more than the "
                              f"model's vocab_size {cfg['vocab_size']}")
     train_text, val_text = split_text(text, flags["train_ratio"])
-    train_loader = create_dataloader_v1(train_text, batch_size=flags["batch_size"], max_length=context,
-                                        stride=context, drop_last=True, shuffle=True, tokenizer=tokenizer,
-                                        allowed_special=special)
-    val_loader = create_dataloader_v1(val_text, batch_size=flags["batch_size"], max_length=context, stride=context,
-                                      drop_last=False, shuffle=False, tokenizer=tokenizer, allowed_special=special)
+    with _naming_the_split("training", flags, context):
+        train_loader = create_dataloader_v1(train_text, batch_size=flags["batch_size"], max_length=context,
+                                            stride=context, drop_last=True, shuffle=True, tokenizer=tokenizer,
+                                            allowed_special=special)
+    with _naming_the_split("validation", flags, context):
+        val_loader = create_dataloader_v1(val_text, batch_size=flags["batch_size"], max_length=context,
+                                          stride=context, drop_last=False, shuffle=False, tokenizer=tokenizer,
+                                          allowed_special=special)
     steps_per_epoch = len(train_loader) // (flags["grad_accum"] * world.size)
     if steps_per_epoch == 0:
         raise UsageError(f"the training text gives no full step of {flags['grad_accum']} x {flags['batch_size']} "
@@ -558,6 +577,26 @@ def _resume_point(manager, run):
     return f"the last committed checkpoint is {latest}: continue from it with numgpt train --resume --out {run.path}"
 
 
+@contextlib.contextmanager
+def _naming_the_split(split, flags, context):
+    """A split too short for one window becomes a UsageError naming the split, its tokens and the
+    flags that would help."""
+    from numgpt.data import TooFewTokens
+    try:
+        yield
+    except TooFewTokens as short:
+        ratio = flags["train_ratio"]
+        if split == "training":
+            share, more = f"the first {ratio:.0%}", "a larger"
+        else:
+            share, more = f"the last {1 - ratio:.0%}", "a smaller"
+        data = flags["data"] or "the bundled the-verdict.txt"
+        raise UsageError(f"the {split} split of {data} ({share} of its characters, --train-ratio {ratio:g}) has "
+                         f"{short.n_tokens} tokens, and one window of --context-length {context} needs "
+                         f"{context + 1}: give {more} --train-ratio, a smaller --context-length or a longer "
+                         f"text") from None
+
+
 def _loop_options(flags, schedule, after_step, state, world):
     """train_model_simple's options from the run's flags, the same on every rank."""
     return dict(num_epochs=flags["epochs"], eval_freq=flags["eval_freq"], eval_iter=flags["eval_iter"],
@@ -623,6 +662,12 @@ def _load_model(args):
     return load_pretrained(path)
 
 
+def _source_flag(args):
+    """The flag that names the model of a command, with its value: "--checkpoint RUN"."""
+    flag = next(name for name in ("model", "checkpoint", "gpt2") if getattr(args, name, None))
+    return f"--{flag} {getattr(args, flag)}"
+
+
 def _tokenizer_of(args):
     """The tokenizer of the model a command names (see _load_model)."""
     from numgpt.families import get_tokenizer
@@ -665,7 +710,7 @@ def cmd_generate(args):
     backend.manual_seed(args.seed)
     idx = text_to_token_ids(args.prompt, tokenizer)
     if idx.shape[1] == 0:
-        raise UsageError("--prompt is empty: give at least one token of text")
+        raise UsageError(f"--prompt {args.prompt!r} encodes to no token: give some text the tokenizer keeps")
     _check_token_ids(model, idx, "--prompt", tokenizer)
     out = generate(model, idx, args.max_new_tokens, model.cfg["context_length"], temperature=args.temperature,
                    top_k=args.top_k, eos_id=None if args.no_eos else tokenizer.eot_token)
@@ -674,15 +719,18 @@ def cmd_generate(args):
 
 
 def cmd_eval(args):
-    from numgpt.data import create_dataloader_v1, read_text
+    from numgpt.data import TooFewTokens, create_dataloader_v1, read_text
     from numgpt.train import calc_loss_loader, perplexity
     _use_threads(args)
     model = _load_model(args).eval().to(resolve_device(args.device))
-    context = min(args.context_length or min(model.cfg["context_length"], DEFAULT_MAX_WINDOW),
-                  model.cfg["context_length"])
+    context = _window(args.context_length, model.cfg, _source_flag(args))
     tokenizer = _tokenizer_of(args)
-    loader = create_dataloader_v1(read_text(args.data), batch_size=args.batch_size, max_length=context,
-                                  stride=context, shuffle=False, drop_last=False, tokenizer=tokenizer)
+    try:
+        loader = create_dataloader_v1(read_text(args.data), batch_size=args.batch_size, max_length=context,
+                                      stride=context, shuffle=False, drop_last=False, tokenizer=tokenizer)
+    except TooFewTokens as short:
+        raise UsageError(f"--data {args.data} has {short.n_tokens} tokens; one window of --context-length {context} "
+                         f"needs {context + 1}: give a longer text or a smaller --context-length") from None
     for ids in (loader.dataset.input_ids, loader.dataset.target_ids):
         _check_token_ids(model, ids, f"--data {args.data}", tokenizer)
     from numgpt.autograd import no_grad
@@ -846,8 +894,7 @@ def cmd_export(args):
     if is_llama_config(model.cfg):
         from numgpt.families import tokenizer_directory
         tokenizer_dir = tokenizer_directory(args.model or args.checkpoint)
-    max_shard = None if args.max_shard_size is None else int(args.max_shard_size * 2**20)
-    directory = export_pretrained(model, args.out, tokenizer_dir=tokenizer_dir, max_shard_bytes=max_shard)
+    directory = export_pretrained(model, args.out, tokenizer_dir=tokenizer_dir, max_shard_bytes=args.max_shard_size)
     family = describe(model.cfg) if is_llama_config(model.cfg) else "GPT-2"
     print(f"Wrote the Hugging Face layout of {family} to {directory}")
     return 0
@@ -912,7 +959,7 @@ def build_parser():
                                                                       "(default 0)")
     train.add_argument("--min-lr", type=_non_negative_float, help="where the cosine ends (default 0)")
     train.add_argument("--weight-decay", type=_non_negative_float, help=f"default {d['weight_decay']}")
-    train.add_argument("--drop-rate", type=_non_negative_float, help="default the preset's (0.1)")
+    train.add_argument("--drop-rate", type=real(0, 1, high_open=True), help="in [0, 1); default the preset's (0.1)")
     train.add_argument("--grad-clip", type=_non_negative_float,
                        help="clip the global gradient norm to this (0: no clipping, as nanoGPT's grad_clip = 0.0 "
                             "and the Hugging Face Trainer's max_grad_norm = 0; default: no clipping)")
@@ -920,9 +967,11 @@ def build_parser():
                        help="stop after this many consecutive steps with a non-finite loss or gradient (default 5)")
     train.add_argument("--eval-freq", type=_positive_int, help=f"evaluate every N steps (default {d['eval_freq']})")
     train.add_argument("--eval-iter", type=_positive_int, help=f"batches per evaluation (default {d['eval_iter']})")
-    train.add_argument("--train-ratio", type=float, help=f"default {d['train_ratio']}")
-    train.add_argument("--start-context", help=f"the sample's prompt (default {d['start_context']!r})")
-    train.add_argument("--seed", type=int, help=f"default {d['seed']}")
+    train.add_argument("--train-ratio", type=real(0, 1, low_open=True, high_open=True),
+                       help=f"the first part of the text that trains, in (0, 1); the rest validates "
+                            f"(default {d['train_ratio']})")
+    train.add_argument("--start-context", type=non_empty, help=f"the sample's prompt (default {d['start_context']!r})")
+    train.add_argument("--seed", type=_non_negative_int, help=f"default {d['seed']}")
     train.add_argument("--checkpoint-every", type=_positive_int, help="save every N steps (and always at the end)")
     train.add_argument("--keep-last", type=_positive_int, help="keep only the newest K checkpoints")
     train.add_argument("--resume", action="store_true", help="continue the run in --out with its settings")
@@ -933,12 +982,12 @@ def build_parser():
                             "--resume needs the run's flags typed again (numgpt runs no code a run directory "
                             "names), or --backward none to go on with numgpt's own")
     _add_threads(train)
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(run=cmd_train, check=functools.partial(arguments.check_train, defaults=TRAIN_DEFAULTS))
 
     plot = sub.add_parser("plot", help="redraw a run's loss plot from its metrics.jsonl")
     plot.add_argument("run_dir", metavar="RUN", help="a run directory")
     plot.add_argument("--output", help="the plot file (.pdf, .png or .svg; default RUN/loss-plot.pdf)")
-    plot.set_defaults(run=cmd_plot)
+    plot.set_defaults(run=cmd_plot, check=arguments.check_plot)
 
     def add_model_source(p):
         source = p.add_mutually_exclusive_group(required=True)
@@ -952,22 +1001,24 @@ def build_parser():
 
     gen = sub.add_parser("generate", help="continue a prompt")
     add_model_source(gen)
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=50)
-    gen.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0 is greedy")
-    gen.add_argument("--top-k", type=_positive_int)
-    gen.add_argument("--seed", type=int, default=123)
+    gen.add_argument("--prompt", required=True, type=non_empty, help="the text to continue")
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=50, help="at most this many tokens")
+    gen.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                     help="sample with this temperature; 0 is greedy")
+    gen.add_argument("--top-k", type=_positive_int, help="sample among the k likeliest tokens (default: all)")
+    gen.add_argument("--seed", type=_non_negative_int, default=123, help="the sampling's seed")
     gen.add_argument("--no-eos", action="store_true", help="do not stop at <|endoftext|>")
     _add_threads(gen)
-    gen.set_defaults(run=cmd_generate)
+    gen.set_defaults(run=cmd_generate, check=arguments.check_generate)
 
     ev = sub.add_parser("eval", help="loss and perplexity of a model on a text file")
     add_model_source(ev)
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--batch-size", type=_positive_int, default=2)
-    ev.add_argument("--context-length", type=_positive_int)
+    ev.add_argument("--data", required=True, help="a UTF-8 text file")
+    ev.add_argument("--batch-size", type=_positive_int, default=2, help="windows per batch")
+    ev.add_argument("--context-length", type=_positive_int,
+                    help=f"window length (default: the model's context, at most {DEFAULT_MAX_WINDOW})")
     _add_threads(ev)
-    ev.set_defaults(run=cmd_eval)
+    ev.set_defaults(run=cmd_eval, check=arguments.check_eval)
 
     gc = sub.add_parser("gradcheck", help="float64 gradient check of each op and a tiny model",
                         description="Check numgpt's backward passes (the NumPy reference pairs in numgpt/ops, or "
@@ -984,41 +1035,61 @@ def build_parser():
     gc.add_argument("--tolerance", choices=("float64", "torch"), default="float64",
                     help="float64: atol = rtol = 1e-6, from the measured float64 noise (default); torch: "
                          "PyTorch's atol=1e-5, rtol=1e-3, for checks ported from PyTorch")
-    gc.set_defaults(run=cmd_gradcheck)
+    gc.set_defaults(run=cmd_gradcheck, check=arguments.check_gradcheck)
 
     dl = sub.add_parser("download", help="fetch a model into the Hugging Face cache: a hub id or a GPT-2 size")
     dl.add_argument("model", metavar="HF_ID", help="a hub id (HuggingFaceTB/SmolLM2-135M, Qwen/Qwen3-0.6B, ...) or "
                                                    "gpt2-124m, gpt2-355m, gpt2-774m, gpt2-1558m")
-    dl.add_argument("--revision", help="a branch, tag or commit of the hub repository (default main)")
-    dl.set_defaults(run=cmd_download)
+    dl.add_argument("--revision", type=non_empty, help="a branch, tag or commit of the hub repository (default main)")
+    dl.set_defaults(run=cmd_download, check=arguments.check_nothing)
 
     ex = sub.add_parser("export", help="write a model in the Hugging Face layout of its family")
     add_model_source(ex)
-    ex.add_argument("--out", required=True)
-    ex.add_argument("--max-shard-size", type=float, metavar="MIB",
-                    help="split the weights into files of at most this many MiB (default 5 GiB, as transformers)")
-    ex.set_defaults(run=cmd_export)
+    ex.add_argument("--out", required=True, help="the directory to write")
+    ex.add_argument("--max-shard-size", type=byte_size, metavar="SIZE",
+                    help="split the weights into files of at most SIZE: bytes, or with a unit as transformers reads "
+                         "it (10KB, 500MB, 5GB in powers of 10; 2GiB in powers of 2) (default 5GiB)")
+    ex.set_defaults(run=cmd_export, check=arguments.check_export)
 
     info = sub.add_parser("info", help="numgpt, its libraries, kernels, threads and caches on this machine")
-    info.set_defaults(run=cmd_info)
+    info.set_defaults(run=cmd_info, check=arguments.check_nothing)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if distributed.launched_by_mpi():
-        return _main_of_a_rank(args)
     try:
-        return args.run(args)
-    except NumgptError as exc:
-        _print_error(args, exc)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_SIGNAL[signal.SIGINT]
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()                              # a closed pipe shows here, inside the try
+    except BrokenPipeError:                                 # `numgpt gradcheck --list | head`: quiet, as the
+        devnull = os.open(os.devnull, os.O_WRONLY)          # Python docs advise (signal module, "Note on
+        os.dup2(devnull, sys.stdout.fileno())               # SIGPIPE"): the interpreter's last flush goes nowhere
+        return EXIT_FAILURE
+
+
+def _main(argv):
+    args = build_parser().parse_args(argv)
+    with third_parties_quiet():
+        if distributed.launched_by_mpi():
+            return _main_of_a_rank(args)
+        try:
+            return _checked_run(args)
+        except NumgptError as exc:
+            _print_error(args, exc)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return EXIT_SIGNAL[signal.SIGINT]
+
+
+def _checked_run(args):
+    """The subcommand, after its arguments' check (numgpt.arguments): bad input stops before any work."""
+    args.check(args)
+    return args.run(args)
 
 
 def _print_error(args, exc, rank=None):
-    if os.environ.get("NUMGPT_DEBUG", "") not in ("", "0"):
+    if debugging():
         traceback.print_exc()
     message = " ".join(str(exc).split()) or type(exc).__name__
     where = "" if not rank else f" (rank {rank})"
@@ -1035,7 +1106,7 @@ def _main_of_a_rank(args):
     (MPI_Abort), so that no rank waits forever for one that has gone."""
     world = distributed.world()
     try:
-        code = args.run(args)
+        code = _checked_run(args)
     except NumgptError as exc:
         if not world.is_main:
             time.sleep(RANK_ERROR_GRACE_S)

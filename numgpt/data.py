@@ -33,6 +33,14 @@ class DataError(NumgptError, ValueError):
     """A corpus that cannot be read, decoded or downloaded, or a dataset that cannot be batched."""
 
 
+class TooFewTokens(DataError):
+    """A text shorter than one window: ``n_tokens`` tokens where ``needed`` are needed."""
+
+    def __init__(self, n_tokens, needed):
+        super().__init__(f"the text has {n_tokens} tokens; one window needs max_length + 1 = {needed}")
+        self.n_tokens, self.needed = n_tokens, needed
+
+
 # ---------------------------------------------------------------- dataset
 
 
@@ -54,8 +62,7 @@ class GPTDatasetV1:
         token_ids = backend.asarray(tokenizer.encode(txt, allowed_special=set(allowed_special), disallowed_special=()),
                                     dtype=backend.INDEX_DTYPE)  # (n_tokens,)
         if len(token_ids) < max_length + 1:
-            raise DataError(f"the text has {len(token_ids)} tokens; one window needs "
-                             f"max_length + 1 = {max_length + 1}")
+            raise TooFewTokens(len(token_ids), max_length + 1)
         starts = numpy.arange(0, len(token_ids) - max_length, stride)  # (N,)
         positions = starts[:, None] + numpy.arange(max_length)  # (N, T)
         self.input_ids = token_ids[positions]  # (N, T)

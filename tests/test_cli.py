@@ -54,7 +54,7 @@ def test_generate_eval_and_export_from_the_run(tiny_run, verdict_path, tmp_path)
     numgpt_cli("export", "--checkpoint", out, "--out", tmp_path / "hf", check=0)
     (tmp_path / "a-file").write_text("")
     assert_usage_error(numgpt_cli("export", "--checkpoint", out, "--out", tmp_path / "a-file" / "hf"),
-                       "cannot export to", "a-file")
+                       "a-file", "is a file")
     from_hf = numgpt_cli("generate", "--gpt2", tmp_path / "hf", "--prompt", "Every effort moves you",
                          "--max-new-tokens", "5", check=0)
     greedy = numgpt_cli("generate", "--checkpoint", out, "--prompt", "Every effort moves you",
@@ -146,7 +146,7 @@ def test_a_second_sigint_exits_at_once_and_keeps_the_last_checkpoint(verdict_pat
 
 def test_bad_input_exits_2_with_one_line(verdict_path, tmp_path):
     run = ["train", "--out", tmp_path / "run", *TINY_RUN]
-    assert_usage_error(numgpt_cli(*run, "--data", tmp_path / "missing.txt"), "missing.txt", "No such file")
+    assert_usage_error(numgpt_cli(*run, "--data", tmp_path / "missing.txt"), "missing.txt", "does not exist")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("Caf\u00e9 ok".encode("utf-8") + b" na\xefve")
     assert_usage_error(numgpt_cli(*run, "--data", bad), "latin1.txt", "byte offset 11")

@@ -120,5 +120,5 @@ def test_numgpt_debug_shows_the_traceback_of_bad_input(tmp_path):
     loud = numgpt_cli("train", "--out", tmp_path / "r", "--data", tmp_path / "missing.txt",
                       env=dict(ENV, NUMGPT_DEBUG="1"))
     print(loud.stderr)
-    assert loud.returncode == 2 and "Traceback" in loud.stderr and "DataError" in loud.stderr
+    assert loud.returncode == 2 and "Traceback" in loud.stderr and "UsageError" in loud.stderr
     assert loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip()

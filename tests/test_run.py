@@ -182,6 +182,7 @@ def test_numgpt_plot_redraws_the_plot_from_metrics(tmp_path):
     numgpt_cli("plot", out, "--output", tmp_path / "loss.png", check=0)
     import matplotlib.image
     assert matplotlib.image.imread(tmp_path / "loss.png").shape[:2] == (300, 500)
+    (tmp_path / "empty").mkdir()
     assert_usage_error(numgpt_cli("plot", tmp_path / "empty"), "metrics.jsonl", "no evaluation")
 
 
