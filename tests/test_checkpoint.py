@@ -505,6 +505,9 @@ DYNAMIC_CODE = {"import_module", "spec_from_file_location", "module_from_spec", 
                 "runpy", "run_path", "run_module"}
 CODE_LOADERS = {"load_function", "_load_learner_backwards"}
 LOADER_HOME = ("numgpt/cli.py", "load_function")
+# kernels/ imported as a top-level ``kernels`` loads, in its place, the package Python would have found
+# without it (tests/test_import_shadowing.py): the name comes from the import statement, never from a file
+STEP_ASIDE = ("kernels/__init__.py", "_step_aside")
 
 
 def _functions_around(tree):
@@ -557,7 +560,7 @@ def test_no_module_is_imported_by_a_name_that_came_from_a_file():
     uses = [(str(path.relative_to(REPO)), line, what, function) for path in files
             for line, what, function in dynamic_code(path.read_text())]
     print("\n".join(f"{path}:{line}: {what} in {function}" for path, line, what, function in uses))
-    assert uses and all((path, function) == LOADER_HOME for path, _, _, function in uses)
+    assert uses and all((path, function) in (LOADER_HOME, STEP_ASIDE) for path, _, _, function in uses)
     misuses = [f"{path.relative_to(REPO)}:{line}: {what}" for path in files
                for line, what in loader_misuses(path.read_text())]
     assert not misuses, "\n".join(misuses)
