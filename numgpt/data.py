@@ -2,7 +2,11 @@
 
 - ``GPTDatasetV1`` cuts the token stream of a text into windows of ``max_length``
   tokens every ``stride`` tokens (the seed's sliding window); the targets are the
-  inputs shifted one token to the right.
+  inputs shifted one token to the right. It holds the token stream only
+  (``TokenWindows``, which also windows a memory-mapped token store): a batch's
+  windows are gathered when the batch is asked for.
+- ``RandomWindowLoader`` draws windows at random offsets instead (nanoGPT's
+  ``get_batch``), from a key per epoch, so its position resumes exactly too.
 - ``DataLoader`` batches a dataset like ``torch.utils.data.DataLoader`` with
   ``num_workers=0``: same ``len``, same ``shuffle`` / ``drop_last`` meaning, a new
   permutation per epoch drawn from numgpt's generator, and a ``state_dict`` so an
@@ -12,7 +16,7 @@
   at a time and stacked by ``default_collate`` as torch's default collate does (a
   tuple item gives a tuple of stacks, a dict item a dict of stacks). A dataset
   with a ``get_batch(indices)`` method is asked for the whole batch in one call
-  instead: ``GPTDatasetV1``'s is one fancy index (the fast path), and
+  instead: ``GPTDatasetV1``'s is one gather of its windows (the fast path), and
   ``Subset(dataset, indices)``, torch's ``Subset``, passes the batch on to its
   dataset, so a subset of windows keeps the fast path.
 - ``create_dataloader_v1`` is the seed's one-call constructor.
@@ -25,6 +29,7 @@ import numpy
 
 from numgpt import backend, bundled
 from numgpt.errors import NumgptError
+from numgpt.token_store import TokenSequence
 from numgpt.tokenizer import get_tokenizer
 
 VERDICT_SHA256 = bundled.SHA256[bundled.VERDICT]
@@ -37,12 +42,59 @@ class DataError(NumgptError, ValueError):
 # ---------------------------------------------------------------- dataset
 
 
-class GPTDatasetV1:
-    """Sliding windows over the tokens of ``txt``.
+class TokenWindows:
+    """Windows of ``max_length`` tokens every ``stride`` tokens over one token stream, read on demand.
 
-    Window i starts at token ``i * stride``; its input is ``max_length`` tokens
-    and its target the same span one token later. Windows are taken while a
-    full target fits, i.e. for starts in ``range(0, n_tokens - max_length, stride)``.
+    Window i starts at token ``i * stride``; its input is ``max_length`` tokens and its target
+    the same span one token later. Windows are taken while a full target fits, i.e. for starts
+    in ``range(0, n_tokens - max_length, stride)``. Only the token stream is held (a 1-D array,
+    or a ``TokenSequence`` of memory-mapped shards): a batch gathers its windows when asked,
+    so memory does not grow with the number of windows.
+    """
+
+    def __init__(self, tokens, max_length, stride, what="the token stream"):
+        if max_length < 1 or stride < 1:
+            raise DataError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
+        if not hasattr(tokens, "gather"):
+            tokens = numpy.asarray(tokens, dtype=backend.INDEX_DTYPE)  # (n_tokens,)
+            tokens.flags.writeable = False
+            tokens = TokenSequence([tokens])
+        if len(tokens) < max_length + 1:
+            raise DataError(f"{what} has {len(tokens)} tokens; one window needs max_length + 1 = {max_length + 1}")
+        self.tokens = tokens
+        self.max_length, self.stride = max_length, stride
+        self.n_windows = len(range(0, len(tokens) - max_length, stride))
+
+    def __len__(self):
+        return self.n_windows
+
+    def __getitem__(self, idx):
+        index = int(idx)
+        if not -self.n_windows <= index < self.n_windows:
+            raise IndexError(f"window {idx} is outside the {self.n_windows} windows")
+        inputs, targets = self.get_batch(numpy.asarray([index % self.n_windows]))
+        return inputs[0], targets[0]  # (T,), (T,)
+
+    def get_batch(self, indices):
+        """The windows at ``indices`` (B,), gathered in one read: DataLoader's fast path."""
+        spans = self.tokens.gather(numpy.asarray(indices, dtype=numpy.int64) * self.stride,
+                                   self.max_length + 1)  # (B, T + 1)
+        return numpy.ascontiguousarray(spans[:, :-1]), numpy.ascontiguousarray(spans[:, 1:])  # (B, T), (B, T)
+
+    @property
+    def input_ids(self):
+        """Every window's input, (N, T): a copy made when asked, for inspection."""
+        return self.get_batch(numpy.arange(self.n_windows))[0]
+
+    @property
+    def target_ids(self):
+        """Every window's target, (N, T): a copy made when asked, for inspection."""
+        return self.get_batch(numpy.arange(self.n_windows))[1]
+
+
+class GPTDatasetV1(TokenWindows):
+    """The seed's dataset: sliding windows (``TokenWindows``) over the tokens of ``txt``.
+
     A literal ``<|endoftext|>`` in ``txt`` is encoded as ordinary text (a corpus
     that quotes it is not split by it); pass
     ``allowed_special={"<|endoftext|>"}`` for documents joined with the token.
@@ -52,27 +104,8 @@ class GPTDatasetV1:
     def __init__(self, txt, tokenizer, max_length, stride, allowed_special=()):
         if max_length < 1 or stride < 1:
             raise DataError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
-        token_ids = backend.asarray(tokenizer.encode(txt, allowed_special=set(allowed_special), disallowed_special=()),
-                                    dtype=backend.INDEX_DTYPE)  # (n_tokens,)
-        if len(token_ids) < max_length + 1:
-            raise DataError(f"the text has {len(token_ids)} tokens; one window needs "
-                             f"max_length + 1 = {max_length + 1}")
-        starts = numpy.arange(0, len(token_ids) - max_length, stride)  # (N,)
-        positions = starts[:, None] + numpy.arange(max_length)  # (N, T)
-        self.input_ids = token_ids[positions]  # (N, T)
-        self.target_ids = token_ids[positions + 1]  # (N, T)
-        self.input_ids.flags.writeable = False  # __getitem__ hands out views of these rows
-        self.target_ids.flags.writeable = False
-
-    def __len__(self):
-        return len(self.input_ids)
-
-    def __getitem__(self, idx):
-        return self.input_ids[idx], self.target_ids[idx]  # (T,), (T,)
-
-    def get_batch(self, indices):
-        """The windows at ``indices`` (B,) in one fancy index: DataLoader's fast path."""
-        return self.input_ids[indices], self.target_ids[indices]  # (B, T), (B, T)
+        token_ids = tokenizer.encode(txt, allowed_special=set(allowed_special), disallowed_special=())
+        super().__init__(token_ids, max_length, stride, what="the text")
 
 
 class Subset:
@@ -292,6 +325,72 @@ class LoaderIterator:
         """This epoch's order and position, as JSON-able data."""
         order = None if self.order is None else [int(i) for i in self.order]
         return {"epoch_order": order, "batches_yielded": self.batches_yielded}
+
+
+class RandomWindowLoader:
+    """Batches of ``max_length``-token windows at random offsets in ``tokens`` (nanoGPT's sampling).
+
+    An epoch is as many batches as the windows at stride ``max_length`` fill
+    (``len(TokenWindows(tokens, max_length, max_length)) // batch_size``). Each ``iter()``
+    draws an epoch key from ``generator`` (default numgpt's global generator, as
+    DataLoader's permutation); batch k's offsets come from ``default_rng([key, k])``,
+    uniform over every start whose target fits. The iterator's ``state_dict()`` is the
+    key and the batches yielded, so a resumed epoch continues with the same offsets.
+    """
+
+    def __init__(self, tokens, max_length, batch_size, generator=None):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.windows = TokenWindows(tokens, max_length, max_length)
+        self.dataset = self.windows
+        self.batch_size = batch_size
+        self.generator = generator
+        self._resume = None
+
+    def __len__(self):
+        return len(self.windows) // self.batch_size
+
+    def __iter__(self):
+        if self._resume is not None:
+            (key, yielded), self._resume = self._resume, None
+            return RandomWindowIterator(self, key, yielded)
+        generator = self.generator if self.generator is not None else backend.get_generator()
+        return RandomWindowIterator(self, int(generator.integers(0, 2**63)), 0)
+
+    def offsets(self, key, batch):
+        """The window starts (B,) of batch ``batch`` of the epoch keyed ``key``."""
+        n_starts = len(self.windows.tokens) - self.windows.max_length   # starts whose target fits
+        return numpy.random.default_rng([key, batch]).integers(0, n_starts, size=self.batch_size)
+
+    def load_state_dict(self, state):
+        """Make the next ``iter()`` continue the epoch an iterator's ``state_dict()`` described."""
+        key, yielded = state.get("epoch_key"), state.get("batches_yielded")
+        if not isinstance(key, int) or not 0 <= key < 2**63:
+            raise DataError(f"epoch_key must be an integer in [0, 2**63), got {key!r}")
+        if not isinstance(yielded, int) or not 0 <= yielded <= len(self):
+            raise DataError(f"batches_yielded must be in [0, {len(self)}], got {yielded!r}")
+        self._resume = (key, yielded)
+
+
+class RandomWindowIterator:
+    """One epoch of a RandomWindowLoader: its key and its position."""
+
+    def __init__(self, loader, key, batches_yielded):
+        self.loader, self.key, self.batches_yielded = loader, key, batches_yielded
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.batches_yielded >= len(self.loader):
+            raise StopIteration
+        starts = self.loader.offsets(self.key, self.batches_yielded)  # (B,)
+        spans = self.loader.windows.tokens.gather(starts, self.loader.windows.max_length + 1)  # (B, T + 1)
+        self.batches_yielded += 1
+        return numpy.ascontiguousarray(spans[:, :-1]), numpy.ascontiguousarray(spans[:, 1:])  # (B, T), (B, T)
+
+    def state_dict(self):
+        return {"epoch_key": self.key, "batches_yielded": self.batches_yielded}
 
 
 def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=True,
