@@ -73,8 +73,8 @@ def resolve_sources(specs):
                 raise PrepareError(f"{spec}: a directory with no {', '.join(DIRECTORY_SUFFIXES)} files")
         elif path.is_file():
             found = [path]
-        elif glob.has_magic(spec):
-            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        elif glob.has_magic(str(spec)):
+            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(str(spec)), recursive=True) if Path(p).is_file())
             if not found:
                 raise PrepareError(f"{spec}: the pattern matches no file")
         else:
