@@ -184,8 +184,9 @@ def _training_data(flags, tokenizer, special, context):
 def _store_vocabulary(flags, cfg, tokenizer_dir):
     """(cfg, tokenizer directory) of a new run from random weights on a token store that has a tokenizer
     of its own (numgpt prepare --tokenizer-train): that tokenizer, and the model's vocab_size its size."""
-    from numgpt.token_store import TOKENIZER_DIR
-    own = None if flags["data"] is None else Path(flags["data"]) / TOKENIZER_DIR
+    from numgpt.token_store import MANIFEST, TOKENIZER_DIR
+    store = None if flags["data"] is None else Path(flags["data"])
+    own = None if store is None or not (store / MANIFEST).is_file() else store / TOKENIZER_DIR
     if flags["init"] or tokenizer_dir is not None or own is None or not (own / "tokenizer.json").is_file():
         return cfg, tokenizer_dir
     from numgpt.hf_tokenizer import HFTokenizer
@@ -782,7 +783,7 @@ def cmd_prepare(args):
     manifest = prepare(args.sources, args.out, tokenizer=args.tokenizer, workers=args.workers,
                        shard_tokens=args.shard_tokens, val_fraction=args.val_fraction, val_docs=args.val_docs,
                        train_ratio=args.train_ratio, text_field=args.text_field, allow_special=args.allow_special,
-                       train_vocab_size=args.vocab_size)
+                       train_vocab_size=args.vocab_size, split=args.split)
     splits = manifest["splits"]
     print(f"Wrote a token store of {splits['train']['n_tokens']:,} training and {splits['val']['n_tokens']:,} "
           f"validation tokens ({manifest['dtype']}, {manifest['documents']:,} documents, tokenizer "
@@ -926,6 +927,7 @@ def build_parser():
 
     prep = sub.add_parser("prepare", help="tokenize a corpus once into a token store for numgpt train --data",
                           description="Tokenize text files, directories, globs, .jsonl(.gz) and .parquet files "
+                                      "(and, with the datasets library, Hugging Face datasets) "
                                       "into a token store: uint16/uint32 shards and a manifest, trained on with "
                                       "numgpt train --data DIR.")
     prep.add_argument("sources", nargs="+", metavar="SOURCE")
@@ -937,6 +939,7 @@ def build_parser():
     prep.add_argument("--vocab-size", type=_positive_int, help="the size of the tokenizer --tokenizer-train makes")
     prep.add_argument("--text-field", default="text", help="the text of a .jsonl record or .parquet row "
                                                            "(default text)")
+    prep.add_argument("--split", default="train", help="the split of a Hugging Face dataset source (default train)")
     prep.add_argument("--val-fraction", type=_non_negative_float, default=0.1,
                       help="the fraction of documents for validation, spread evenly (default 0.1)")
     prep.add_argument("--val-docs", type=_non_negative_int, help="the first N documents for validation instead")

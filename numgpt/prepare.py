@@ -5,7 +5,11 @@ Sources, in the order given (a directory's and a glob's files sorted by path):
 - a directory: every ``.txt``, ``.jsonl``, ``.jsonl.gz`` and ``.parquet`` file under it, recursively;
 - a glob (``books/*.txt``);
 - ``.jsonl`` / ``.jsonl.gz``: one JSON object per line, its ``--text-field`` a document;
-- ``.parquet`` (pyarrow, optional): the ``--text-field`` column, read a row group at a time.
+- ``.parquet`` (pyarrow, optional): the ``--text-field`` column, read a row group at a time;
+- with the ``datasets`` library (optional): a dataset directory written by ``save_to_disk``
+  (memory-mapped Arrow files; its sha256 is over those files), or a Hugging Face hub dataset id
+  (``owner/name``), streamed, never loaded whole (identified by its id and ``--split``, not its
+  bytes, which a stream does not see before it ends); ``--split`` (default ``train``).
 
 The validation split takes whole documents: the first ``--val-docs N``, or (``--val-fraction f``)
 document i whenever ``floor((i + 1) f) > floor(i f)``, spread evenly through the corpus. A corpus
@@ -26,6 +30,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,7 +55,23 @@ class PrepareError(UsageError):
 # ---------------------------------------------------------------- sources
 
 
+class DatasetSource:
+    """A Hugging Face dataset: a ``save_to_disk`` directory or a hub id, read through ``datasets``."""
+
+    def __init__(self, name, local):
+        self.name, self.local = str(name), local
+
+    def __str__(self):
+        return self.name
+
+
+def _is_saved_dataset(path):
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
 def _kind(path):
+    if isinstance(path, DatasetSource):
+        return "datasets"
     name = path.name.lower()
     if name.endswith(".jsonl.gz"):
         return "jsonl.gz"
@@ -66,7 +87,9 @@ def resolve_sources(specs):
     files = []
     for spec in specs:
         path = Path(spec).expanduser()
-        if path.is_dir():
+        if path.is_dir() and _is_saved_dataset(path):
+            found = [DatasetSource(path, local=True)]
+        elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
                            and p.name.lower().endswith(DIRECTORY_SUFFIXES))
             if not found:
@@ -77,15 +100,53 @@ def resolve_sources(specs):
             found = sorted(Path(p) for p in glob.glob(os.path.expanduser(str(spec)), recursive=True) if Path(p).is_file())
             if not found:
                 raise PrepareError(f"{spec}: the pattern matches no file")
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+", str(spec)):
+            found = [DatasetSource(spec, local=False)]
         else:
-            raise PrepareError(f"{spec}: no such file or directory")
+            raise PrepareError(f"{spec}: no such file or directory (nor a hub dataset id owner/name)")
         files.extend(found)
     return files
 
 
-def describe_sources(files):
+def describe_sources(files, split):
     """The manifest's record of the sources: path, size, sha256 (read in blocks)."""
-    return [{"path": str(path), "bytes": path.stat().st_size, "sha256": safe_io.sha256_file(path)} for path in files]
+    return [_describe_dataset(path, split) if isinstance(path, DatasetSource) else
+            {"path": str(path), "bytes": path.stat().st_size, "sha256": safe_io.sha256_file(path)} for path in files]
+
+
+def _describe_dataset(source, split):
+    """A saved dataset: its files' sizes and one sha256 over their names and sha256s; a hub id: its name."""
+    if not source.local:
+        return {"path": source.name, "split": split, "bytes": 0,
+                "sha256": token_store.sha256_bytes(f"{source.name}\0{split}".encode())}
+    files = sorted(p for p in Path(source.name).rglob("*") if p.is_file())
+    listing = "".join(f"{p.relative_to(source.name)}\0{safe_io.sha256_file(p)}\n" for p in files)
+    return {"path": source.name, "split": split, "bytes": sum(p.stat().st_size for p in files),
+            "sha256": token_store.sha256_bytes(listing.encode())}
+
+
+def _dataset_documents(source, field, split):
+    try:
+        import datasets  # optional: only for Hugging Face dataset sources
+    except ImportError:
+        raise PrepareError(f"{source}: reading a Hugging Face dataset needs the datasets library "
+                           f"(pip install datasets)") from None
+    if source.local:
+        dataset = datasets.load_from_disk(source.name)            # memory-mapped Arrow, not read whole
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise DataError(f"{source}: no split {split!r} (splits: {', '.join(dataset)}); choose it with --split")
+            dataset = dataset[split]
+    else:
+        dataset = datasets.load_dataset(source.name, split=split, streaming=True)
+    names = dataset.column_names
+    if names is not None and field not in names:
+        raise DataError(f"{source}: no column {field!r} (columns: {', '.join(names)}); choose it with --text-field")
+    for batch in dataset.iter(batch_size=1024):
+        for text in batch[field]:
+            if not isinstance(text, str):
+                raise DataError(f"{source}: column {field!r} holds a {type(text).__name__}, expected text")
+            yield text
 
 
 def _decode(data, path):
@@ -131,12 +192,14 @@ def _parquet_documents(path, field):
             yield text
 
 
-def documents(files, text_field):
+def documents(files, text_field, split="train"):
     """Every document's text, in order: a text file is one, a jsonl line one, a parquet row one."""
     for path in files:
         kind = _kind(path)
         if kind == "text":
             yield _decode(path.read_bytes(), path)
+        elif kind == "datasets":
+            yield from _dataset_documents(path, text_field, split)
         elif kind == "parquet":
             yield from _parquet_documents(path, text_field)
         else:
@@ -157,7 +220,7 @@ def assigned_documents(files, options):
         yield "train", train_text
         yield "val", val_text
         return
-    for index, text in enumerate(documents(files, options["text_field"])):
+    for index, text in enumerate(documents(files, options["text_field"], options["split"])):
         yield ("val" if in_validation(index, options["val_docs"], options["val_fraction"]) else "train"), text
 
 
@@ -285,7 +348,8 @@ class SplitWriter:
 
 
 def _tokenizer_identity(tokenizer_source, out):
-    """(tokenizer, the manifest's record of it); a tokenizer.json is copied into OUT/tokenizer/."""
+    """(its tokenizer.json directory or None for GPT-2's, the manifest's record of the tokenizer); a
+    tokenizer.json and its companions are copied into OUT/tokenizer/."""
     from numgpt.families import TOKENIZER_FILES, get_tokenizer, tokenizer_directory
     from numgpt.tokenizer import get_tokenizer as gpt2_tokenizer
     directory = None if tokenizer_source is None else tokenizer_directory(tokenizer_source)
@@ -305,7 +369,7 @@ def _tokenizer_identity(tokenizer_source, out):
                 files[name] = token_store.sha256_bytes(data)
     if tokenizer.eot_token is None:
         raise PrepareError(f"the tokenizer {tokenizer.name} has no end-of-text token to join documents with")
-    return tokenizer, {"name": tokenizer.name, "n_vocab": tokenizer.n_vocab, "eot_id": tokenizer.eot_token,
+    return directory, {"name": tokenizer.name, "n_vocab": tokenizer.n_vocab, "eot_id": tokenizer.eot_token,
                        "files": files}
 
 
@@ -322,7 +386,7 @@ def train_tokenizer(files, options, out, vocab_size):
     tokenizer.train_from_iterator((text for _, text in assigned_documents(files, options)), trainer=trainer)
     directory = out / TOKENIZER_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(directory / "tokenizer.json"))
+    token_store.write_atomically(directory / "tokenizer.json", tokenizer.to_str().encode())
     token_store.write_atomically(directory / "tokenizer_config.json",
                                  json.dumps({"eos_token": ENDOFTEXT, "bos_token": ENDOFTEXT}).encode())
     return directory
@@ -330,7 +394,7 @@ def train_tokenizer(files, options, out, vocab_size):
 
 def prepare(sources, out, tokenizer=None, workers=None, shard_tokens=DEFAULT_SHARD_TOKENS, val_fraction=0.1,
             val_docs=None, train_ratio=0.9, text_field="text", allow_special=False, progress=None,
-            train_vocab_size=None):
+            train_vocab_size=None, split="train"):
     """Tokenize ``sources`` into the token store ``out``; returns its manifest. See the module docstring."""
     out = Path(out)
     if (out / MANIFEST).exists():
@@ -342,15 +406,15 @@ def prepare(sources, out, tokenizer=None, workers=None, shard_tokens=DEFAULT_SHA
     files = resolve_sources(sources)
     out.mkdir(parents=True, exist_ok=True)
     options = {"train_ratio": train_ratio, "val_docs": val_docs, "val_fraction": val_fraction,
-               "text_field": text_field}
-    described = describe_sources(files)
+               "text_field": text_field, "split": split}
+    described = describe_sources(files, split)
     state_path = out / STATE_FILE
     saved = safe_io.read_json(state_path) if state_path.exists() else None
     if train_vocab_size is not None and not (saved and (out / TOKENIZER_DIR / "tokenizer.json").is_file()):
         tokenizer = train_tokenizer(files, options, out, train_vocab_size)
     elif train_vocab_size is not None:
         tokenizer = out / TOKENIZER_DIR
-    _, tokenizer_record = _tokenizer_identity(tokenizer, out)
+    tokenizer_dir, tokenizer_record = _tokenizer_identity(tokenizer, out)
     dtype = token_store.token_dtype(tokenizer_record["n_vocab"])
     settings = {"sources": described, "tokenizer": tokenizer_record, "dtype": dtype, "shard_tokens": shard_tokens,
                 "allow_special": allow_special, **options}
@@ -368,11 +432,11 @@ def prepare(sources, out, tokenizer=None, workers=None, shard_tokens=DEFAULT_SHA
         token_store.write_atomically(state_path, json.dumps(
             {"settings": settings, "items": items, "writers": {s: w.state() for s, w in writers.items()}}).encode())
 
-    tokenizer_source = None if tokenizer is None else str(tokenizer if train_vocab_size is None else out / TOKENIZER_DIR)
+    tokenizer_source = None if tokenizer_dir is None else str(tokenizer_dir)   # resolved once, here
     workers = workers or os.cpu_count() or 1
     chunks = _chunks(assigned_documents(files, options), done)
     total_bytes = sum(source["bytes"] for source in described)
-    with _progress_bar(progress, total_bytes) as bar:
+    with ProgressBar(progress, total_bytes) as bar:
         for chunk, encoded in encoded_chunks(chunks, workers, tokenizer_source, allow_special, dtype):
             for (index, split, text), ids in zip(chunk, encoded):
                 if writers[split].add(ids):
@@ -384,7 +448,7 @@ def prepare(sources, out, tokenizer=None, workers=None, shard_tokens=DEFAULT_SHA
     n_documents = 1 if len(files) == 1 and _kind(files[0]) == "text" else \
         sum(w.documents for w in writers.values())
     validation = ({"how": "characters", "train_ratio": train_ratio} if len(files) == 1 and _kind(files[0]) == "text"
-                  else {"how": "documents", "val_docs": val_docs, "val_fraction": None if val_docs else val_fraction})
+                  else {"how": "documents", "val_docs": val_docs, "val_fraction": val_fraction if val_docs is None else None})
     manifest = {"format": token_store.FORMAT, "version": token_store.VERSION, "tokenizer": tokenizer_record,
                 "dtype": dtype, "documents": n_documents,
                 "splits": {s: {"shards": w.shards, "n_tokens": sum(x["n_tokens"] for x in w.shards),
@@ -395,7 +459,7 @@ def prepare(sources, out, tokenizer=None, workers=None, shard_tokens=DEFAULT_SHA
     return manifest
 
 
-class _progress_bar:
+class ProgressBar:
     """tqdm's bar (MB/s, tokens/s, ETA) on a terminal; nothing elsewhere."""
 
     def __init__(self, show, total_bytes):

@@ -198,6 +198,10 @@ def check_manifest(manifest, path):
             _sha(shard, "docs_sha256", at)
             _field(shard, "n_tokens", int, at)
             _field(shard, "n_documents", int, at)
+        for total in ("n_tokens", "n_documents"):
+            if total in splits[split] and splits[split][total] != sum(shard[total] for shard in shards):
+                raise StoreError(f"{where} splits.{split}: {total} {splits[split][total]!r} is not the sum of its "
+                                 f"shards' ({sum(shard[total] for shard in shards)})")
     return manifest
 
 

@@ -106,6 +106,22 @@ def test_jsonl_gzip_globs_and_parquet_sources(tmp_path, tokenizer):
         prepare([tmp_path / "bad.jsonl"], tmp_path / "bad", workers=1)
 
 
+def test_a_saved_hugging_face_dataset_is_a_source(tmp_path, tokenizer):
+    datasets = pytest.importorskip("datasets")
+    texts = [f"row {i} of a saved dataset" for i in range(4)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"content": texts}),
+                          "test": datasets.Dataset.from_dict({"content": ["held out"]})}).save_to_disk(tmp_path / "ds")
+    manifest = prepare([tmp_path / "ds"], tmp_path / "store", workers=1, val_docs=1, text_field="content")
+    store = TokenStore(tmp_path / "store")
+    train = store.split("train")
+    expected = ordinary(tokenizer, texts[1]) + [EOT] + ordinary(tokenizer, texts[2]) + [EOT] + \
+        ordinary(tokenizer, texts[3])
+    assert train.slice(0, len(train)).tolist() == expected
+    assert manifest["sources"][0]["split"] == "train" and len(manifest["sources"][0]["sha256"]) == 64
+    with pytest.raises(DataError, match="no split 'dev'"):
+        prepare([tmp_path / "ds"], tmp_path / "dev", workers=1, split="dev", text_field="content")
+
+
 def test_two_workers_write_the_same_bytes_as_one(tmp_path, verdict_text):
     corpus = books(tmp_path / "books", verdict_text, 10)
     prepare([corpus], tmp_path / "one", workers=1, shard_tokens=1000)
