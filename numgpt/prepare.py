@@ -18,7 +18,9 @@ that is one text file is one document: it is split as the seed splits its text, 
 
 Documents are encoded by ``--workers`` processes a chunk at a time, in order; at most two
 chunks per worker are in flight, so memory is bounded by the chunk size and the largest
-document, not by the corpus. A shard is written as a partial file, fsynced, renamed when full;
+document's text, not by the corpus. With GPT-2's tokenizer a document longer than a chunk is
+encoded in pieces, cut at spaces where GPT-2's pre-tokenizer cuts anyway (``pieces``), so its ids
+are those of the whole; a tokenizer.json tokenizer gets each document whole. A shard is written as a partial file, fsynced, renamed when full;
 after each rename ``.prepare-state.json`` records where the corpus stands, and an interrupted
 prepare started again with the same inputs carries on from there. The same inputs give the same
 bytes, whatever ``--workers``.
@@ -248,17 +250,38 @@ def encode_texts(texts):
     return [numpy.asarray(ids, dtype=dtype) for ids in encoded]
 
 
-def _chunks(items, skip):
-    """Lists of (split, text) of about CHUNK_CHARS characters, from item ``skip`` on; empty texts dropped."""
+# GPT-2's pre-tokenizer never joins across a space that follows a non-space and precedes a letter: the
+# token before ends there and " letter..." starts the next. Cutting a long document at such spaces
+# gives the ids of the whole document, in pieces of bounded size.
+GPT2_SAFE_CUT = re.compile(r"(?<=\S) (?=[^\W\d_])")
+
+
+def pieces(text, size):
+    """``text`` in pieces of about ``size`` characters, cut only at GPT2_SAFE_CUT spaces."""
+    start = 0
+    while len(text) - start > size:
+        cut = GPT2_SAFE_CUT.search(text, start + size)
+        if cut is None:
+            break
+        yield text[start:cut.start()]
+        start = cut.start()
+    yield text[start:]
+
+
+def _chunks(items, skip, cut_long):
+    """Lists of (item index, split, text, first piece, last piece) of about CHUNK_CHARS characters,
+    from item ``skip`` on; empty texts dropped; with ``cut_long``, a longer document in pieces."""
     chunk, size = [], 0
     for index, (split, text) in enumerate(items):
         if index < skip or not text:
             continue
-        chunk.append((index, split, text))
-        size += len(text)
-        if size >= CHUNK_CHARS:
-            yield chunk
-            chunk, size = [], 0
+        parts = list(pieces(text, CHUNK_CHARS)) if cut_long and len(text) > CHUNK_CHARS else [text]
+        for number, part in enumerate(parts):
+            chunk.append((index, split, part, number == 0, number == len(parts) - 1))
+            size += len(part)
+            if size >= CHUNK_CHARS:
+                yield chunk
+                chunk, size = [], 0
     if chunk:
         yield chunk
 
@@ -268,12 +291,12 @@ def encoded_chunks(chunks, workers, tokenizer_source, allow_special, dtype):
     if workers == 1:
         _start_worker(tokenizer_source, allow_special, dtype)
         for chunk in chunks:
-            yield chunk, encode_texts([text for _, _, text in chunk])
+            yield chunk, encode_texts([entry[2] for entry in chunk])
         return
     with multiprocessing.get_context().Pool(workers, _start_worker, (tokenizer_source, allow_special, dtype)) as pool:
         pending = collections.deque()
         for chunk in chunks:
-            pending.append((chunk, pool.apply_async(encode_texts, ([text for _, _, text in chunk],))))
+            pending.append((chunk, pool.apply_async(encode_texts, ([entry[2] for entry in chunk],))))
             if len(pending) >= 2 * workers:
                 chunk, result = pending.popleft()
                 yield chunk, result.get()
@@ -295,6 +318,7 @@ class SplitWriter:
         state = state or {"shards": [], "tokens": 0, "offsets": [0], "documents": 0}
         self.shards, self.documents = state["shards"], state["documents"]
         self.offsets = state["offsets"]               # (documents in the partial shard + 1,) token offsets
+        self.tokens = state["tokens"]                 # tokens in the partial shard
         self.partial = directory / f".{token_store.shard_names(split, len(self.shards))[0]}.partial"
         final = directory / token_store.shard_names(split, len(self.shards))[0]
         if not self.partial.exists() and final.exists():  # renamed, but stopped before the state recorded it
@@ -303,14 +327,19 @@ class SplitWriter:
         self.file.truncate(state["tokens"] * self.dtype.itemsize)
         self.file.seek(state["tokens"] * self.dtype.itemsize)
 
-    def add(self, ids):
-        """Append one document; True when that filled a shard (written and renamed)."""
-        if self.documents:
+    def add(self, ids, first=True, last=True):
+        """Append one document, or one piece of it; True when its last piece filled a shard (then
+        written and renamed: a shard ends at a document's end)."""
+        if first and self.documents:
             self.file.write(self.eot.tobytes())    # documents are joined by end-of-text
+            self.tokens += 1
         self.file.write(ids.tobytes())
-        self.offsets.append(self.offsets[-1] + len(ids) + bool(self.documents))
+        self.tokens += len(ids)
+        if not last:
+            return False
+        self.offsets.append(self.tokens)
         self.documents += 1
-        if self.offsets[-1] >= self.shard_tokens:
+        if self.tokens >= self.shard_tokens:
             self.commit()
             return True
         return False
@@ -329,7 +358,7 @@ class SplitWriter:
         self.shards.append({"tokens": tokens_name, "tokens_sha256": safe_io.sha256_file(self.directory / tokens_name),
                             "docs": docs_name, "docs_sha256": token_store.sha256_bytes(docs),
                             "n_tokens": self.offsets[-1], "n_documents": len(self.offsets) - 1})
-        self.offsets = [0]
+        self.offsets, self.tokens = [0], 0
         self.partial = self.directory / f".{token_store.shard_names(self.split, len(self.shards))[0]}.partial"
         self.file = open(self.partial, "wb")
 
@@ -434,12 +463,12 @@ def prepare(sources, out, tokenizer=None, workers=None, shard_tokens=DEFAULT_SHA
 
     tokenizer_source = None if tokenizer_dir is None else str(tokenizer_dir)   # resolved once, here
     workers = workers or os.cpu_count() or 1
-    chunks = _chunks(assigned_documents(files, options), done)
+    chunks = _chunks(assigned_documents(files, options), done, cut_long=tokenizer_dir is None)
     total_bytes = sum(source["bytes"] for source in described)
     with ProgressBar(progress, total_bytes) as bar:
         for chunk, encoded in encoded_chunks(chunks, workers, tokenizer_source, allow_special, dtype):
-            for (index, split, text), ids in zip(chunk, encoded):
-                if writers[split].add(ids):
+            for (index, split, text, first, last), ids in zip(chunk, encoded):
+                if writers[split].add(ids, first, last):
                     record(index + 1)
                 bar.update(len(text), len(ids))
     for writer in writers.values():

@@ -122,6 +122,23 @@ def test_a_saved_hugging_face_dataset_is_a_source(tmp_path, tokenizer):
         prepare([tmp_path / "ds"], tmp_path / "dev", workers=1, split="dev", text_field="content")
 
 
+def test_a_long_document_encoded_in_pieces_gives_the_ids_of_the_whole(tmp_path, verdict_text, tokenizer,
+                                                                     monkeypatch):
+    import numgpt.prepare
+    text = verdict_text + " 1½ x  y\n\nit's   done " + verdict_text[::-1]
+    cut = list(numgpt.prepare.pieces(text, 300))
+    assert len(cut) > 100 and "".join(cut) == text
+    assert sum((ordinary(tokenizer, piece) for piece in cut), []) == ordinary(tokenizer, text)
+    monkeypatch.setattr(numgpt.prepare, "CHUNK_CHARS", 300)
+    (tmp_path / "a.txt").write_text(text)
+    (tmp_path / "b.txt").write_text(verdict_text[:5000])
+    prepare([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "store", workers=1, val_docs=0, shard_tokens=100)
+    train = TokenStore(tmp_path / "store").split("train")
+    assert train.slice(0, len(train)).tolist() == ordinary(tokenizer, text) + [EOT] + \
+        ordinary(tokenizer, verdict_text[:5000])
+    assert len(TokenStore(tmp_path / "store").manifest["splits"]["train"]["shards"]) == 2   # one per document
+
+
 def test_two_workers_write_the_same_bytes_as_one(tmp_path, verdict_text):
     corpus = books(tmp_path / "books", verdict_text, 10)
     prepare([corpus], tmp_path / "one", workers=1, shard_tokens=1000)
