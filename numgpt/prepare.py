@@ -20,7 +20,9 @@ Documents are encoded by ``--workers`` processes a chunk at a time, in order; at
 chunks per worker are in flight, so memory is bounded by the chunk size and the largest
 document's text, not by the corpus. With GPT-2's tokenizer a document longer than a chunk is
 encoded in pieces, cut at spaces where GPT-2's pre-tokenizer cuts anyway (``pieces``), so its ids
-are those of the whole; a tokenizer.json tokenizer gets each document whole. A shard is written as a partial file, fsynced, renamed when full;
+are those of the whole; a tokenizer.json tokenizer gets each document whole.
+
+A shard is written as a partial file, fsynced, renamed when full;
 after each rename ``.prepare-state.json`` records where the corpus stands, and an interrupted
 prepare started again with the same inputs carries on from there. The same inputs give the same
 bytes, whatever ``--workers``.
@@ -99,7 +101,8 @@ def resolve_sources(specs):
         elif path.is_file():
             found = [path]
         elif glob.has_magic(str(spec)):
-            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(str(spec)), recursive=True) if Path(p).is_file())
+            matches = glob.glob(os.path.expanduser(str(spec)), recursive=True)
+            found = sorted(Path(p) for p in matches if Path(p).is_file())
             if not found:
                 raise PrepareError(f"{spec}: the pattern matches no file")
         elif re.fullmatch(r"[\w.-]+/[\w.-]+", str(spec)):
@@ -474,10 +477,13 @@ def prepare(sources, out, tokenizer=None, workers=None, shard_tokens=DEFAULT_SHA
     for writer in writers.values():
         writer.commit()
         writer.close()
-    n_documents = 1 if len(files) == 1 and _kind(files[0]) == "text" else \
-        sum(w.documents for w in writers.values())
-    validation = ({"how": "characters", "train_ratio": train_ratio} if len(files) == 1 and _kind(files[0]) == "text"
-                  else {"how": "documents", "val_docs": val_docs, "val_fraction": val_fraction if val_docs is None else None})
+    one_text_file = len(files) == 1 and _kind(files[0]) == "text"
+    n_documents = 1 if one_text_file else sum(w.documents for w in writers.values())
+    if one_text_file:
+        validation = {"how": "characters", "train_ratio": train_ratio}
+    else:
+        validation = {"how": "documents", "val_docs": val_docs,
+                      "val_fraction": val_fraction if val_docs is None else None}
     manifest = {"format": token_store.FORMAT, "version": token_store.VERSION, "tokenizer": tokenizer_record,
                 "dtype": dtype, "documents": n_documents,
                 "splits": {s: {"shards": w.shards, "n_tokens": sum(x["n_tokens"] for x in w.shards),
@@ -499,7 +505,7 @@ class ProgressBar:
     def __enter__(self):
         if self.show:
             from tqdm import tqdm
-            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1 << 20, desc="prepare",
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc="prepare",
                             file=sys.stderr)
         return self
 

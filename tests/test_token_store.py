@@ -3,8 +3,8 @@
 that hostile files give one clear StoreError naming the file and the offset, and
 that a prepare killed mid-way resumes to the same bytes."""
 import gzip
+import hashlib
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -58,7 +58,7 @@ def test_a_store_of_one_text_file_holds_the_seeds_split(tmp_path, verdict_path, 
     assert manifest["dtype"] == "uint16" and manifest["documents"] == 1
     assert manifest["validation"] == {"how": "characters", "train_ratio": 0.9}
     assert isinstance(train.parts[0], np.memmap) and not train.parts[0].flags.writeable
-    assert store.manifest_sha256 == __import__("hashlib").sha256((tmp_path / "store" / MANIFEST).read_bytes()).hexdigest()
+    assert store.manifest_sha256 == hashlib.sha256((tmp_path / "store" / MANIFEST).read_bytes()).hexdigest()
 
 
 def test_documents_are_joined_by_end_of_text_and_split_by_the_evenly_spread_rule(tmp_path, verdict_text, tokenizer):
@@ -151,6 +151,27 @@ def test_prepare_refuses_a_finished_store_and_missing_sources(tmp_path, verdict_
     with pytest.raises(PrepareError, match="already holds a token store"):
         prepare([verdict_path], tmp_path / "store", workers=1)
     assert_usage_error(numgpt_cli("prepare", tmp_path / "nothing-here", "--out", tmp_path / "x"), "nothing-here")
+
+
+def test_prepare_shows_its_progress_on_a_terminal_only(tmp_path, verdict_text, capsys):
+    corpus = books(tmp_path / "books", verdict_text, 3)
+    prepare([corpus], tmp_path / "quiet", workers=1)                  # stderr is no terminal here
+    assert capsys.readouterr().err == ""
+    prepare([corpus], tmp_path / "shown", workers=1, progress=True)
+    bar = capsys.readouterr().err
+    print(bar)
+    assert "9.00k/9.00k" in bar and "B/s" in bar and "tokens/s" in bar    # 3 books of 3,000 bytes
+
+
+def test_prepare_flags_that_do_not_go_together_are_one_line_errors(tmp_path, verdict_path, capsys):
+    from numgpt.cli import main
+    for flags, fragment in ((["--tokenizer-train"], "--vocab-size"), (["--vocab-size", "300"], "--tokenizer-train"),
+                            (["--tokenizer-train", "--vocab-size", "300", "--tokenizer", "x"], "--tokenizer"),
+                            (["--val-fraction", "1.5"], "--val-fraction")):
+        assert main(["prepare", str(verdict_path), "--out", str(tmp_path / "s"), *flags]) == 2
+        error = capsys.readouterr().err
+        assert len(error.strip().splitlines()) == 1 and fragment in error, error
+    assert not (tmp_path / "s" / MANIFEST).exists()
 
 
 def test_a_killed_prepare_resumes_to_the_same_bytes(tmp_path, verdict_text):
@@ -291,7 +312,8 @@ def test_several_llmc_shards_are_one_stream(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(p.read_bytes()[:-2]), r"header \(byte offset 8\) says 4 tokens.*truncated"),
     (lambda p: p.write_bytes(p.read_bytes() + b"\0\0"), r"oversized"),
-    (lambda p: p.write_bytes(struct.pack("<i", 20240521) + p.read_bytes()[4:]), r"token id 55433 at byte offset 0 .* no llm.c magic 20240520 at byte offset 0, found 20240521"),
+    (lambda p: p.write_bytes(struct.pack("<i", 20240521) + p.read_bytes()[4:]),
+     r"token id 55433 at byte offset 0 .* no llm.c magic 20240520 at byte offset 0, found 20240521"),
     (lambda p: p.write_bytes(p.read_bytes()[:4] + struct.pack("<i", 3) + p.read_bytes()[8:]),
      r"version 3 at byte offset 4"),
     (lambda p: p.write_bytes(p.read_bytes()[:1024] + struct.pack("<H", 50257) + p.read_bytes()[1026:]),
@@ -303,12 +325,12 @@ def test_hostile_llmc_shards(tmp_path, damage, message):
     write_llmc(path, [1, 2, 3, 4])
     damage(path)
     with pytest.raises(StoreError, match=message) as raised:
-        open_token_file(path, GPT2_VOCAB, __import__("hashlib").sha256())
+        open_token_file(path, GPT2_VOCAB, hashlib.sha256())
     assert str(path) in str(raised.value)
 
 
 def test_hostile_nanogpt_and_megatron_files(tmp_path):
-    digest = __import__("hashlib").sha256()
+    digest = hashlib.sha256()
     write_nanogpt(tmp_path / "train.bin", [1, 2, 50300])
     with pytest.raises(StoreError, match=r"train.bin: token id 50300 at byte offset 4"):
         open_token_file(tmp_path / "train.bin", GPT2_VOCAB, digest)
@@ -343,7 +365,7 @@ def test_fuzzed_llmc_headers_give_only_store_errors(tmp_path, head, body, versio
     path.write_bytes(header + bytes(1024 - len(header)) * valid_prefix + body)
     try:
         read_llmc_header(path)
-        open_token_file(path, GPT2_VOCAB, __import__("hashlib").sha256())
+        open_token_file(path, GPT2_VOCAB, hashlib.sha256())
     except StoreError:
         pass
 
@@ -360,7 +382,7 @@ def test_fuzzed_megatron_indexes_give_only_store_errors(tmp_path, code, version,
     (tmp_path / "m.bin").write_bytes(tail)
     try:
         read_megatron_index(path)
-        open_token_file(tmp_path / "m.bin", GPT2_VOCAB, __import__("hashlib").sha256())
+        open_token_file(tmp_path / "m.bin", GPT2_VOCAB, hashlib.sha256())
     except StoreError:
         pass
 
