@@ -257,6 +257,10 @@ class DataLoader:
     makes the order repeatable). An iterator's ``state_dict()`` records its
     order and how many batches it yielded; after ``loader.load_state_dict(s)``
     the next ``iter()`` yields the rest of that epoch instead of a new one.
+
+    A dataset of more than ``LITERAL_ORDER_LIMIT`` items (the windows of a large
+    token store) is shuffled by a ``KeyedPermutation`` instead, from a key drawn
+    from the generator: no (N,) order in memory or in checkpoints, only its key.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, generator=None):
@@ -282,20 +286,29 @@ class DataLoader:
         order = None
         if self.shuffle:  # drawn now, not at the first next()
             generator = self.generator if self.generator is not None else backend.get_generator()
-            order = generator.permutation(len(self.dataset))
+            if len(self.dataset) > LITERAL_ORDER_LIMIT:
+                order = KeyedPermutation(len(self.dataset), int(generator.integers(0, 2**63)))
+            else:
+                order = generator.permutation(len(self.dataset))
         return LoaderIterator(self, order, 0)
 
     def load_state_dict(self, state):
         """Make the next ``iter()`` continue the epoch an iterator's ``state_dict()`` described."""
         order, yielded = state["epoch_order"], state["batches_yielded"]
         n_items = len(self.dataset)
-        if order is not None and sorted(order) != list(range(n_items)):
+        if "epoch_key" in state:
+            key = state["epoch_key"]
+            if not isinstance(key, int) or not 0 <= key < 2**63 or n_items <= LITERAL_ORDER_LIMIT:
+                raise DataError(f"epoch_key {key!r} does not describe an order of this loader's {n_items} items")
+            order = KeyedPermutation(n_items, key)
+        elif order is not None and sorted(order) != list(range(n_items)):
             raise DataError(f"epoch_order is not a permutation of the {n_items} dataset items")
         if order is None and self.shuffle:
             raise DataError("epoch_order is None but this loader shuffles")
         if not 0 <= yielded <= len(self):
             raise DataError(f"batches_yielded must be in [0, {len(self)}], got {yielded}")
-        order = None if order is None else numpy.asarray(order, dtype=backend.INDEX_DTYPE)
+        if isinstance(order, list):
+            order = numpy.asarray(order, dtype=backend.INDEX_DTYPE)
         self._resume = (order, int(yielded))
 
 
@@ -304,7 +317,7 @@ class LoaderIterator:
 
     def __init__(self, loader, order, batches_yielded):
         self.loader = loader
-        self.order = order                  # (N,) permutation, or None for the dataset's order
+        self.order = order                  # (N,) permutation, a KeyedPermutation, or None for the dataset's order
         self.batches_yielded = batches_yielded
 
     def __iter__(self):
@@ -322,9 +335,64 @@ class LoaderIterator:
         return batch
 
     def state_dict(self):
-        """This epoch's order and position, as JSON-able data."""
+        """This epoch's order (or its key) and position, as JSON-able data."""
+        if isinstance(self.order, KeyedPermutation):
+            return {"epoch_order": None, "epoch_key": self.order.key, "batches_yielded": self.batches_yielded}
         order = None if self.order is None else [int(i) for i in self.order]
         return {"epoch_order": order, "batches_yielded": self.batches_yielded}
+
+
+LITERAL_ORDER_LIMIT = 1 << 20   # larger datasets are shuffled by a KeyedPermutation (8 bytes an item saved)
+FEISTEL_ROUNDS = 4
+GOLDEN_GAMMA, MIX_1, MIX_2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB   # splitmix64's
+
+
+def _splitmix64(values):
+    """splitmix64's finaliser on uint64 values (wrapping arithmetic): a 64-bit mixing hash."""
+    z = values * numpy.uint64(GOLDEN_GAMMA)
+    z = (z ^ (z >> numpy.uint64(30))) * numpy.uint64(MIX_1)
+    z = (z ^ (z >> numpy.uint64(27))) * numpy.uint64(MIX_2)
+    return z ^ (z >> numpy.uint64(31))
+
+
+class KeyedPermutation:
+    """A pseudo-random permutation of ``range(n)`` given by a 63-bit ``key``, computed per position.
+
+    ``order[i]`` for i in [0, n): a Feistel network of FEISTEL_ROUNDS rounds on the 2h-bit values
+    (the smallest even width with 2^(2h) >= n) is a bijection of [0, 2^(2h)); a value it sends to
+    n or beyond is sent through it again (cycle walking) until it lands in [0, n), which keeps it
+    a bijection of [0, n). Round r maps (L, R) to (R, L xor F(R)), F(R) = splitmix64(R xor k_r)
+    cut to h bits, k_r = splitmix64(key + r). Slicing gives an int64 array, like a permutation's.
+    """
+
+    def __init__(self, n, key):
+        self.n, self.key = int(n), int(key)
+        self.half = max(1, (max(self.n - 1, 1).bit_length() + 1) // 2)    # h: 2h bits cover [0, n)
+        self.mask = numpy.uint64((1 << self.half) - 1)
+        self.round_keys = _splitmix64(numpy.arange(FEISTEL_ROUNDS, dtype=numpy.uint64) + numpy.uint64(self.key))
+
+    def __len__(self):
+        return self.n
+
+    def _feistel(self, values):
+        h = numpy.uint64(self.half)
+        left, right = values >> h, values & self.mask
+        for round_key in self.round_keys:
+            left, right = right, left ^ (_splitmix64(right ^ round_key) & self.mask)
+        return (left << h) | right
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            chosen = range(self.n)[index]                     # the positions, without an (n,) array
+            positions = numpy.arange(chosen.start, chosen.stop, chosen.step)
+        else:
+            positions = numpy.asarray(index)
+        values = self._feistel(positions.astype(numpy.uint64))
+        outside = values >= numpy.uint64(self.n)
+        while outside.any():                                  # cycle walking back into [0, n)
+            values[outside] = self._feistel(values[outside])
+            outside = values >= numpy.uint64(self.n)
+        return values.astype(backend.INDEX_DTYPE)
 
 
 class RandomWindowLoader:

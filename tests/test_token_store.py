@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli_process import ENV, assert_usage_error, numgpt_cli
-from numgpt.data import DataError, RandomWindowLoader, TokenWindows
+import numgpt.data as numgpt_data
+from numgpt.data import DataError, KeyedPermutation, RandomWindowLoader, TokenWindows
 from numgpt.prepare import PrepareError, in_validation, prepare
 from numgpt.token_files import open_token_file, open_token_files, read_llmc_header, read_megatron_index
 from numgpt.token_store import MANIFEST, StoreError, TokenSequence, TokenStore, check_manifest
@@ -419,3 +420,32 @@ def test_random_windows_resume_with_the_same_offsets():
     assert len(again) == len(rest) and all(np.array_equal(a[0], b[0]) for a, b in zip(again, rest))
     with pytest.raises(DataError, match="epoch_key"):
         resumed.load_state_dict({"epoch_key": -1, "batches_yielded": 0})
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 4097, 65537])
+def test_a_keyed_permutation_is_a_permutation_that_its_key_decides(n):
+    order = KeyedPermutation(n, 2024)
+    items = order[0:n]
+    assert items.dtype == np.int64 and sorted(items.tolist()) == list(range(n))
+    assert order[5:9].tolist() == items[5:9].tolist() and order[np.array([n - 1])].tolist() == [items[-1]]
+    if n >= 1000:
+        assert items.tolist() != list(range(n)) and items.tolist() != KeyedPermutation(n, 2025)[0:n].tolist()
+
+
+def test_a_large_dataset_is_shuffled_by_a_key_and_resumes_from_it(monkeypatch):
+    monkeypatch.setattr(numgpt_data, "LITERAL_ORDER_LIMIT", 50)
+    windows = TokenWindows(np.arange(2000) % 50257, 4, 4)                    # 499 windows > the limit
+    loader = numgpt_data.DataLoader(windows, batch_size=8, shuffle=True, generator=np.random.default_rng(1))
+    batches = iter(loader)
+    done = [next(batches) for _ in range(5)]
+    state = json.loads(json.dumps(batches.state_dict()))
+    assert state["epoch_order"] is None and isinstance(state["epoch_key"], int)
+    rest = list(batches)
+    firsts = np.concatenate([inputs[:, 0] for inputs, _ in done + rest]) // 4
+    assert sorted(firsts.tolist()) == list(range(len(windows)))             # every window once
+    resumed = numgpt_data.DataLoader(windows, batch_size=8, shuffle=True)
+    resumed.load_state_dict(state)
+    again = list(resumed)
+    assert len(again) == len(rest) and all(np.array_equal(a[0], b[0]) for a, b in zip(again, rest))
+    with pytest.raises(DataError, match="epoch_key"):
+        numgpt_data.DataLoader(TokenWindows(np.arange(100), 4, 4), shuffle=True).load_state_dict(state)
