@@ -127,9 +127,8 @@ def scan_ids(path, dtype, n_vocab, offset=0, digest=None):
             if digest is not None:
                 digest.update(data)
             ids = numpy.frombuffer(data, dtype=dtype, count=len(data) // dtype.itemsize)
-            bad = numpy.flatnonzero((ids >= n_vocab) | (ids < 0)) if dtype.kind == "i" else \
-                numpy.flatnonzero(ids >= n_vocab)
-            if bad.size:
+            if ids.size and (ids.max() >= n_vocab or (dtype.kind == "i" and ids.min() < 0)):  # rare: then where
+                bad = numpy.flatnonzero((ids >= n_vocab) | (ids < 0))
                 at = position + int(bad[0]) * dtype.itemsize
                 raise StoreError(f"{path}: token id {int(ids[bad[0]])} at byte offset {at} is outside the "
                                  f"vocabulary of {n_vocab} ids (expected ids in [0, {n_vocab}))")
