@@ -80,7 +80,7 @@ def test_documents_are_joined_by_end_of_text_and_split_by_the_evenly_spread_rule
     assert len(shards) > 1 and all(s["n_tokens"] >= 300 for s in shards[:-1])  # a shard closes at a document end
 
 
-def test_jsonl_gzip_globs_and_parquet_sources(tmp_path, tokenizer):
+def test_jsonl_and_gzip_sources_through_a_glob(tmp_path, tokenizer):
     records = [{"text": f"document number {i} <|endoftext|> inside", "id": i} for i in range(5)]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
     with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
@@ -93,7 +93,13 @@ def test_jsonl_gzip_globs_and_parquet_sources(tmp_path, tokenizer):
     prepare([tmp_path / "a.jsonl"], tmp_path / "special", workers=1, val_docs=0, allow_special=True)
     train = TokenStore(tmp_path / "special").split("train")
     assert train.slice(0, len(train)).tolist().count(EOT) == 3 + 2    # 3 in the texts, 2 joins
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "no"}\n')
+    with pytest.raises(DataError, match="bad.jsonl line 2"):
+        prepare([tmp_path / "bad.jsonl"], tmp_path / "bad", workers=1)
 
+
+def test_a_parquet_column_is_a_source(tmp_path):
+    records = [{"text": f"document number {i} <|endoftext|> inside", "id": i} for i in range(5)]
     pyarrow = pytest.importorskip("pyarrow")
     import pyarrow.parquet
     pyarrow.parquet.write_table(pyarrow.table({"body": [r["text"] for r in records]}), tmp_path / "c.parquet")
@@ -102,9 +108,6 @@ def test_jsonl_gzip_globs_and_parquet_sources(tmp_path, tokenizer):
     assert train.slice(0, len(train)).tolist().count(EOT) == 4
     with pytest.raises(DataError, match="no column 'text'"):
         prepare([tmp_path / "c.parquet"], tmp_path / "pq2", workers=1)
-    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "no"}\n')
-    with pytest.raises(DataError, match="bad.jsonl line 2"):
-        prepare([tmp_path / "bad.jsonl"], tmp_path / "bad", workers=1)
 
 
 def test_a_saved_hugging_face_dataset_is_a_source(tmp_path, tokenizer):
