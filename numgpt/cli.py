@@ -73,7 +73,7 @@ TRAIN_DEFAULTS = {
     "max_skipped_steps": 5, "eval_freq": 5, "eval_iter": 5, "train_ratio": 0.9, "start_context": SEED_START_CONTEXT,
     "seed": 123, "checkpoint_every": None, "keep_last": None, "allow_special": False, "warmup_steps": 0,
     "lr_schedule": "constant", "min_lr": 0.0, "initial_lr": 0.0, "grad_accum": 1, "threads": None,
-    "backward": [], "device": "auto", "tokenizer": None,
+    "backward": [], "device": "auto", "tokenizer": None, "sampling": "windows",
 }
 # The training window when --context-length is not given and the model's own context is longer
 # (a Llama-family model knows 8192 to 131072 positions; GPT-2's 1024 stays).
@@ -118,26 +118,101 @@ def _read_corpus(data):
     return text, safe_io.sha256_file(path)
 
 
-def _run_corpus(flags, saved, run):
-    """(text, sha256) of the run's data. A resumed run's data is matched by its bytes, not its path:
-    --data NEW_PATH continues a run whose file moved; a file with other bytes is refused."""
+def _recorded_data_present(flags, saved, run):
+    """A resumed run whose recorded data file is gone: RunError asking for its new path."""
     from numgpt.run import RunError
-    if saved is None:
-        return _read_corpus(flags["data"])
     recorded = saved["train"].get("data")
     if flags["data"] == recorded and recorded is not None and not os.path.lexists(recorded):
         raise RunError(f"this run's data {recorded} is gone (in {run.settings_path}, sha256 "
                        f"{saved['data_sha256']}): if it moved, give its new path with --data")
-    text, data_sha256 = _read_corpus(flags["data"])
+
+
+def _same_data(flags, saved, run, data_sha256):
+    """A resumed run's data is matched by its bytes (a store by its manifest's), not its path:
+    --data NEW_PATH continues a run whose data moved; other bytes are refused."""
+    from numgpt.run import RunError
     if data_sha256 != saved["data_sha256"]:
         raise RunError(f"the data {_data_name(flags['data'])} has sha256 {data_sha256}, but this run trained "
-                       f"on {_data_name(recorded)} with sha256 {saved['data_sha256']} (in {run.settings_path}): resume "
-                       f"with the same bytes, or start a new run with another --out")
-    return text, data_sha256
+                       f"on {_data_name(saved['train'].get('data'))} with sha256 {saved['data_sha256']} (in "
+                       f"{run.settings_path}): resume with the same bytes, or start a new run with another --out")
 
 
 def _data_name(data):
     return data or "the bundled the-verdict.txt"
+
+
+def _training_data(flags, saved, run, tokenizer, special, context):
+    """(train loader, validation loader, data sha256) of --data, checked before training starts;
+    a resumed run's (``saved``) must be the data it trained on.
+
+    --data is a text file (default the bundled the-verdict.txt; split at --train-ratio of its
+    characters), a token store directory (numgpt prepare; its manifest's sha256 names it) or a
+    directory of other tools' token files (nanoGPT, llm.c, Megatron; sha256 over their bytes).
+    Either way the windows are read on demand; the training windows are shuffled per epoch by
+    the run's generator, or drawn at random offsets with --sampling random."""
+    from numgpt.data import DataLoader, GPTDatasetV1, RandomWindowLoader, TokenWindows, split_text
+    from numgpt.token_files import holds_token_files, open_token_files
+    from numgpt.token_store import MANIFEST, TokenStore
+    if saved is not None:
+        _recorded_data_present(flags, saved, run)
+    path = None if flags["data"] is None else Path(flags["data"])
+    if path is not None and path.is_dir():
+        if (path / MANIFEST).is_file():
+            store = TokenStore(path)
+            _check_store_tokenizer(store, tokenizer)
+            splits, data_sha256 = {split: store.split(split) for split in ("train", "val")}, store.manifest_sha256
+        elif holds_token_files(path):
+            splits, data_sha256 = open_token_files(path, tokenizer.n_vocab)
+        else:
+            raise UsageError(f"--data {path}: a directory with neither a token store ({MANIFEST}) nor *train*.bin "
+                             f"token files; make a store with numgpt prepare SOURCE... --out DIR")
+        if saved is not None:
+            _same_data(flags, saved, run, data_sha256)
+        train_set = TokenWindows(splits["train"], context, context, what=f"the training split of {path}")
+        val_set = TokenWindows(splits["val"], context, context, what=f"the validation split of {path}")
+    else:
+        text, data_sha256 = _read_corpus(flags["data"])
+        if saved is not None:
+            _same_data(flags, saved, run, data_sha256)
+        train_text, val_text = split_text(text, flags["train_ratio"])
+        with _naming_the_split("training", flags, context):
+            train_set = GPTDatasetV1(train_text, tokenizer, context, context, special)
+        with _naming_the_split("validation", flags, context):
+            val_set = GPTDatasetV1(val_text, tokenizer, context, context, special)
+    if flags["sampling"] == "random":
+        train_loader = RandomWindowLoader(train_set.tokens, context, flags["batch_size"])
+    else:
+        train_loader = DataLoader(train_set, batch_size=flags["batch_size"], shuffle=True, drop_last=True)
+    val_loader = DataLoader(val_set, batch_size=flags["batch_size"], shuffle=False, drop_last=False)
+    return train_loader, val_loader, data_sha256
+
+
+def _store_vocabulary(flags, cfg, tokenizer_dir):
+    """(cfg, tokenizer directory) of a new run from random weights on a token store that has a tokenizer
+    of its own (numgpt prepare --tokenizer-train): that tokenizer, and the model's vocab_size its size."""
+    from numgpt.token_store import MANIFEST, TOKENIZER_DIR
+    store = None if flags["data"] is None else Path(flags["data"])
+    own = None if store is None or not (store / MANIFEST).is_file() else store / TOKENIZER_DIR
+    if flags["init"] or tokenizer_dir is not None or own is None or not (own / "tokenizer.json").is_file():
+        return cfg, tokenizer_dir
+    from numgpt.hf_tokenizer import HFTokenizer
+    return dict(cfg, vocab_size=HFTokenizer(own).n_vocab), own
+
+
+def _check_store_tokenizer(store, tokenizer):
+    """UsageError unless the run's tokenizer is the one the store was made with."""
+    from numgpt.hf_tokenizer import HFTokenizer
+    recorded = store.manifest["tokenizer"]
+    own = recorded["files"].get("tokenizer.json")
+    if own is None and not isinstance(tokenizer, HFTokenizer):
+        return                                              # GPT-2's bundled tokenizer on both sides
+    if own is not None and isinstance(tokenizer, HFTokenizer):
+        actual = safe_io.sha256_file(tokenizer.directory / "tokenizer.json")
+        if actual == own:
+            return
+    raise UsageError(f"{store.manifest_path} was made with the tokenizer {recorded['name']} "
+                     f"({'tokenizer.json sha256 ' + own if own else 'GPT-2, bundled'}) but this run tokenizes "
+                     f"with {tokenizer.name}: train with the store's tokenizer (--tokenizer {store.directory})")
 
 
 def _environment():
@@ -313,7 +388,6 @@ def _load_learner_backwards(typed):
 
 
 def cmd_train(args):
-    from numgpt.data import create_dataloader_v1, split_text
     from numgpt.families import RUN_TOKENIZER_DIR, copy_tokenizer
     from numgpt.llama import is_llama_config
     from numgpt.run import RunDirectory, RunError
@@ -334,10 +408,10 @@ def cmd_train(args):
         backend.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.local_ranks()))
     yours = _load_learner_backwards(args.backward)     # typed now; settings.json's are only compared
     device = resolve_device(flags["device"])
-    text, data_sha256 = _run_corpus(flags, saved, run)
     if saved is not None:
         cfg, pretrained = saved["model"], None              # the weights come from the checkpoint
-        tokenizer_dir = run.path / RUN_TOKENIZER_DIR if is_llama_config(cfg) else None
+        own = is_llama_config(cfg) or (run.path / RUN_TOKENIZER_DIR / "tokenizer.json").is_file()
+        tokenizer_dir = run.path / RUN_TOKENIZER_DIR if own else None
         environment = _environment()
         if environment != saved["environment"]:
             changed = ", ".join(f"{k} {saved['environment'].get(k)} -> {v}" for k, v in environment.items()
@@ -346,6 +420,7 @@ def cmd_train(args):
                   f"uninterrupted run in the last bits", file=sys.stderr)
     else:
         cfg, pretrained, tokenizer_dir = _initial_model(flags)
+        cfg, tokenizer_dir = _store_vocabulary(flags, cfg, tokenizer_dir)
     context = _training_window(flags, cfg)
     flags = dict(flags, context_length=context, drop_rate=cfg["drop_rate"])
     if saved is None and flags["init"]:
@@ -364,15 +439,7 @@ def cmd_train(args):
         if tokenizer.n_vocab > cfg["vocab_size"]:
             raise UsageError(f"the tokenizer in {tokenizer_dir} has {tokenizer.n_vocab} tokens, more than the "
                              f"model's vocab_size {cfg['vocab_size']}")
-    train_text, val_text = split_text(text, flags["train_ratio"])
-    with _naming_the_split("training", flags, context):
-        train_loader = create_dataloader_v1(train_text, batch_size=flags["batch_size"], max_length=context,
-                                            stride=context, drop_last=True, shuffle=True, tokenizer=tokenizer,
-                                            allowed_special=special)
-    with _naming_the_split("validation", flags, context):
-        val_loader = create_dataloader_v1(val_text, batch_size=flags["batch_size"], max_length=context,
-                                          stride=context, drop_last=False, shuffle=False, tokenizer=tokenizer,
-                                          allowed_special=special)
+    train_loader, val_loader, data_sha256 = _training_data(flags, saved, run, tokenizer, special, context)
     steps_per_epoch = len(train_loader) // (flags["grad_accum"] * world.size)
     if steps_per_epoch == 0:
         raise UsageError(f"the training text gives no full step of {flags['grad_accum']} x {flags['batch_size']} "
@@ -909,6 +976,27 @@ def cmd_info(args):
     return 0
 
 
+# ---------------------------------------------------------------- prepare
+def cmd_prepare(args):
+    from numgpt.prepare import prepare
+    if args.tokenizer_train and args.vocab_size is None:
+        raise UsageError("--tokenizer-train needs --vocab-size N (the number of ids of the new tokenizer)")
+    if args.vocab_size is not None and not args.tokenizer_train:
+        raise UsageError("--vocab-size is the size of a tokenizer to train: add --tokenizer-train")
+    if args.tokenizer_train and args.tokenizer is not None:
+        raise UsageError("--tokenizer-train makes a tokenizer of its own: leave --tokenizer out")
+    started = time.time()
+    manifest = prepare(args.sources, args.out, tokenizer=args.tokenizer, workers=args.workers,
+                       shard_tokens=args.shard_tokens, val_fraction=args.val_fraction, val_docs=args.val_docs,
+                       train_ratio=args.train_ratio, text_field=args.text_field, allow_special=args.allow_special,
+                       train_vocab_size=args.vocab_size, split=args.split)
+    splits = manifest["splits"]
+    print(f"Wrote a token store of {splits['train']['n_tokens']:,} training and {splits['val']['n_tokens']:,} "
+          f"validation tokens ({manifest['dtype']}, {manifest['documents']:,} documents, tokenizer "
+          f"{manifest['tokenizer']['name']}) to {args.out} in {time.time() - started:.1f} s")
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
 def _add_threads(p):
     p.add_argument("--threads", type=_positive_int,
@@ -933,7 +1021,12 @@ def build_parser():
                     "the-verdict.txt, 10 epochs) into ./run. The run directory remembers its settings: "
                     f"--resume --out RUN continues with them; of the other flags only {safe} may change.")
     d = TRAIN_DEFAULTS
-    train.add_argument("--data", help="UTF-8 text file (default: the seed's the-verdict.txt, bundled with numgpt)")
+    train.add_argument("--data", help="UTF-8 text file (default: the seed's the-verdict.txt, bundled with numgpt), "
+                                      "a token store (numgpt prepare), or a directory of nanoGPT, llm.c or Megatron "
+                                      "*train*.bin / *val*.bin token files")
+    train.add_argument("--sampling", choices=("windows", "random"),
+                       help="windows: every window at a stride, shuffled per epoch (the seed's, default); "
+                            "random: windows at random offsets (nanoGPT's)")
     train.add_argument("--out", default="run", help="run directory: settings, metrics, checkpoints, loss plot "
                                                     "(default: ./run)")
     train.add_argument("--preset", choices=sorted(PRESETS) + sorted(LLAMA_PRESETS),
@@ -1050,6 +1143,33 @@ def build_parser():
                     help="split the weights into files of at most SIZE: bytes, or with a unit as transformers reads "
                          "it (10KB, 500MB, 5GB in powers of 10; 2GiB in powers of 2) (default 5GiB)")
     ex.set_defaults(run=cmd_export, check=arguments.check_export)
+
+    prep = sub.add_parser("prepare", help="tokenize a corpus once into a token store for numgpt train --data",
+                          description="Tokenize text files, directories, globs, .jsonl(.gz) and .parquet files "
+                                      "(and, with the datasets library, Hugging Face datasets) "
+                                      "into a token store: uint16/uint32 shards and a manifest, trained on with "
+                                      "numgpt train --data DIR.")
+    prep.add_argument("sources", nargs="+", metavar="SOURCE")
+    prep.add_argument("--out", required=True, help="the store directory (an interrupted prepare resumes there)")
+    prep.add_argument("--tokenizer", help="what get_tokenizer takes: a model directory with tokenizer.json, a "
+                                          "hub id or a run directory (default GPT-2's)")
+    prep.add_argument("--tokenizer-train", action="store_true",
+                      help="train a byte-level BPE on the sources (saved in OUT/tokenizer/tokenizer.json)")
+    prep.add_argument("--vocab-size", type=_positive_int, help="the size of the tokenizer --tokenizer-train makes")
+    prep.add_argument("--text-field", default="text", help="the text of a .jsonl record or .parquet row "
+                                                           "(default text)")
+    prep.add_argument("--split", default="train", help="the split of a Hugging Face dataset source (default train)")
+    prep.add_argument("--val-fraction", type=_non_negative_float, default=0.1,
+                      help="the fraction of documents for validation, spread evenly (default 0.1)")
+    prep.add_argument("--val-docs", type=_non_negative_int, help="the first N documents for validation instead")
+    prep.add_argument("--train-ratio", type=_non_negative_float, default=0.9,
+                      help="a corpus of one text file: the fraction of its characters for training (default 0.9)")
+    prep.add_argument("--allow-special", action="store_true",
+                      help="encode special-token text (<|endoftext|>) in documents as the special token")
+    prep.add_argument("--workers", type=_positive_int, help="encoding processes (default: one per core)")
+    prep.add_argument("--shard-tokens", type=_positive_int, default=100_000_000,
+                      help="tokens per shard (default 100,000,000)")
+    prep.set_defaults(run=cmd_prepare)
 
     info = sub.add_parser("info", help="numgpt, its libraries, kernels, threads and caches on this machine")
     info.set_defaults(run=cmd_info, check=arguments.check_nothing)

@@ -132,7 +132,9 @@ def load_llama(directory):
 
 
 def tokenizer_directory(source, cache_dir=None):
-    """The directory holding the tokenizer.json of ``source``, or None for GPT-2 (tiktoken, bundled)."""
+    """The directory holding the tokenizer.json of ``source``, or None for GPT-2 (tiktoken, bundled).
+    A directory is GPT-2's when its config.json says model_type gpt2; any other directory is read
+    through its tokenizer.json (config.json or not), and one with neither is an error."""
     kind, where = locate(source, cache_dir)
     if kind == "gpt2":
         return None
@@ -147,7 +149,13 @@ def tokenizer_directory(source, cache_dir=None):
         raise SourceError(f"{where} holds a {checkpoint.config['model_type']} model but no {RUN_TOKENIZER_DIR}/"
                           f"tokenizer.json (numgpt train copies it there from --init)")
     model_type, _ = _model_type(where)
-    return None if model_type in (None, "gpt2") else where
+    if model_type == "gpt2":
+        return None
+    if model_type is None and not (Path(where) / "tokenizer.json").is_file():
+        raise SourceError(f"{where} holds neither a tokenizer.json nor a config.json: expected a model or "
+                          f"tokenizer directory (a GPT-2 config.json, or a tokenizer.json), a run directory, a "
+                          f"GPT-2 size or a hub id")
+    return where
 
 
 def get_tokenizer(source=None, cache_dir=None):
