@@ -104,6 +104,19 @@ def existing_file(flag, path, wanted="a file"):
         raise UsageError(f"{flag} {path} is empty: expected {wanted}")
 
 
+def training_data(flag, path):
+    """UsageError unless ``path`` is a non-empty text file, a token store (numgpt prepare) or a
+    directory of other tools' token files (*train*.bin)."""
+    from numgpt.token_files import holds_token_files
+    from numgpt.token_store import MANIFEST
+    wanted = "a UTF-8 text file, a token store (numgpt prepare) or a directory of *train*.bin token files"
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        existing_file(flag, path, wanted)
+    elif not (path / MANIFEST).is_file() and not holds_token_files(path):
+        raise UsageError(f"{flag} {path} is a directory that holds no corpus: expected {wanted}")
+
+
 def existing_directory(path, wanted="a directory"):
     """UsageError unless ``path`` (a positional argument: the line names it alone) is an existing directory."""
     path = Path(path).expanduser()
@@ -156,7 +169,7 @@ def check_train(args, defaults):
     if args.tokenizer is not None:
         model_name("--tokenizer", args.tokenizer, files=False)
     if args.data is not None:
-        existing_file("--data", args.data, "a UTF-8 text file")
+        training_data("--data", args.data)
     directory_to_write("--out", args.out, "a run directory")
     for spec in args.backward or ():
         if spec != NO_BACKWARD:
@@ -232,6 +245,12 @@ def check_eval(args):
 def check_export(args):
     directory_to_write("--out", args.out, "a directory for the exported model")
     _check_model_source(args)
+
+
+def check_prepare(args):
+    directory_to_write("--out", args.out, "a token store directory")
+    if args.tokenizer is not None:
+        model_name("--tokenizer", args.tokenizer, files=False)
 
 
 def check_plot(args):

@@ -1159,17 +1159,17 @@ def build_parser():
     prep.add_argument("--text-field", default="text", help="the text of a .jsonl record or .parquet row "
                                                            "(default text)")
     prep.add_argument("--split", default="train", help="the split of a Hugging Face dataset source (default train)")
-    prep.add_argument("--val-fraction", type=_non_negative_float, default=0.1,
+    prep.add_argument("--val-fraction", type=real(0, 1, high_open=True), default=0.1,
                       help="the fraction of documents for validation, spread evenly (default 0.1)")
     prep.add_argument("--val-docs", type=_non_negative_int, help="the first N documents for validation instead")
-    prep.add_argument("--train-ratio", type=_non_negative_float, default=0.9,
+    prep.add_argument("--train-ratio", type=real(0, 1, low_open=True, high_open=True), default=0.9,
                       help="a corpus of one text file: the fraction of its characters for training (default 0.9)")
     prep.add_argument("--allow-special", action="store_true",
                       help="encode special-token text (<|endoftext|>) in documents as the special token")
     prep.add_argument("--workers", type=_positive_int, help="encoding processes (default: one per core)")
     prep.add_argument("--shard-tokens", type=_positive_int, default=100_000_000,
                       help="tokens per shard (default 100,000,000)")
-    prep.set_defaults(run=cmd_prepare)
+    prep.set_defaults(run=cmd_prepare, check=arguments.check_prepare)
 
     info = sub.add_parser("info", help="numgpt, its libraries, kernels, threads and caches on this machine")
     info.set_defaults(run=cmd_info, check=arguments.check_nothing)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy
 
-from numgpt import safe_io, token_store
+from numgpt import safe_io, safe_write, token_store
 from numgpt.data import DataError, split_text
 from numgpt.errors import UsageError
 from numgpt.token_store import MANIFEST, TOKENIZER_DIR
@@ -326,7 +326,7 @@ class SplitWriter:
         final = directory / token_store.shard_names(split, len(self.shards))[0]
         if not self.partial.exists() and final.exists():  # renamed, but stopped before the state recorded it
             os.replace(final, self.partial)
-        self.file = open(self.partial, "ab" if self.partial.exists() else "wb")
+        self.file = self._open_partial()
         self.file.truncate(state["tokens"] * self.dtype.itemsize)
         self.file.seek(state["tokens"] * self.dtype.itemsize)
 
@@ -357,13 +357,18 @@ class SplitWriter:
         docs = token_store.offsets_bytes(self.offsets)
         token_store.write_atomically(self.directory / docs_name, docs)
         os.replace(self.partial, self.directory / tokens_name)
-        safe_io.fsync_path(self.directory)
+        safe_write.fsync_path(self.directory)
         self.shards.append({"tokens": tokens_name, "tokens_sha256": safe_io.sha256_file(self.directory / tokens_name),
                             "docs": docs_name, "docs_sha256": token_store.sha256_bytes(docs),
                             "n_tokens": self.offsets[-1], "n_documents": len(self.offsets) - 1})
         self.offsets, self.tokens = [0], 0
         self.partial = self.directory / f".{token_store.shard_names(self.split, len(self.shards))[0]}.partial"
-        self.file = open(self.partial, "wb")
+        self.file = self._open_partial()
+        self.file.truncate(0)
+
+    def _open_partial(self):
+        """The partial shard for reading and writing, created when missing, never through a link."""
+        return os.fdopen(safe_write.open_existing_or_new(self.partial, os.O_RDWR), "r+b")
 
     def sync(self):
         self.file.flush()
@@ -391,7 +396,7 @@ def _tokenizer_identity(tokenizer_source, out):
         files = {"encoder.json": bundled.SHA256[bundled.GPT2_ENCODER_JSON]}
     else:
         tokenizer = get_tokenizer(directory)
-        (out / TOKENIZER_DIR).mkdir(exist_ok=True)
+        safe_write.own_directory(out / TOKENIZER_DIR)
         files = {}
         for name in TOKENIZER_FILES:
             if (Path(directory) / name).is_file():
@@ -416,8 +421,7 @@ def train_tokenizer(files, options, out, vocab_size):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator((text for _, text in assigned_documents(files, options)), trainer=trainer)
-    directory = out / TOKENIZER_DIR
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = safe_write.own_directory(out / TOKENIZER_DIR)
     token_store.write_atomically(directory / "tokenizer.json", tokenizer.to_str().encode())
     token_store.write_atomically(directory / "tokenizer_config.json",
                                  json.dumps({"eos_token": ENDOFTEXT, "bos_token": ENDOFTEXT}).encode())
@@ -436,7 +440,7 @@ def prepare(sources, out, tokenizer=None, workers=None, shard_tokens=DEFAULT_SHA
     if shard_tokens < 1:
         raise PrepareError(f"--shard-tokens must be >= 1, got {shard_tokens}")
     files = resolve_sources(sources)
-    out.mkdir(parents=True, exist_ok=True)
+    safe_write.own_directory(out)
     options = {"train_ratio": train_ratio, "val_docs": val_docs, "val_fraction": val_fraction,
                "text_field": text_field, "split": split}
     described = describe_sources(files, split)

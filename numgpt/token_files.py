@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy
 
+from numgpt.safe_io import open_regular
 from numgpt.token_store import StoreError, TokenSequence, map_tokens, scan_ids
 
 LLMC_MAGIC = 20240520
@@ -47,7 +48,7 @@ def _size(path):
 def read_llmc_header(path):
     """(dtype, token count) of an llm.c shard, its header checked against the file's size."""
     size = _size(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(LLMC_HEADER_BYTES)
     if len(head) < LLMC_HEADER_BYTES:
         raise StoreError(f"{path}: {size} bytes, truncated at byte offset {size}: an llm.c shard starts with a "
@@ -117,7 +118,7 @@ def open_token_file(path, n_vocab, digest):
         scan_ids(path, dtype, n_vocab, digest=digest)
         return map_tokens(path, dtype)
     size = _size(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(4)
     if len(head) == 4 and struct.unpack("<i", head)[0] == LLMC_MAGIC:
         dtype, count = read_llmc_header(path)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy
 
-from numgpt import safe_io
+from numgpt import safe_io, safe_write
 from numgpt.errors import NumgptError
 
 FORMAT = "numgpt-token-store"
@@ -118,7 +118,7 @@ def scan_ids(path, dtype, n_vocab, offset=0, digest=None):
     every byte of the file, header included."""
     dtype = numpy.dtype(dtype)
     block = SCAN_BYTES - SCAN_BYTES % dtype.itemsize
-    with open(path, "rb") as f:
+    with safe_io.open_regular(path) as f:
         head = f.read(offset)
         if digest is not None:
             digest.update(head)
@@ -283,7 +283,7 @@ def _check_size(path, expected, what):
 
 def write_atomically(path, data):
     """``data`` (bytes) into ``path`` as one fsynced rename: whole or not at all."""
-    safe_io.atomic_write(path, lambda fh: fh.write(data))
+    safe_write.atomic_write(path, lambda fh: fh.write(data))
 
 
 def offsets_bytes(offsets):

@@ -172,7 +172,11 @@ def test_prepare_flags_that_do_not_go_together_are_one_line_errors(tmp_path, ver
     for flags, fragment in ((["--tokenizer-train"], "--vocab-size"), (["--vocab-size", "300"], "--tokenizer-train"),
                             (["--tokenizer-train", "--vocab-size", "300", "--tokenizer", "x"], "--tokenizer"),
                             (["--val-fraction", "1.5"], "--val-fraction")):
-        assert main(["prepare", str(verdict_path), "--out", str(tmp_path / "s"), *flags]) == 2
+        try:
+            code = main(["prepare", str(verdict_path), "--out", str(tmp_path / "s"), *flags])
+        except SystemExit as stop:                     # argparse's own refusal of a value
+            code = stop.code
+        assert code == 2
         error = capsys.readouterr().err
         assert len(error.strip().splitlines()) == 1 and fragment in error, error
     assert not (tmp_path / "s" / MANIFEST).exists()
