@@ -163,6 +163,7 @@ def test_the_backward_that_runs_is_the_one_typed_again(run, tmp_path, capsys):
     directory, marker = learner(tmp_path)
     spec = f"layer_norm={directory / 'evil.py'}:f"
     record_backward(run, [spec])
+    (directory / "other.py").write_text(EVIL_SOURCE)        # another learner module: compared, not imported
     refused(capsys, ["train", "--out", run, *RESUME, "--backward", f"layer_norm={directory / 'other.py'}:f"],
             "contradicts this run's --backward " + spec)
     assert not marker.exists()

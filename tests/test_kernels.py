@@ -524,6 +524,8 @@ def test_warm_up_compiles_or_loads_every_kernel():
     seconds = kernels.warm_up(np.float32)
     print(f"kernels ready in {seconds:.2f} s")
     for dispatcher in kernels.JITTED:
+        if dispatcher is kernels.matmul._gemm and not kernels.matmul.HAS_AVX512:
+            continue        # no AVX-512 on this CPU: products go to the BLAS and the GEMM kernel never runs
         assert dispatcher.signatures, f"{dispatcher.py_func.__name__} never compiled"
 
 
