@@ -835,9 +835,12 @@ def load_function(spec):
     return function
 
 
+GRADCHECK_NAME_WIDTH = 24     # the column of case names: the longest, grouped_query_attention, and a space
+
+
 def _gradcheck_line(name, label, result):
     verdict = "ok    " if result.ok else "FAILED"
-    return (f"{name:<20} {label:<11} {verdict} worst rel error {result.worst_rel_error:.2e} "
+    return (f"{name:<{GRADCHECK_NAME_WIDTH}} {label:<11} {verdict} worst rel error {result.worst_rel_error:.2e} "
             f"(abs {result.worst_abs_error:.2e}, {result.checked} elements)")
 
 
@@ -879,8 +882,8 @@ def cmd_gradcheck(args):
             else:
                 where = "the autograd's own op (numgpt/ops/shape.py, elementwise.py)"
             twin = " (numba twin)" if _has_twin(case) else ""
-            print(f"{name:<20} {where}{twin}")
-        print(f"{'model':<20} every parameter of a tiny GPTModel")
+            print(f"{name:<{GRADCHECK_NAME_WIDTH}} {where}{twin}")
+        print(f"{'model':<{GRADCHECK_NAME_WIDTH}} every parameter of a tiny GPTModel")
         return 0
     names = list(cases) + ["model"]
     if args.op and args.op not in names:
@@ -911,7 +914,7 @@ def cmd_gradcheck(args):
         if twins and name != "model" and _has_twin(cases[name]):
             difference = _twin_difference(name)
             failed += difference > ROUNDOFF_RTOL
-            print(f"{'':<20} {'twin':<11} {'ok    ' if difference <= ROUNDOFF_RTOL else 'FAILED'} output and "
+            print(f"{'':<{GRADCHECK_NAME_WIDTH}} {'twin':<11} {'ok    ' if difference <= ROUNDOFF_RTOL else 'FAILED'} output and "
                   f"gradients within {difference:.1e} of the reference (relative; limit {ROUNDOFF_RTOL:.0e})")
     return 1 if failed else 0
 
