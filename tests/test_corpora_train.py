@@ -128,3 +128,19 @@ def test_a_tokenizer_directory_reads_its_tokenizer_json_and_never_falls_back_to_
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="neither a tokenizer.json nor a config.json"):
         numgpt.get_tokenizer(tmp_path / "empty")
+
+
+def test_a_tokenizer_saved_by_transformers_gives_transformers_ids():
+    """tests/reference/hf_trained_tokenizer: a BPE trained with `tokenizers` and saved by transformers'
+    save_pretrained (tokenizer.json and tokenizer_config.json, no config.json), with the ids transformers
+    gave (make_hf_tokenizer_reference.py); special-token text allowed, as transformers encodes it."""
+    from pathlib import Path
+    directory = Path(__file__).parent / "reference" / "hf_trained_tokenizer"
+    expected = json.loads((directory / "expected.json").read_text(encoding="utf-8"))
+    assert not (directory / "config.json").exists()
+    loaded = numgpt.get_tokenizer(directory)
+    assert isinstance(loaded, HFTokenizer) and loaded.n_vocab == expected["vocab_size"]
+    for text, ids in expected["ids"].items():
+        assert loaded.encode(text, allowed_special="all") == ids, text
+        assert loaded.decode(ids) == text
+    assert expected["ids"]["a word<|endoftext|>another"].count(loaded.eot_token) == 1   # the special token
