@@ -61,7 +61,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 # the argparse types of the flags below (numgpt.arguments): finite numbers only, each in its range
-_positive_int, _non_negative_int, _non_negative_float = integer(1), integer(0), real(0)
 
 
 # ---------------------------------------------------------------- train
@@ -1002,7 +1001,7 @@ def cmd_prepare(args):
 
 # ---------------------------------------------------------------- the parser
 def _add_threads(p):
-    p.add_argument("--threads", type=_positive_int,
+    p.add_argument("--threads", type=integer(1),
                    help="threads for the numba kernels and the BLAS (default: one per core)")
     p.add_argument("--device", default=None if p.prog.endswith("train") else "auto",
                    help="cpu, cuda, cuda:N or auto (default: cuda when numgpt.cuda.is_available(), else cpu)")
@@ -1038,38 +1037,38 @@ def build_parser():
                                       "model directory, a run directory, gpt2-124m or a .safetensors file")
     train.add_argument("--tokenizer", help="the tokenizer of a Llama-family --preset: a hub id or a directory "
                                            "with tokenizer.json (--init brings its own)")
-    train.add_argument("--epochs", type=_positive_int, help=f"default {d['epochs']}")
-    train.add_argument("--max-steps", type=_positive_int, help="stop after this many optimizer steps in all")
-    train.add_argument("--batch-size", type=_positive_int, help=f"default {d['batch_size']}")
-    train.add_argument("--grad-accum", type=_positive_int,
+    train.add_argument("--epochs", type=integer(1), help=f"default {d['epochs']}")
+    train.add_argument("--max-steps", type=integer(1), help="stop after this many optimizer steps in all")
+    train.add_argument("--batch-size", type=integer(1), help=f"default {d['batch_size']}")
+    train.add_argument("--grad-accum", type=integer(1),
                        help="sum the gradients of K batches into one AdamW step (an effective batch K times "
                             "larger in the memory of one; default 1)")
-    train.add_argument("--context-length", type=_positive_int,
+    train.add_argument("--context-length", type=integer(1),
                        help="window length (max_length = stride); default the preset's context")
-    train.add_argument("--lr", type=_non_negative_float, help=f"peak learning rate (default {d['lr']})")
+    train.add_argument("--lr", type=real(0), help=f"peak learning rate (default {d['lr']})")
     train.add_argument("--lr-schedule", choices=LRSchedule.KINDS,
                        help="after the warmup: constant (the seed's, default) or cosine decay to --min-lr")
-    train.add_argument("--warmup-steps", type=_non_negative_int,
+    train.add_argument("--warmup-steps", type=integer(0),
                        help="linear warmup from --initial-lr to --lr over this many steps (default 0)")
-    train.add_argument("--initial-lr", type=_non_negative_float, help="learning rate of the first warmup step "
+    train.add_argument("--initial-lr", type=real(0), help="learning rate of the first warmup step "
                                                                       "(default 0)")
-    train.add_argument("--min-lr", type=_non_negative_float, help="where the cosine ends (default 0)")
-    train.add_argument("--weight-decay", type=_non_negative_float, help=f"default {d['weight_decay']}")
+    train.add_argument("--min-lr", type=real(0), help="where the cosine ends (default 0)")
+    train.add_argument("--weight-decay", type=real(0), help=f"default {d['weight_decay']}")
     train.add_argument("--drop-rate", type=real(0, 1, high_open=True), help="in [0, 1); default the preset's (0.1)")
-    train.add_argument("--grad-clip", type=_non_negative_float,
+    train.add_argument("--grad-clip", type=real(0),
                        help="clip the global gradient norm to this (0: no clipping, as nanoGPT's grad_clip = 0.0 "
                             "and the Hugging Face Trainer's max_grad_norm = 0; default: no clipping)")
-    train.add_argument("--max-skipped-steps", type=_positive_int,
+    train.add_argument("--max-skipped-steps", type=integer(1),
                        help="stop after this many consecutive steps with a non-finite loss or gradient (default 5)")
-    train.add_argument("--eval-freq", type=_positive_int, help=f"evaluate every N steps (default {d['eval_freq']})")
-    train.add_argument("--eval-iter", type=_positive_int, help=f"batches per evaluation (default {d['eval_iter']})")
+    train.add_argument("--eval-freq", type=integer(1), help=f"evaluate every N steps (default {d['eval_freq']})")
+    train.add_argument("--eval-iter", type=integer(1), help=f"batches per evaluation (default {d['eval_iter']})")
     train.add_argument("--train-ratio", type=real(0, 1, low_open=True, high_open=True),
                        help=f"the first part of the text that trains, in (0, 1); the rest validates "
                             f"(default {d['train_ratio']})")
     train.add_argument("--start-context", type=non_empty, help=f"the sample's prompt (default {d['start_context']!r})")
-    train.add_argument("--seed", type=_non_negative_int, help=f"default {d['seed']}")
-    train.add_argument("--checkpoint-every", type=_positive_int, help="save every N steps (and always at the end)")
-    train.add_argument("--keep-last", type=_positive_int, help="keep only the newest K checkpoints")
+    train.add_argument("--seed", type=integer(0), help=f"default {d['seed']}")
+    train.add_argument("--checkpoint-every", type=integer(1), help="save every N steps (and always at the end)")
+    train.add_argument("--keep-last", type=integer(1), help="keep only the newest K checkpoints")
     train.add_argument("--resume", action="store_true", help="continue the run in --out with its settings")
     train.add_argument("--allow-special", action="store_true", default=None,
                        help="encode a literal <|endoftext|> in the text as the special token (default: as text)")
@@ -1098,11 +1097,11 @@ def build_parser():
     gen = sub.add_parser("generate", help="continue a prompt")
     add_model_source(gen)
     gen.add_argument("--prompt", required=True, type=non_empty, help="the text to continue")
-    gen.add_argument("--max-new-tokens", type=_positive_int, default=50, help="at most this many tokens")
-    gen.add_argument("--temperature", type=_non_negative_float, default=0.0,
+    gen.add_argument("--max-new-tokens", type=integer(1), default=50, help="at most this many tokens")
+    gen.add_argument("--temperature", type=real(0), default=0.0,
                      help="sample with this temperature; 0 is greedy")
-    gen.add_argument("--top-k", type=_positive_int, help="sample among the k likeliest tokens (default: all)")
-    gen.add_argument("--seed", type=_non_negative_int, default=123, help="the sampling's seed")
+    gen.add_argument("--top-k", type=integer(1), help="sample among the k likeliest tokens (default: all)")
+    gen.add_argument("--seed", type=integer(0), default=123, help="the sampling's seed")
     gen.add_argument("--no-eos", action="store_true", help="do not stop at <|endoftext|>")
     _add_threads(gen)
     gen.set_defaults(run=cmd_generate, check=arguments.check_generate)
@@ -1110,8 +1109,8 @@ def build_parser():
     ev = sub.add_parser("eval", help="loss and perplexity of a model on a text file")
     add_model_source(ev)
     ev.add_argument("--data", required=True, help="a UTF-8 text file")
-    ev.add_argument("--batch-size", type=_positive_int, default=2, help="windows per batch")
-    ev.add_argument("--context-length", type=_positive_int,
+    ev.add_argument("--batch-size", type=integer(1), default=2, help="windows per batch")
+    ev.add_argument("--context-length", type=integer(1),
                     help=f"window length (default: the model's context, at most {DEFAULT_MAX_WINDOW})")
     _add_threads(ev)
     ev.set_defaults(run=cmd_eval, check=arguments.check_eval)
@@ -1158,19 +1157,19 @@ def build_parser():
                                           "hub id or a run directory (default GPT-2's)")
     prep.add_argument("--tokenizer-train", action="store_true",
                       help="train a byte-level BPE on the sources (saved in OUT/tokenizer/tokenizer.json)")
-    prep.add_argument("--vocab-size", type=_positive_int, help="the size of the tokenizer --tokenizer-train makes")
+    prep.add_argument("--vocab-size", type=integer(1), help="the size of the tokenizer --tokenizer-train makes")
     prep.add_argument("--text-field", default="text", help="the text of a .jsonl record or .parquet row "
                                                            "(default text)")
     prep.add_argument("--split", default="train", help="the split of a Hugging Face dataset source (default train)")
     prep.add_argument("--val-fraction", type=real(0, 1, high_open=True), default=0.1,
                       help="the fraction of documents for validation, spread evenly (default 0.1)")
-    prep.add_argument("--val-docs", type=_non_negative_int, help="the first N documents for validation instead")
+    prep.add_argument("--val-docs", type=integer(0), help="the first N documents for validation instead")
     prep.add_argument("--train-ratio", type=real(0, 1, low_open=True, high_open=True), default=0.9,
                       help="a corpus of one text file: the fraction of its characters for training (default 0.9)")
     prep.add_argument("--allow-special", action="store_true",
                       help="encode special-token text (<|endoftext|>) in documents as the special token")
-    prep.add_argument("--workers", type=_positive_int, help="encoding processes (default: one per core)")
-    prep.add_argument("--shard-tokens", type=_positive_int, default=100_000_000,
+    prep.add_argument("--workers", type=integer(1), help="encoding processes (default: one per core)")
+    prep.add_argument("--shard-tokens", type=integer(1), default=100_000_000,
                       help="tokens per shard (default 100,000,000)")
     prep.set_defaults(run=cmd_prepare, check=arguments.check_prepare)
 
