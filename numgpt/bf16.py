@@ -29,12 +29,10 @@ _QUIET_NAN_BIT = numpy.uint32(0x00400000)
 def _rounded_bits(x):
     """float32 bit patterns of ``x`` rounded to bf16 (low 16 bits zero)."""
     bits = numpy.asarray(x, dtype=numpy.float32, order="C").view(numpy.uint32)
-    rounded = bits + (numpy.uint32(0x7FFF) + ((bits >> 16) & numpy.uint32(1)))
-    rounded &= _KEEP_HIGH
-    nan = numpy.isnan(x)
-    if nan.any():
-        rounded[nan] = (bits[nan] | _QUIET_NAN_BIT) & _KEEP_HIGH
-    return rounded
+    rounded = (bits + (numpy.uint32(0x7FFF) + ((bits >> 16) & numpy.uint32(1)))) & _KEEP_HIGH
+    quiet_nan = (bits | _QUIET_NAN_BIT) & _KEEP_HIGH
+    return numpy.asarray(numpy.where(numpy.isnan(bits.view(numpy.float32)), quiet_nan, rounded),
+                         dtype=numpy.uint32)
 
 
 def round_to_bf16(x):
