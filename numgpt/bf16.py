@@ -51,3 +51,12 @@ def from_bf16_bits(bits):
     if bits.dtype != numpy.uint16:
         raise TypeError(f"bf16 bits must be uint16, got {bits.dtype}")
     return (bits.astype(numpy.uint32) << 16).view(numpy.float32)
+
+
+def matmul_bf16(a, b, out=None):
+    """``a @ b`` as a bf16 matrix unit computes it: both operands rounded to
+    bf16, products and sums in float32 (float32 result). The reference that
+    numgpt's bf16 kernels (numgpt.kernels.bf16) are checked against; rounding
+    an operand that is already bf16 changes nothing, so a cached rounded
+    weight can be passed as it is."""
+    return numpy.matmul(round_to_bf16(a), round_to_bf16(b), out=out)
