@@ -1,14 +1,59 @@
 """numba-mode twin of numgpt.bf16.matmul_bf16: bf16 matrix products with
-float32 accumulation.
+float32 accumulation, on the path this CPU has (``bf16_path()``, decided
+once per process by kernels/bf16_detect.py):
 
-Emulated: the operands are rounded to bf16 (round-to-nearest-even) and the
-product runs on numgpt's float32 matmul (kernels/matmul.py, or the BLAS), so
-the result is the reference's within float32 accumulation order.
+- ``amx``, ``avx512_bf16``: both operands rounded to bf16 while they are
+  packed, the products on the matrix unit (kernels/bf16_units.py: the loop
+  nest, the tile and register budgets, the operand layouts);
+- ``emulated``: each float32 operand rounded to bf16 in one numba pass
+  (``bf16_units.round_flat``, into a new float32 array: no NumPy
+  temporaries), then the float32 product (numgpt.kernels.matmul.matmul, or
+  the BLAS where that kernel does not run). Exactly the reference's
+  operands; the sums differ from it only in float32 accumulation order.
+
+Operands that are not float32 (float64 gradient checks) take the reference.
 """
-from numgpt.bf16 import round_to_bf16
+import numpy
+
+from numgpt.bf16 import matmul_bf16 as reference_matmul_bf16
+from numgpt.kernels import bf16_units
+from numgpt.kernels.bf16_detect import BF16Path, bf16_path  # noqa: F401  (the path's public name is here)
 from numgpt.kernels.matmul import matmul
 
 
+def rounded(x):
+    """float32 ``x`` rounded to bf16, as a new float32 array of the same shape and strides'
+    order (a transposed view stays a transposed view, so the product's kernel sees it as such)."""
+    if x.flags.c_contiguous:
+        storage, flip = x, False
+    elif x.ndim >= 2 and x.swapaxes(-1, -2).flags.c_contiguous:
+        storage, flip = x.swapaxes(-1, -2), True
+    else:
+        storage, flip = numpy.ascontiguousarray(x), False
+    result = numpy.empty_like(storage)
+    bf16_units.round_flat(storage.reshape(-1), result.reshape(-1))
+    return result.swapaxes(-1, -2) if flip else result
+
+
+def _stackable(a, b, out):
+    """Whether ``a @ b`` (into ``out``) fits the kernels: float32 (..., M, K) @ (..., K, N) with the
+    same leading axes, and an ``out`` of the product's shape, float32, sharing no memory with them."""
+    if a.dtype != numpy.float32 or b.dtype != numpy.float32 or a.ndim < 2 or b.ndim != a.ndim:
+        return False
+    if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        return False
+    if out is not None and (out.shape != a.shape[:-1] + b.shape[-1:] or out.dtype != numpy.float32
+                            or numpy.may_share_memory(out, a) or numpy.may_share_memory(out, b)):
+        return False
+    return True
+
+
 def matmul_bf16(a, b, out=None):
-    """``round_to_bf16(a) @ round_to_bf16(b)`` in float32, as numgpt.bf16.matmul_bf16."""
-    return matmul(round_to_bf16(a), round_to_bf16(b), out=out)
+    """``round_to_bf16(a) @ round_to_bf16(b)`` in float32, as numgpt.bf16.matmul_bf16, on this
+    process's bf16 path (module docstring)."""
+    if not _stackable(a, b, out):
+        return reference_matmul_bf16(a, b, out=out)
+    path = bf16_path().name
+    if path == "emulated":
+        return matmul(rounded(a), rounded(b), out=out)
+    return bf16_units.packed_product(bf16_units.compiled_kernel(path), a, b, out=out)

@@ -36,6 +36,17 @@ def _matmul_kernel():
     return "in use (AVX-512, kernels/matmul.py)"
 
 
+def _bf16_path():
+    """'emulated (the CPU has neither amx-bf16 nor avx512bf16 (avx2))': the bf16 matrix path and why."""
+    from numgpt.errors import UsageError
+    from numgpt.kernels.bf16_detect import bf16_path
+    try:
+        path = bf16_path()
+    except UsageError as error:            # a bad NUMGPT_BF16: info still reports the rest
+        return f"not decided: {error}"
+    return f"{path.name} ({path.reason})"
+
+
 def _cuda():
     from numgpt import cuda
     try:
@@ -75,6 +86,7 @@ def describe():
         ("BLAS", _blas()),
         ("kernel mode", f"{backend.get_kernel_mode()} ({mode_source})"),
         ("matmul kernel", _matmul_kernel()),
+        ("bf16 path", _bf16_path()),
         ("threads", f"{kernel_threads} for numba kernels, {blas_threads} for the BLAS, {os.cpu_count()} cores"),
         ("CUDA", _cuda()),
         *_caches(),
