@@ -14,11 +14,11 @@ once per process by kernels/bf16_detect.py):
 Operands that are not float32 (float64 gradient checks) take the reference.
 """
 import numpy
-
-from numgpt.bf16 import matmul_bf16 as reference_matmul_bf16
 from numgpt.kernels import bf16_units
 from numgpt.kernels.bf16_detect import BF16Path, bf16_path  # noqa: F401  (the path's public name is here)
 from numgpt.kernels.matmul import matmul
+
+from numgpt.bf16 import matmul_bf16 as reference_matmul_bf16
 
 
 def rounded(x):
@@ -42,10 +42,8 @@ def _stackable(a, b, out):
         return False
     if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
         return False
-    if out is not None and (out.shape != a.shape[:-1] + b.shape[-1:] or out.dtype != numpy.float32
-                            or numpy.may_share_memory(out, a) or numpy.may_share_memory(out, b)):
-        return False
-    return True
+    return out is None or (out.shape == a.shape[:-1] + b.shape[-1:] and out.dtype == numpy.float32
+                           and not numpy.may_share_memory(out, a) and not numpy.may_share_memory(out, b))
 
 
 def matmul_bf16(a, b, out=None):

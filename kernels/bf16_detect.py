@@ -115,7 +115,7 @@ def _bf16_features_named(features):
     return ", ".join(present) if present else "none of avx2, avx512*, amx*"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bf16_path():
     """The bf16 path of this process (decided once: NUMGPT_BF16, else the host CPU)."""
     return choose_path(host_features(), os.environ.get(ENV_VAR) or None)

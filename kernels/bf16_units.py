@@ -328,7 +328,7 @@ def assembly_for(path, cpu="sapphirerapids"):
 _engines = []   # the execution engines of compiled kernels: alive as long as the process
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_kernel(path):
     """The ctypes function of ``path``'s micro-kernel ('amx' or 'avx512_bf16'), JIT-compiled for
     this host on first use. Only call this when kernels/bf16_detect.py chose ``path``: on a
@@ -466,7 +466,7 @@ def _twin(odd_first):
     return twin
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def twin_kernel(path):
     """The scalar twin of ``path``'s micro-kernel ('amx' or 'avx512_bf16') as a ctypes function
     with the micro-kernel's signature: the driver runs it in the kernel's place on any CPU."""

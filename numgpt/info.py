@@ -37,7 +37,7 @@ def _matmul_kernel():
 
 
 def _bf16_path():
-    """'emulated (the CPU has neither amx-bf16 nor avx512bf16 (avx2))': the bf16 matrix path and why."""
+    """'emulated (the CPU has neither amx-bf16 nor avx512bf16; it has avx2)': the bf16 matrix path and why."""
     from numgpt.errors import UsageError
     from numgpt.kernels.bf16_detect import bf16_path
     try:
