@@ -15,7 +15,7 @@ signature, so the same driver, packing and edge handling run on any CPU
 hardware.
 
 Rounding. Both operands are rounded to bf16 while they are packed
-(``_bf16_bits``: round to nearest, ties to even, the bit trick derived in
+(``bf16_bits``: round to nearest, ties to even, the bit trick derived in
 numgpt/bf16.py; NaN kept a quiet NaN), the same rounding as VCVTNE2PS2BF16
 and as the reference ``numgpt.bf16.matmul_bf16``. The products of two bf16
 numbers (8-bit significands) are exact in float32; the units add them into
@@ -369,7 +369,7 @@ def _bits_float(typingctx, bits):
 
 
 @njit(inline="always")
-def _bf16_bits(value):
+def bf16_bits(value):
     """float32 ``value`` rounded to bf16 (nearest, ties to even; NaN kept quiet), as its 16 bits."""
     u = numpy.uint64(_float_bits(numpy.float32(value)))
     if (u & 0x7FFFFFFF) > 0x7F800000:                   # NaN: set the quiet bit, keep sign and payload top
@@ -378,7 +378,7 @@ def _bf16_bits(value):
 
 
 @njit(inline="always")
-def _bf16_value(bits):
+def bf16_value(bits):
     """The float32 of bf16 ``bits`` (exact)."""
     return _bits_float(numpy.uint64(bits) << numpy.uint64(16))
 
@@ -388,7 +388,7 @@ def round_flat(source, target):
     """target[i] = source[i] rounded to bf16, as float32 (1-D float32 arrays): the emulated
     path's one pass over an operand."""
     for i in prange(source.size):
-        target[i] = _bf16_value(_bf16_bits(source[i]))
+        target[i] = bf16_value(bf16_bits(source[i]))
 
 
 @njit(parallel=True, cache=True)
@@ -400,7 +400,7 @@ def pack_a(a, packed):
     for item in prange(G * M_pad):
         g, i = item // M_pad, item % M_pad
         for k in range(K_pad):
-            packed[g, i, k] = _bf16_bits(a[g, i, k]) if i < M and k < K else 0
+            packed[g, i, k] = bf16_bits(a[g, i, k]) if i < M and k < K else 0
 
 
 @njit(parallel=True, cache=True)
@@ -416,7 +416,7 @@ def pack_b_vnni(b, packed):
                 column = TILE * j + n
                 for t in range(2):
                     k = 2 * k2 + t
-                    packed[g, j, k2, 2 * n + t] = _bf16_bits(b[g, k, column]) if k < K and column < N else 0
+                    packed[g, j, k2, 2 * n + t] = bf16_bits(b[g, k, column]) if k < K and column < N else 0
 
 
 # ---------------------------------------------------------------- the scalar twin
@@ -445,8 +445,8 @@ def _twin_pairs(a, b, c, k_pad, n_pad, row_lo, row_hi, panel_lo, panel_hi, k_lo,
             for k2 in range(k_lo // 2, k_hi // 2):
                 b_row = (j * pairs_per_panel + k2) * 2 * TILE + 2 * column
                 for t in (first, second):
-                    x = _flushed(_bf16_value(a[i * k_pad + 2 * k2 + t]))
-                    y = _flushed(_bf16_value(b[b_row + t]))
+                    x = _flushed(bf16_value(a[i * k_pad + 2 * k2 + t]))
+                    y = _flushed(bf16_value(b[b_row + t]))
                     total = _flushed(numpy.float32(total + x * y))
             c[i * n_pad + n] = total
 

@@ -118,6 +118,8 @@ class FeedForward(Module):
 
     def forward(self, x):
         fc, proj = self.layers[0], self.layers[2]               # layers = (fc, GELU, proj)
+        if not isinstance(fc, Linear):                          # bf16-true (numgpt/inference_bf16.py): unfused
+            return proj(self.layers[1](fc(x)))
         return proj(ops.linear_gelu(x, fc.weight, fc.bias))    # gelu(fc(x)): bias + GELU fused with the kernels
 
 
@@ -167,8 +169,8 @@ class GPTModel(Module):
         """Empty per-layer key/value buffers for ``forward(idx, kv_cache=...)``."""
         C, NH = self.cfg["emb_dim"], self.cfg["n_heads"]
         max_len = max_len or self.cfg["context_length"]
-        weight = self.tok_emb.weight.data
-        return [LayerKVCache(batch_size, NH, max_len, C // NH, weight.dtype, array_module(weight))
+        like = self.final_norm.scale.data          # float, on the model's device (also when weights are bf16)
+        return [LayerKVCache(batch_size, NH, max_len, C // NH, like.dtype, array_module(like))
                 for _ in range(self.cfg["n_layers"])]
 
     def forward(self, in_idx, kv_cache=None):
@@ -184,7 +186,7 @@ class GPTModel(Module):
             raise ValueError(f"input has {start + T} tokens, more than context_length {self.cfg['context_length']}: "
                              f"crop it to the last {self.cfg['context_length']}")
         tok_embeds = self.tok_emb(in_idx)                                        # (B, T) -> (B, T, C)
-        positions = array_module(self.pos_emb.weight.data).arange(start, start + T)   # (T,), on the model's device
+        positions = array_module(self.final_norm.scale.data).arange(start, start + T)   # (T,), on the model's device
         pos_embeds = self.pos_emb(positions)                                    # (T,) -> (T, C)
         x = self.drop_emb(tok_embeds + pos_embeds)                              # (B, T, C)
         for i, block in enumerate(self.trf_blocks):
