@@ -22,7 +22,6 @@ Two regimes, by the number of rows M of x:
 """
 import numpy
 from numba import njit, prange
-
 from numgpt.kernels.bf16_units import bf16_value
 
 DECODE_ROWS = 4                 # rows of x up to which the fused decode loop runs

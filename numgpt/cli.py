@@ -767,11 +767,22 @@ def resolve_device(spec):
     return device
 
 
+def _inference_model(args):
+    """The model of generate / eval, on its device, in eval mode, at --precision: bf16-true
+    keeps the weights as bf16 (numgpt/inference_bf16.py), on the CPU."""
+    if args.precision != "bf16-true":
+        return _load_model(args).eval().to(resolve_device(args.device))
+    from numgpt.inference_bf16 import to_bf16_true
+    if args.device not in ("auto", "cpu"):
+        raise UsageError(f"--precision bf16-true runs on the CPU: got --device {args.device}, expected cpu or auto")
+    return to_bf16_true(_load_model(args))
+
+
 def cmd_generate(args):
     from numgpt.generate import generate
     from numgpt.tokenizer import text_to_token_ids, token_ids_to_text
     _use_threads(args)
-    model = _load_model(args).eval().to(resolve_device(args.device))
+    model = _inference_model(args)
     tokenizer = _tokenizer_of(args)
     backend.manual_seed(args.seed)
     idx = text_to_token_ids(args.prompt, tokenizer)
@@ -788,7 +799,7 @@ def cmd_eval(args):
     from numgpt.data import TooFewTokens, create_dataloader_v1, read_text
     from numgpt.train import calc_loss_loader, perplexity
     _use_threads(args)
-    model = _load_model(args).eval().to(resolve_device(args.device))
+    model = _inference_model(args)
     context = _window(args.context_length, model.cfg, _source_flag(args))
     tokenizer = _tokenizer_of(args)
     try:
@@ -1000,6 +1011,12 @@ def cmd_prepare(args):
 
 
 # ---------------------------------------------------------------- the parser
+def _add_precision(p):
+    p.add_argument("--precision", choices=("32-true", "bf16-true"), default="32-true",
+                   help="32-true: float32 weights (default); bf16-true: weights kept as bf16 (half the memory, "
+                        "CPU only), computed in float32")
+
+
 def _add_threads(p):
     p.add_argument("--threads", type=integer(1),
                    help="threads for the numba kernels and the BLAS (default: one per core)")
@@ -1103,6 +1120,7 @@ def build_parser():
     gen.add_argument("--top-k", type=integer(1), help="sample among the k likeliest tokens (default: all)")
     gen.add_argument("--seed", type=integer(0), default=123, help="the sampling's seed")
     gen.add_argument("--no-eos", action="store_true", help="do not stop at <|endoftext|>")
+    _add_precision(gen)
     _add_threads(gen)
     gen.set_defaults(run=cmd_generate, check=arguments.check_generate)
 
@@ -1112,6 +1130,7 @@ def build_parser():
     ev.add_argument("--batch-size", type=integer(1), default=2, help="windows per batch")
     ev.add_argument("--context-length", type=integer(1),
                     help=f"window length (default: the model's context, at most {DEFAULT_MAX_WINDOW})")
+    _add_precision(ev)
     _add_threads(ev)
     ev.set_defaults(run=cmd_eval, check=arguments.check_eval)
 

@@ -46,7 +46,9 @@ def linear_bf16_reference(x, w_bits, bias=None):
 def linear_bf16(x, w_bits, bias=None):
     """``linear_bf16_reference`` or, in kernel mode numba, its twin (kernels/bf16_weights.py)."""
     if backend.get_kernel_mode() == "numba":
-        from numgpt.kernels.bf16_weights import linear_bf16 as kernel   # numba: compiled on first use
+        from numgpt.kernels.bf16_weights import (
+            linear_bf16 as kernel,  # numba: compiled on first use
+        )
         return kernel(x, w_bits, bias)
     return linear_bf16_reference(x, w_bits, bias)
 

@@ -352,6 +352,8 @@ class LlamaMLP(Module):
 
     def forward(self, x):                                                         # (B, T, C)
         down = self.down_proj
+        if not isinstance(down, Linear):                      # bf16-true (numgpt/inference_bf16.py): unfused
+            return down(ops.swiglu(self.gate_proj(x), self.up_proj(x)))
         return ops.swiglu_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias)   # (B, T, F) -> (B, T, C)
 
 
@@ -402,9 +404,9 @@ class LlamaForCausalLM(Module):
     def new_kv_cache(self, batch_size, max_len=None):
         """Empty per-layer key/value buffers (NKV heads) for ``forward(idx, kv_cache=...)``."""
         max_len = max_len or self.cfg["context_length"]
-        weight = self.model.embed_tokens.weight.data
+        like = self.model.norm.weight.data        # float, on the model's device (also when weights are bf16)
         return [LayerKVCache(batch_size, self.cfg["num_key_value_heads"], max_len, self.cfg["head_dim"],
-                             weight.dtype, array_module(weight)) for _ in range(self.cfg["num_hidden_layers"])]
+                             like.dtype, array_module(like)) for _ in range(self.cfg["num_hidden_layers"])]
 
     def forward(self, in_idx, kv_cache=None):
         """Token ids (B, T) -> logits (B, T, V). With ``kv_cache`` (from
@@ -418,8 +420,8 @@ class LlamaForCausalLM(Module):
         if start + T > self.cfg["context_length"]:
             raise ValueError(f"input has {start + T} tokens, more than context_length {self.cfg['context_length']}: "
                              f"crop it to the last {self.cfg['context_length']}")
-        weight = self.model.embed_tokens.weight.data
-        cos, sin = rope_tables(self.inv_freq, start, T, weight.dtype, array_module(weight))   # (T, HS/2) each
+        like = self.model.norm.weight.data
+        cos, sin = rope_tables(self.inv_freq, start, T, like.dtype, array_module(like))   # (T, HS/2) each
         x = self.model.embed_tokens(in_idx)                                       # (B, T) -> (B, T, C)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, None if kv_cache is None else kv_cache[i])     # (B, T, C)

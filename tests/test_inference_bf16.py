@@ -8,19 +8,41 @@ import pytest
 import numgpt
 from numgpt import backend
 from numgpt.bf16 import from_bf16_bits, round_to_bf16, to_bf16_bits
+from numgpt import cli
 from numgpt.generate import generate, next_token_logits
-from numgpt.inference_bf16 import (BF16Embedding, BF16Linear, linear_bf16, linear_bf16_reference, to_bf16_true,
-                                   weight_nbytes)
+from numgpt.inference_bf16 import (
+    BF16Embedding,
+    BF16Linear,
+    linear_bf16,
+    linear_bf16_reference,
+    to_bf16_true,
+    weight_nbytes,
+)
+from numgpt.llama import LlamaForCausalLM, from_hf_config
 from numgpt.nn import Embedding, Linear
+from numgpt.pretrained import export_hf
 
 CFG = {"vocab_size": 97, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2,
        "drop_rate": 0.0, "qkv_bias": True}
+LLAMA_TINY = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+              "max_position_embeddings": 16, "initializer_range": 0.3}
+MODELS = {   # GPT-2 untied and tied; Qwen3 (tied, qk-norm, its own head_dim); Llama with biases
+    "gpt2": lambda: numgpt.GPTModel(dict(CFG, tie_weights=False)),
+    "gpt2-tied": lambda: numgpt.GPTModel(dict(CFG, tie_weights=True)),
+    "qwen3": lambda: LlamaForCausalLM(from_hf_config(dict(LLAMA_TINY, model_type="qwen3", head_dim=6,
+                                                          rope_theta=1e6, tie_word_embeddings=True))),
+    "llama": lambda: LlamaForCausalLM(from_hf_config(dict(LLAMA_TINY, model_type="llama", rope_theta=5e5,
+                                                          tie_word_embeddings=False, mlp_bias=True,
+                                                          attention_bias=True))),
+}
 # float32 logits of the bf16-true model against the float32 model with rounded weights: the same
 # numbers, summed in another order (the decode kernel's vector lanes, the BLAS)
 LOGITS_ATOL = 2e-5
 # x @ W^T: |error| <= PRODUCT_ULPS * IN * 2^-24 * (|x| @ |W|^T), float32 sums in two orders
 PRODUCT_ULPS = 2.0
 KERNEL_MODES = ["numba", "numpy"]
+PRINTED_LOSS_ATOL = 2e-4     # eval prints 4 decimals: the two losses may fall either side of a last digit
 
 
 @pytest.fixture(params=KERNEL_MODES)
@@ -31,14 +53,14 @@ def kernel_mode(request):
     backend.set_kernel_mode(previous)
 
 
-def _model(tied):
+def _model(name):
     numgpt.manual_seed(5)
-    return numgpt.GPTModel(dict(CFG, tie_weights=tied)).eval()
+    return MODELS[name]().eval()
 
 
 def _rounded_float32_copy(model):
     """The float32 model with every Linear and Embedding weight rounded to bf16 (the reference)."""
-    copy = numgpt.GPTModel(model.cfg).eval()
+    copy = type(model)(model.cfg).eval()
     copy.load_state_dict(model.state_dict())
     for _, module in copy.named_modules():
         if isinstance(module, (Linear, Embedding)):
@@ -64,18 +86,21 @@ def test_linear_bf16_is_the_product_with_the_widened_weight(kernel_mode, rows):
         assert got.dtype == np.float32 and np.all(worst <= bound), name
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_bf16_true_generates_what_the_rounded_float32_model_generates(kernel_mode, tied):
-    model = _model(tied)
+@pytest.mark.parametrize("name", MODELS)
+def test_bf16_true_generates_what_the_rounded_float32_model_generates(kernel_mode, name):
+    model = _model(name)
     float32_bytes = weight_nbytes(model)
     reference = _rounded_float32_copy(model)
     converted = to_bf16_true(model)
     assert converted is model
-    assert isinstance(model.out_head, BF16Linear) and isinstance(model.tok_emb, BF16Embedding)
-    assert model.trf_blocks[0].att.W_query.weight_bf16.bits.dtype == np.uint16
-    assert model.trf_blocks[0].att.W_query.bias.data.dtype == np.float32          # biases stay float32
-    assert model.final_norm.scale.data.dtype == np.float32                           # norms stay float32
-    assert (model.out_head.weight_bf16 is model.tok_emb.weight_bf16) == tied
+    modules = [module for _, module in model.named_modules()]
+    assert not any(isinstance(module, (Linear, Embedding)) for module in modules)
+    assert all(module.weight_bf16.bits.dtype == np.uint16 for module in modules
+               if isinstance(module, (BF16Linear, BF16Embedding)))
+    assert all(parameter.data.dtype == np.float32 for _, parameter in model.named_parameters())   # norms, biases
+    head, embedding = ((model.out_head, model.tok_emb) if name.startswith("gpt2")
+                       else (model.lm_head, model.model.embed_tokens))
+    assert (head.weight_bf16 is embedding.weight_bf16) == (name in ("gpt2-tied", "qwen3"))
     norm_bytes = sum(p.data.nbytes for name, p in model.named_parameters())      # float32 left: norms, biases
     print(f"weights: {float32_bytes} bytes float32, {weight_nbytes(model)} bf16-true "
           f"({norm_bytes} of them float32 norms and biases)")
@@ -90,7 +115,37 @@ def test_bf16_true_generates_what_the_rounded_float32_model_generates(kernel_mod
         a, b = got.send(ids), want.send(ids)
         assert a.dtype == np.float32
         worst = max(worst, float(np.abs(a - b).max()))
-    print(f"{kernel_mode}, tied={tied}: worst |logit difference| {worst:.3g}")
+    print(f"{kernel_mode}, {name}: worst |logit difference| {worst:.3g}")
     assert worst <= LOGITS_ATOL
     tokens = generate(model, idx, 8, 16)
     np.testing.assert_array_equal(tokens, generate(reference, idx, 8, 16))
+
+
+def test_generate_and_eval_with_precision_bf16_true(tmp_path, capsys, verdict_path):
+    """The CLI in-process: bf16-true generation prints what 32-true prints for the export of the
+    rounded model; eval runs; bf16-true on a GPU device is refused before any work."""
+    numgpt.manual_seed(3)
+    model = numgpt.GPTModel(dict(CFG, vocab_size=50257, tie_weights=True)).eval()
+    export_hf(model, tmp_path / "model")
+    export_hf(_rounded_float32_copy(model), tmp_path / "rounded")
+    prompt = ["--prompt", "Every effort moves you", "--max-new-tokens", "6"]
+
+    def run(*argv):
+        assert cli.main(list(argv)) == 0
+        return capsys.readouterr().out
+
+    bf16_text = run("generate", "--gpt2", str(tmp_path / "model"), "--precision", "bf16-true", *prompt)
+    assert bf16_text == run("generate", "--gpt2", str(tmp_path / "rounded"), *prompt)
+    text = tmp_path / "text.txt"
+    text.write_text(verdict_path.read_text(encoding="utf-8")[:2000], encoding="utf-8")
+    data = ["--data", str(text), "--context-length", "16", "--batch-size", "8"]
+    evaluated = run("eval", "--gpt2", str(tmp_path / "model"), "--precision", "bf16-true", *data)
+    rounded = run("eval", "--gpt2", str(tmp_path / "rounded"), *data)
+    print(bf16_text, evaluated, rounded)
+    loss, rounded_loss = (float(line.split()[1].rstrip(",")) for line in (evaluated, rounded))
+    assert abs(loss - rounded_loss) <= PRINTED_LOSS_ATOL
+    assert cli.main(["generate", "--gpt2", str(tmp_path / "model"), "--precision", "bf16-true", "--device",
+                     "cuda", *prompt]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["numgpt generate: error: --precision bf16-true runs on the CPU: got --device cuda, "
+                     "expected cpu or auto"]
