@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 import numgpt
-from numgpt import backend
+from numgpt import backend, cli
 from numgpt.bf16 import from_bf16_bits, round_to_bf16, to_bf16_bits
-from numgpt import cli
 from numgpt.generate import generate, next_token_logits
 from numgpt.inference_bf16 import (
     BF16Embedding,
@@ -147,5 +146,5 @@ def test_generate_and_eval_with_precision_bf16_true(tmp_path, capsys, verdict_pa
     assert cli.main(["generate", "--gpt2", str(tmp_path / "model"), "--precision", "bf16-true", "--device",
                      "cuda", *prompt]) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert error == ["numgpt generate: error: --precision bf16-true runs on the CPU: got --device cuda, "
-                     "expected cpu or auto"]
+    assert error == [("numgpt generate: error: --precision bf16-true runs on the CPU: got --device cuda, "
+                      "expected cpu or auto")]
