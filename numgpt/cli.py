@@ -706,16 +706,18 @@ def cmd_plot(args):
 
 
 # ---------------------------------------------------------------- generate / eval
-def _load_model(args):
+def _load_model(args, precision="32-true"):
     """The model a command names: --model (any source numgpt.load_pretrained takes), --checkpoint
     (a run directory or one checkpoint) or --gpt2 (a size name, a directory or a .safetensors file)."""
     if getattr(args, "gpt2", None):
+        from numgpt.inference_bf16 import to_bf16_true
         from numgpt.pretrained import load_gpt2
-        return load_gpt2(args.gpt2)
+        model = load_gpt2(args.gpt2)
+        return to_bf16_true(model) if precision == "bf16-true" else model
     from numgpt.families import is_run_or_checkpoint, load_pretrained
     from numgpt.safe_io import check_not_pickle
     if getattr(args, "model", None):
-        return load_pretrained(args.model)
+        return load_pretrained(args.model, precision=precision)
     path = Path(args.checkpoint)
     if not path.exists():
         raise UsageError(f"checkpoint {path} does not exist")
@@ -725,7 +727,7 @@ def _load_model(args):
                          f"(for GPT-2 weights in a .safetensors file, use --gpt2)")
     if not is_run_or_checkpoint(path):
         raise UsageError(f"{path} holds no committed checkpoint (expected a run directory or a checkpoint)")
-    return load_pretrained(path)
+    return load_pretrained(path, precision=precision)
 
 
 def _source_flag(args):
@@ -772,10 +774,9 @@ def _inference_model(args):
     keeps the weights as bf16 (numgpt/inference_bf16.py), on the CPU."""
     if args.precision != "bf16-true":
         return _load_model(args).eval().to(resolve_device(args.device))
-    from numgpt.inference_bf16 import to_bf16_true
     if args.device not in ("auto", "cpu"):
         raise UsageError(f"--precision bf16-true runs on the CPU: got --device {args.device}, expected cpu or auto")
-    return to_bf16_true(_load_model(args))
+    return _load_model(args, precision="bf16-true")
 
 
 def cmd_generate(args):

@@ -90,26 +90,32 @@ def locate(source, cache_dir=None):
                       f"a Hugging Face hub id (owner/name)")
 
 
-def load_pretrained(source, cache_dir=None):
-    """The model (eval mode) of ``source``, any supported family; see the module docstring."""
+def load_pretrained(source, cache_dir=None, precision="32-true"):
+    """The model (eval mode) of ``source``, any supported family; see the module docstring.
+    ``precision="bf16-true"`` keeps its weights as bf16 (numgpt/inference_bf16.py): a Llama-family
+    directory's bf16 tensors are loaded as their bits, GPT-2 and numgpt runs converted after loading."""
     from numgpt.checkpoint import build_model
+    from numgpt.inference_bf16 import to_bf16_true
     from numgpt.pretrained import load_gpt2
     kind, where = locate(source, cache_dir)
     if kind == "gpt2":
-        return load_gpt2(where, cache_dir=cache_dir)
-    if kind == "run":
-        return build_model(_checkpoint_of(where)).eval()
-    model_type, _ = _model_type(where)
-    if model_type in (None, "gpt2"):
-        return load_gpt2(where)
-    return load_llama(where)
+        model = load_gpt2(where, cache_dir=cache_dir)
+    elif kind == "run":
+        model = build_model(_checkpoint_of(where)).eval()
+    elif _model_type(where)[0] in (None, "gpt2"):
+        model = load_gpt2(where)
+    else:
+        return load_llama(where, precision)
+    return to_bf16_true(model) if precision == "bf16-true" else model
 
 
-def load_llama(directory):
+def load_llama(directory, precision="32-true"):
     """A LlamaForCausalLM (eval mode) with the weights of a Hugging Face directory: its
     config.json decides the shape, its safetensors files (one or sharded; bf16 and fp16
-    widened to float32 one tensor at a time) the weights. Every missing, extra or
-    misshapen tensor is reported in one WeightsError."""
+    widened to float32 one tensor at a time) the weights. With ``precision="bf16-true"``
+    the model is converted before loading (numgpt/inference_bf16.py) and the weight
+    matrices receive the files' bf16 bits unwidened (others rounded to bf16). Every
+    missing, extra or misshapen tensor is reported in one WeightsError."""
     from numgpt import backend
     from numgpt.hf_weights import load_weights
     from numgpt.llama import LlamaForCausalLM, from_hf_config
@@ -125,7 +131,11 @@ def load_llama(directory):
         model = LlamaForCausalLM(cfg)
     finally:
         backend.set_rng_state(rng_state)             # loading draws no random numbers a run would see
-    params = dict(model.named_parameters())          # a tied head is listed once, as model.embed_tokens
+    if precision == "bf16-true":
+        from numgpt.inference_bf16 import bf16_weight_arrays, to_bf16_true
+        params = dict(to_bf16_true(model).named_parameters(), **bf16_weight_arrays(model))
+    else:
+        params = dict(model.named_parameters())      # a tied head is listed once, as model.embed_tokens
     ignore = r"(.*\.rotary_emb\.inv_freq)" + (r"|lm_head\.weight" if cfg["tie_word_embeddings"] else "")
     load_weights(params, directory, ignore=re.compile(ignore))
     return model.eval()

@@ -55,6 +55,7 @@ PICKLE_WEIGHTS = re.compile(r"^(pytorch_model|model|tf_model|flax_model).*\.(bin
 FLOAT_DTYPES = {"BF16": numpy.dtype("<u2"), "F16": numpy.dtype("<f2"), "F32": numpy.dtype("<f4"),
                 "F64": numpy.dtype("<f8")}
 SAVE_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
+BF16_BITS = numpy.dtype(numpy.uint16)   # a destination of this dtype holds bf16 bits (bf16-true weights)
 CHUNK_BYTES = 8 * 2**20          # file bytes read, converted and copied at a time
 MAX_INDEX_EXTRA_STRINGS = 1024   # strings of an index besides its weight map's names (its metadata)
 
@@ -205,7 +206,9 @@ def load_weights(params, directory, ignore=None):
 
     ``params`` maps each Hugging Face name to a numgpt Parameter (or an array),
     whose float32 or float64 data receives the tensor: BF16 and F16 are widened
-    exactly, F32 and F64 cast to the parameter's dtype. Tensors of the file
+    exactly, F32 and F64 cast to the parameter's dtype. A uint16 array receives
+    bf16 bits (``--precision bf16-true``): BF16's bits copied as they are,
+    never widened; other dtypes rounded to bf16 (nearest, ties to even). Tensors of the file
     whose names ``ignore`` (a regex, ``re.search``) matches are skipped, e.g.
     ``re.compile(r"rotary_emb\\.inv_freq$")``. Returns the names loaded, in file order.
 
@@ -277,10 +280,19 @@ def _copy_tensor(f, span, dest, buffer):
         if f.readinto(view) != len(view):
             raise WeightsError(f"{span.info.path}: the file ended inside a tensor (was it changed while read?)")
         raw = numpy.frombuffer(view, dtype=raw_dtype).reshape((count,) + shape[1:])
+        if dest.dtype == BF16_BITS and span.info.dtype == "BF16":   # bf16-true: the bits as they are
+            not_finite = (raw & 0x7F80) == 0x7F80                   # exponent all ones: Inf or NaN
+            if not_finite.any():
+                nan += int((not_finite & ((raw & 0x007F) != 0)).sum())
+                inf += int((not_finite & ((raw & 0x007F) == 0)).sum())
+            dest[first:first + count] = raw
+            continue
         value = _widen(raw, span.info.dtype)
         if not numpy.isfinite(value).all():
             nan += int(numpy.isnan(value).sum())
             inf += int(numpy.isinf(value).sum())
+        if dest.dtype == BF16_BITS:                                 # bf16-true from F16 / F32 / F64: rounded
+            value = bfloat16_bits(numpy.asarray(value, dtype=numpy.float32))
         dest[first:first + count] = like(value, dest)      # copies and casts into the parameter
     return nan, inf
 

@@ -132,6 +132,18 @@ def to_bf16_true(model):
     return model.eval()
 
 
+def bf16_weight_arrays(model):
+    """{name: uint16 bits} of a bf16-true model's weight matrices, named as its parameters were
+    ('model.layers.0.mlp.up_proj.weight'); a tied matrix once, under its first name."""
+    arrays, seen = {}, set()
+    for prefix, module in model.named_modules():
+        weight = getattr(module, "weight_bf16", None)
+        if weight is not None and id(weight) not in seen:
+            seen.add(id(weight))
+            arrays[f"{prefix}weight"] = weight.bits
+    return arrays
+
+
 def weight_nbytes(model):
     """Bytes of the model's weights: float parameters plus bf16 matrices, each shared one once."""
     seen, total = set(), 0

@@ -12,6 +12,7 @@ from numgpt.generate import generate, next_token_logits
 from numgpt.inference_bf16 import (
     BF16Embedding,
     BF16Linear,
+    bf16_weight_arrays,
     linear_bf16,
     linear_bf16_reference,
     to_bf16_true,
@@ -148,3 +149,42 @@ def test_generate_and_eval_with_precision_bf16_true(tmp_path, capsys, verdict_pa
     error = capsys.readouterr().err.strip().splitlines()
     assert error == [("numgpt generate: error: --precision bf16-true runs on the CPU: got --device cuda, "
                       "expected cpu or auto")]
+
+
+def test_a_bf16_llama_directory_loads_as_bf16_bits_without_widening(tmp_path, monkeypatch):
+    """A Qwen3-shaped model saved in bf16 (as Hugging Face ships SmolLM2 and Qwen3): bf16-true
+    receives the files' bits (the widening function is not called), equal to the saved weights'
+    rounding, and computes the logits of the 32-true load (which widens the same bits)."""
+    from numgpt import hf_weights
+    from numgpt.families import export_pretrained, load_pretrained
+    model = _model("qwen3")
+    export_pretrained(model, tmp_path / "qwen3")
+    state = {name: param.data for name, param in model.named_parameters()}
+    hf_weights.save_weights(state, tmp_path / "qwen3", dtype="bfloat16")      # the weights in BF16
+    widened = load_pretrained(tmp_path / "qwen3")
+
+    widen = hf_weights._widen
+
+    def widen_vectors_only(raw, dtype):             # the norms' weights stay float32: they are widened
+        assert raw.ndim == 1, f"a {dtype} matrix {raw.shape} was widened in bf16-true"
+        return widen(raw, dtype)
+    monkeypatch.setattr(hf_weights, "_widen", widen_vectors_only)
+    loaded = load_pretrained(tmp_path / "qwen3", precision="bf16-true")
+    bits = dict(bf16_weight_arrays(loaded))
+    assert set(bits) == {name for name, module in _named_matrices(model)}
+    for name, array in bits.items():
+        np.testing.assert_array_equal(array, to_bf16_bits(state[name]), err_msg=name)
+    assert loaded.lm_head.weight_bf16 is loaded.model.embed_tokens.weight_bf16                  # still tied
+    idx = np.random.default_rng(2).integers(0, 97, size=(2, 6))
+    with numgpt.no_grad():
+        worst = float(np.abs(loaded(idx).data - widened(idx).data).max())
+    print(f"bf16-true against the widened load: worst |logit difference| {worst:.3g}")
+    assert worst <= LOGITS_ATOL
+
+
+def _named_matrices(model):
+    """(parameter name, module) of the Linear and Embedding weights, a tied one once."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    return [(names[id(module.weight)], module) for _, module in model.named_modules()
+            if isinstance(module, (Linear, Embedding)) and id(module.weight) in names
+            and names[id(module.weight)].endswith("weight")]
