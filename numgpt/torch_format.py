@@ -31,12 +31,13 @@ import os
 import struct
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy
 
 from numgpt.bf16 import from_bf16_bits
-from numgpt.safe_io import UnsafeFileError, open_regular
-from numgpt.schema import MAX_TENSOR_DIMS, MAX_TENSORS, shown
+from numgpt.safe_io import UnsafeFileError, open_regular, parse_json, read_limited
+from numgpt.schema import MAX_FILE_NAME, MAX_TENSOR_DIMS, MAX_TENSORS, shown
 
 MAX_PICKLE_BYTES = 64 * 2**20        # data.pkl of a 405B-parameter state dict is a few MB
 MAX_MEMBERS = 2 * MAX_TENSORS        # storages plus the archive's few records
@@ -45,6 +46,12 @@ MAX_NESTING = 64                     # containers inside containers in the loade
 MAX_RECORD_BYTES = 4096              # byteorder, version and the other small records
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")     # a zip member's local file header, 30 bytes
 LOCAL_HEADER_MAGIC = b"PK\x03\x04"
+BIN_FILE = "pytorch_model.bin"                    # Hugging Face's weights before safetensors
+BIN_INDEX = "pytorch_model.bin.index.json"        # ... and the index of their shards
+MAX_INDEX_BYTES = 64 * 2**20
+SAFETENSORS_DTYPE = {numpy.dtype("<f4"): "F32", numpy.dtype("<f2"): "F16", numpy.dtype("<f8"): "F64",
+                     numpy.dtype("<i8"): "I64", numpy.dtype("<i4"): "I32", numpy.dtype("u1"): "U8",
+                     numpy.dtype("<u2"): "BF16", numpy.dtype("?"): "BOOL"}
 LEGACY_HINT = ("re-save it with PyTorch >= 1.6 in the zip format: "
                "torch.save(obj, path, _use_new_zipfile_serialization=True)")
 
@@ -611,3 +618,68 @@ def load_torch(path, keep_bf16=False):
         result = _Machine(archive, data, keep_bf16).run()
     _check_nesting(path, result)
     return result
+
+
+# ---------------------------------------------------------------- pytorch_model.bin, as load_gpt2 reads it
+
+class _Slice:
+    def __init__(self, array):
+        self.array = array
+
+    def get_shape(self):
+        return list(self.array.shape)
+
+    def get_dtype(self):
+        return SAFETENSORS_DTYPE.get(self.array.dtype, str(self.array.dtype))
+
+
+class TorchWeights:
+    """``safe_open``'s keys / get_slice / get_tensor over a pytorch_model.bin or its shards."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        files = _shard_files(self.path) if self.path.name == BIN_INDEX else {None: self.path}
+        self.tensors = {}
+        for names, file in files.items():
+            state = load_torch(file)
+            if not (isinstance(state, dict) and all(isinstance(value, numpy.ndarray) for value in state.values())):
+                raise TorchFileError(file, "not-state-dict", "expected a state dict (names -> tensors)")
+            wanted = state if names is None else {key: state[key] for key in names if key in state}
+            absent = [key for key in names or () if key not in state]
+            if absent:
+                raise TorchFileError(self.path, "index-mismatch", f"{file.name} lacks {len(absent)} tensors its index lists "
+                                   f"({absent[0]} first)")
+            self.tensors.update(wanted)
+
+    def keys(self):
+        return list(self.tensors)
+
+    def get_slice(self, key):
+        return _Slice(self.tensors[key])
+
+    def get_tensor(self, key):
+        return self.tensors[key]
+
+
+def _shard_files(index_path):
+    """{(names...): shard path} of a pytorch_model.bin.index.json: plain file names in its directory."""
+    index = parse_json(read_limited(index_path, MAX_INDEX_BYTES, "index"), index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise TorchFileError(index_path, "bad-index", "expected a JSON object with a non-empty 'weight_map'")
+    by_file = {}
+    for name, file in weight_map.items():
+        if not (isinstance(file, str) and 0 < len(file.encode()) <= MAX_FILE_NAME and "/" not in file
+                and "\\" not in file and file not in (".", "..") and file.endswith(".bin")):
+            raise TorchFileError(index_path, "bad-index", f"tensor {shown(name)} is in {shown(file)}; expected the "
+                                                          f"plain name of a .bin file in the same directory")
+        by_file.setdefault(file, []).append(name)
+    return {tuple(names): index_path.parent / file for file, names in by_file.items()}
+
+
+def bin_weights(directory):
+    """The pytorch_model.bin (or its index) of a model directory, or None."""
+    for name in (BIN_FILE, BIN_INDEX):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    return None
