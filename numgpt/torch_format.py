@@ -46,6 +46,7 @@ MAX_NESTING = 64                     # containers inside containers in the loade
 MAX_RECORD_BYTES = 4096              # byteorder, version and the other small records
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")     # a zip member's local file header, 30 bytes
 LOCAL_HEADER_MAGIC = b"PK\x03\x04"
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")           # what torch.save writes, by custom
 BIN_FILE = "pytorch_model.bin"                    # Hugging Face's weights before safetensors
 BIN_INDEX = "pytorch_model.bin.index.json"        # ... and the index of their shards
 MAX_INDEX_BYTES = 64 * 2**20

@@ -21,9 +21,8 @@ from numgpt.pretrained import HEADS_BY_EMB_DIM, WeightsError, export_hf
 from numgpt.safe_io import UnsafeFileError, parse_json, read_json, read_limited, write_safetensors
 from numgpt.safe_write import atomic_write
 from numgpt.schema import MAX_LAYERS, SchemaError
-from numgpt.torch_format import load_torch
+from numgpt.torch_format import TORCH_SUFFIXES, load_torch
 
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 MAX_CONFIG_BYTES = 2**20
 SEED_BLOCK = re.compile(r"^trf_blocks\.(\d+)\.")
 
