@@ -139,6 +139,9 @@ class _Archive:
         names = {}
         for info in infos:
             name = info.filename
+            if not 0 <= info.header_offset < self.file_size or min(info.file_size, info.compress_size) < 0:
+                self.fail("bad-zip", f"zip member {shown(name)} lies outside the file (offset "
+                                     f"{info.header_offset}, {self.file_size} bytes)")
             parts = name.split("/")
             if name.startswith(("/", "\\")) or "\\" in name or ".." in parts or ":" in parts[0]:
                 self.fail("unsafe-name", f"zip member {shown(name)} is not a plain relative name "
@@ -252,6 +255,7 @@ class _Machine:
     def __init__(self, archive, data, keep_bf16):
         self.archive, self.data, self.keep_bf16 = archive, data, keep_bf16
         self.stack, self.marks, self.memo = [], [], {}
+        self.floor = 0                 # the stack's length at the last open MARK: below it is not the opcode's
         self.ordered_dicts = {}        # id -> the dicts OrderedDict made (kept, so ids stay theirs): BUILD targets
         self.position = self.opcode_at = 0
         self.opcode = None
@@ -283,26 +287,30 @@ class _Machine:
             self.fail("bad-name", f"the name {shown(text)} is not ASCII")
 
     def pop(self, count=1):
-        floor = self.marks[-1] if self.marks else 0
-        if len(self.stack) - floor < count:
+        if len(self.stack) - self.floor < count:
             self.fail("stack-underflow", f"needs {count} values on the stack above the last MARK; "
-                                         f"it holds {len(self.stack) - floor}")
+                                         f"it holds {len(self.stack) - self.floor}")
         values = self.stack[len(self.stack) - count:]
         del self.stack[len(self.stack) - count:]
         return values
 
+    def pop_one(self):
+        if len(self.stack) <= self.floor:
+            self.fail("stack-underflow", "needs a value on the stack above the last MARK; it holds none")
+        return self.stack.pop()
+
     def pop_mark(self):
         if not self.marks:
             self.fail("no-mark", "expected a MARK before it")
-        values = self.stack[self.marks[-1]:]
+        values = self.stack[self.floor:]
         del self.stack[self.marks.pop():]
+        self.floor = self.marks[-1] if self.marks else 0
         return values
 
     def top(self, wanted, words):
-        floor = self.marks[-1] if self.marks else 0
-        if len(self.stack) <= floor or not isinstance(self.stack[-1], wanted):
+        if len(self.stack) <= self.floor or not isinstance(self.stack[-1], wanted):
             self.fail("wrong-target", f"expected {words} on the stack, found "
-                                      f"{_kind(self.stack[-1]) if len(self.stack) > floor else 'nothing'}")
+                                      f"{_kind(self.stack[-1]) if len(self.stack) > self.floor else 'nothing'}")
         return self.stack[-1]
 
     def key(self, value):
@@ -317,11 +325,14 @@ class _Machine:
             self.opcode = "PROTO"
             self.fail("protocol", f"expected pickle protocol 2 (torch.save's), found "
                                   f"{'no PROTO opcode' if protocol is None else f'protocol {protocol}'}")
-        self.position = 2
+        self.position, data, end = 2, self.data, len(self.data)
         try:
             while True:
-                self.opcode_at = self.position
-                code = self.take(1)[0]
+                self.opcode_at = position = self.position
+                if position >= end:
+                    self.fail("truncated-pickle", f"the pickle ends at {end} without STOP")
+                code = data[position]
+                self.position = position + 1
                 entry = OPCODES.get(code)
                 if entry is None:
                     self.opcode = _opcode_name(code)
@@ -345,6 +356,7 @@ class _Machine:
         if len(self.marks) >= MAX_MARKS:
             self.fail("too-deep", f"more than {MAX_MARKS} MARKs open at once")
         self.marks.append(len(self.stack))
+        self.floor = len(self.stack)
 
     def op_global(self):
         module, name = self.line(), self.line()
@@ -363,7 +375,7 @@ class _Machine:
         self.stack.append(BUILDERS[function](self, args))
 
     def op_binpersid(self):
-        (pid,) = self.pop()
+        pid = self.pop_one()
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], StorageType) and isinstance(pid[2], str) and isinstance(pid[3], str)
                 and _is_count(pid[4])):
@@ -372,7 +384,7 @@ class _Machine:
         self.stack.append(StorageRef(pid[1], pid[2], pid[4]))
 
     def op_build(self):
-        (state,) = self.pop()
+        state = self.pop_one()
         target = self.top(dict, "an OrderedDict to BUILD")
         if id(target) not in self.ordered_dicts or not isinstance(state, dict):
             self.fail("build", f"BUILD sets only an OrderedDict's attributes from a dict; found "
@@ -392,7 +404,7 @@ class _Machine:
             target[self.key(values[i])] = values[i + 1]
 
     def op_append(self):
-        (value,) = self.pop()
+        value = self.pop_one()
         self.top(list, "a list for APPEND").append(value)
 
     def op_appends(self):
@@ -403,7 +415,8 @@ class _Machine:
         self.stack.append(tuple(self.pop_mark()))
 
     def op_tuple_n(self):
-        self.stack.append(tuple(self.pop(TUPLE_SIZES[self.opcode])))
+        self.stack.append(tuple(self.pop(TUPLE_SIZES[self.opcode])) if self.opcode != "TUPLE1"
+                          else (self.pop_one(),))
 
     def op_put(self):
         self.memo[self.integer(1 if self.opcode == "BINPUT" else 4)] = self.top(object, "a value to memoize")
@@ -420,9 +433,6 @@ class _Machine:
             self.stack.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
             self.fail("bad-string", f"the string {shown(raw[:40])} is not UTF-8")
-
-    def push(self, value):
-        self.stack.append(value)
 
     # -- the builders REDUCE calls
     def build_tensor(self, args):
@@ -490,11 +500,11 @@ TUPLE_SIZES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 
 
 def _constant(value):
-    return lambda machine: machine.push(value)
+    return lambda machine: machine.stack.append(value)
 
 
 def _fixed(decode, count):
-    return lambda machine: machine.push(decode(machine.take(count)))
+    return lambda machine: machine.stack.append(decode(machine.take(count)))
 
 
 OPCODES = {                                   # protocol 2 as torch.save writes it; nothing else
@@ -509,8 +519,8 @@ OPCODES = {                                   # protocol 2 as torch.save writes 
     0x86: ("TUPLE2", _Machine.op_tuple_n),
     0x87: ("TUPLE3", _Machine.op_tuple_n),
     ord(")"): ("EMPTY_TUPLE", _constant(())),
-    ord("}"): ("EMPTY_DICT", lambda machine: machine.push({})),
-    ord("]"): ("EMPTY_LIST", lambda machine: machine.push([])),
+    ord("}"): ("EMPTY_DICT", lambda machine: machine.stack.append({})),
+    ord("]"): ("EMPTY_LIST", lambda machine: machine.stack.append([])),
     ord("s"): ("SETITEM", _Machine.op_setitem),
     ord("u"): ("SETITEMS", _Machine.op_setitems),
     ord("a"): ("APPEND", _Machine.op_append),
@@ -519,7 +529,7 @@ OPCODES = {                                   # protocol 2 as torch.save writes 
     ord("J"): ("BININT", _fixed(lambda raw: int.from_bytes(raw, "little", signed=True), 4)),
     ord("K"): ("BININT1", _fixed(lambda raw: raw[0], 1)),
     ord("M"): ("BININT2", _fixed(lambda raw: int.from_bytes(raw, "little"), 2)),
-    0x8a: ("LONG1", lambda machine: machine.push(machine.integer(machine.integer(1), signed=True))),
+    0x8a: ("LONG1", lambda machine: machine.stack.append(machine.integer(machine.integer(1), signed=True))),
     ord("G"): ("BINFLOAT", _fixed(lambda raw: struct.unpack(">d", raw)[0], 8)),
     0x88: ("NEWTRUE", _constant(True)),
     0x89: ("NEWFALSE", _constant(False)),
@@ -616,8 +626,13 @@ def load_torch(path, keep_bf16=False):
         if byteorder is not None and byteorder.strip() != b"little":
             archive.fail("byteorder", f"byteorder is {shown(byteorder)}; numgpt reads little-endian files")
         data = archive.record("data.pkl", MAX_PICKLE_BYTES)
-        result = _Machine(archive, data, keep_bf16).run()
-    _check_nesting(path, result)
+        return read_pickle(archive, data, keep_bf16)
+
+
+def read_pickle(archive, data, keep_bf16=False):
+    """The object of the pickle ``data`` whose storages are in ``archive`` (an open _Archive)."""
+    result = _Machine(archive, data, keep_bf16).run()
+    _check_nesting(archive.path, result)
     return result
 
 
