@@ -25,7 +25,7 @@ from torch_file_writers import (APPEND, BUILD, EMPTY_DICT, EMPTY_LIST, EMPTY_TUP
 
 FIXTURES = Path(__file__).resolve().parent / "reference" / "torch_files"
 FLOATS = np.arange(6, dtype=np.float32).tobytes()
-FUZZ_EXAMPLES = 1500          # per fuzz test: a few seconds each
+FUZZ_EXAMPLES = 1000          # per fuzz test: a few seconds each
 BOMB_BYTES = 2**30            # the zip bomb's storage, deflated to about 1 MB
 DEEP = 10**6                  # nesting of the deep files
 MILLION_OPCODES = ("deep-lists", "deep-tuples")
