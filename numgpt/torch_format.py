@@ -376,7 +376,7 @@ class _Machine:
 
     def op_binpersid(self):
         pid = self.pop_one()
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+        if not (isinstance(pid, tuple) and len(pid) == 5 and isinstance(pid[0], str) and pid[0] == "storage"
                 and isinstance(pid[1], StorageType) and isinstance(pid[2], str) and isinstance(pid[3], str)
                 and _is_count(pid[4])):
             self.fail("persistent-id", f"expected ('storage', torch.<Type>Storage, key, location, numel); "

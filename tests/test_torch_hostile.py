@@ -98,11 +98,14 @@ def hostile_cases(tmp, canary):
         "cycle": (PROTO2 + EMPTY_LIST + put(0) + get(0) + APPEND + STOP, "cycle", "contains itself"),
         "trailing": (PROTO2 + EMPTY_DICT + STOP + b"junk", "trailing-bytes", "4 bytes follow STOP"),
         "truncated": (PROTO2 + text("abc")[:-1], "truncated-pickle", "needs 3 bytes"),
+        "tensor-as-persistent-id": (PROTO2 + tuple_of(tensor("0", 6, [2, 3]), integer(1), integer(2), integer(3),
+                                                    integer(4)) + b"Q" + STOP, "persistent-id",
+                                    "expected ('storage', torch.<Type>Storage, key, location, numel)"),   # soak find
         "double-storage": (PROTO2 + tensor("0", 6, [6], kind="DoubleStorage") + STOP, "global",
                            "'torch.DoubleStorage'"),
     }
     for label, (payload, reason, words) in shapes.items():
-        cases.append((label, torch_zip(tmp / f"{label}.pth", payload), reason, words))
+        cases.append((label, torch_zip(tmp / f"{label}.pth", payload, {"0": FLOATS}), reason, words))
     storages = {
         "numel-disagrees": ({"w": tensor("0", 7, [7])}, {"0": FLOATS}, "storage-size",
                             "declares 7 elements of FloatStorage (28 bytes); its member holds 24 bytes"),
