@@ -17,9 +17,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-import numgpt                                                          # noqa: E402
-from numgpt import torch_format                                        # noqa: E402
-from torch_file_writers import (MARK, PROTO2, STOP, TUPLE, get, integer, ordered_dict, put, storage,  # noqa: E402
+import numgpt
+from numgpt import torch_format
+from torch_file_writers import (MARK, PROTO2, STOP, TUPLE, get, integer, ordered_dict, put, storage,
                                 tensor, text, torch_zip)
 
 FIXTURES = REPO / "tests" / "reference" / "torch_files"
@@ -31,7 +31,8 @@ FLOATS = bytes(24)
 
 
 def peak():
-    return int([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]) * 1024
+    with open("/proc/self/status") as status:
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM:"))) * 1024
 
 
 def opcode_stream(rng):

@@ -27,9 +27,11 @@ into their array, and the zip's members may not overlap or be compressed.
 Every failure is a ``TorchFileError`` naming the file, where (the member, the
 opcode and its byte offset in data.pkl) and what was expected.
 """
+import itertools
 import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +130,7 @@ class _Archive:
             self.fail("bad-zip", f"is not a readable zip archive ({type(error).__name__}: {error})")
         self.infos = self._checked(infos)
         self.prefix = self._prefix()
-        self._storages = {}
+        self._storages, self._refs = {}, {}      # key -> its array, and the reference that first read it
 
     def fail(self, reason, words):
         raise TorchFileError(self.path, reason, words)
@@ -151,7 +153,7 @@ class _Archive:
             names[name] = info
         spans = sorted((info.header_offset, info.header_offset + 30 + len(info.filename.encode())
                         + info.compress_size, info.filename) for info in infos)
-        for (_, end, name), (begin, _, following) in zip(spans, spans[1:]):
+        for (_, end, name), (begin, _, following) in itertools.pairwise(spans):
             if end > begin:
                 self.fail("overlapping-members", f"zip members {shown(name)} and {shown(following)} overlap")
         if spans and spans[-1][1] > self.file_size:
@@ -188,7 +190,7 @@ class _Archive:
             try:
                 with zipfile.ZipFile(self.file).open(info) as stream:
                     data = stream.read(limit + 1)
-            except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, OSError) as error:
+            except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, OSError, zlib.error) as error:
                 self.fail("bad-zip", f"zip member {shown(info.filename)} cannot be read "
                                      f"({type(error).__name__}: {error})")
         if len(data) != info.file_size:
@@ -219,9 +221,10 @@ class _Archive:
         """The 1-d array of the storage ``ref`` (read once, shared by every tensor that views it)."""
         cached = self._storages.get(ref.key)
         if cached is not None:
-            if cached.dtype != ref.type.dtype or cached.size != ref.numel:
-                self.fail("storage-mismatch", f"storage {shown(ref.key)} is declared twice, as "
-                                              f"{cached.size} {cached.dtype} and {ref.numel} {ref.type.name}")
+            first = self._refs[ref.key]
+            if (first.type, first.numel) != (ref.type, ref.numel):
+                self.fail("storage-mismatch", f"storage {shown(ref.key)} is declared twice, as {first.numel} "
+                                              f"of {first.type.name} and {ref.numel} of {ref.type.name}")
             return cached
         name = f"{self.prefix}/data/{ref.key}"
         if name not in self.infos:
@@ -239,7 +242,7 @@ class _Archive:
             if array.size and array.max() > 1:
                 self.fail("bad-bool", f"storage {shown(ref.key)} holds a bool byte other than 0 and 1")
             array = array.view(numpy.bool_)
-        self._storages[ref.key] = array
+        self._storages[ref.key], self._refs[ref.key] = array, ref
         return array
 
 

@@ -120,7 +120,8 @@ def hostile_cases(tmp, canary):
         "bool-byte": ({"w": tensor("0", 2, [2], kind="BoolStorage")}, {"0": b"\x00\x07"}, "bad-bool",
                       "a bool byte other than 0 and 1"),
         "storage-two-types": ({"a": tensor("0", 6, [6]), "b": tensor("0", 3, [3], kind="LongStorage")},
-                              {"0": FLOATS}, "storage-mismatch", "declared twice"),
+                              {"0": FLOATS}, "storage-mismatch",
+                              "declared twice, as 6 of FloatStorage and 3 of LongStorage"),
     }
     for label, (entries, raw, reason, words) in storages.items():
         cases.append((label, torch_zip(tmp / f"{label}.pth", state_dict(entries), raw), reason, words))
@@ -139,6 +140,7 @@ def hostile_cases(tmp, canary):
         ("duplicate-name", _duplicate(tmp / "duplicate.pth", plain), "duplicate-name", "appears twice"),
         ("zip-bomb", _bomb(tmp / "bomb.pth"), "compressed-storage", "is compressed"),
         ("overlapping", _overlapping(tmp / "overlap.pth"), "overlapping-members", "overlap"),
+        ("corrupt-deflate", _corrupt_deflate(tmp / "deflate.pth"), "bad-zip", "'archive/data.pkl' cannot be read"),
         ("legacy", _write(tmp / "legacy.pth", pickled({"w": [1.0]})), "legacy-format",
          "_use_new_zipfile_serialization=True"),
         ("not-zip", _write(tmp / "text.pth", b"hello"), "not-zip", "no zip header"),
@@ -166,10 +168,10 @@ def _zip_bytes(pickled_bytes):
 
 
 def _duplicate(path, pickled_bytes):
-    with pytest.warns(UserWarning, match="Duplicate name"):
-        with zipfile.ZipFile(path, "w") as archive:
-            archive.writestr("archive/data.pkl", pickled_bytes)
-            archive.writestr("archive/data/0", FLOATS)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickled_bytes)
+        archive.writestr("archive/data/0", FLOATS)
+        with pytest.warns(UserWarning, match="Duplicate name"):
             archive.writestr("archive/data/0", b"\x00" * 24)
     return path
 
@@ -183,6 +185,16 @@ def _bomb(path):
             chunk = bytes(2**24)
             for _ in range(BOMB_BYTES // len(chunk)):
                 member.write(chunk)
+    return path
+
+
+def _corrupt_deflate(path):
+    """data.pkl deflated, its compressed bytes then overwritten (the CRC and sizes kept)."""
+    torch_zip(path, state_dict({"w": tensor("0", 6, [6])}) * 4, {"0": FLOATS}, compression=zipfile.ZIP_DEFLATED)
+    data = bytearray(path.read_bytes())
+    start = 30 + len("archive/data.pkl")                     # the first member's data, after its local header
+    data[start:start + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
     return path
 
 
