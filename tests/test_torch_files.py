@@ -217,3 +217,17 @@ def test_a_directory_with_pytorch_model_bin_loads(tmp_path, directory):
     from_bin, from_safetensors = numgpt.load_pretrained(FIXTURES / directory), numgpt.load_pretrained(safetensors_dir)
     for (key, value), (_, other) in zip(from_bin.state_dict().items(), from_safetensors.state_dict().items()):
         np.testing.assert_array_equal(value, other, err_msg=key)
+
+
+def test_init_with_a_file_numgpt_refuses_stops_before_the_run(tmp_path, capsys):
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.")       # the legacy format, and hostile
+    assert cli.main(["train", "--init", str(bad), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "_use_new_zipfile_serialization=True" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+    wide = tmp_path / "wide" / "model.pth"                          # no config.json beside: heads unknown
+    wide.parent.mkdir()
+    shutil.copy(FIXTURES / "model.pth", wide)
+    assert cli.main(["generate", "--model", str(wide), "--prompt", "x"]) == 2
+    assert "emb_dim 16 is not one of GPT-2's sizes, so the number of heads is unknown" in capsys.readouterr().err
