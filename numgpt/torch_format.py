@@ -119,7 +119,7 @@ class _Archive:
         head = file.read(4)
         file.seek(0)
         if head != LOCAL_HEADER_MAGIC:
-            legacy = head[:1] == b"\x80" or head[:2] == b"\x1f\x8b"
+            legacy = head[:1] == b"\x80"                # before 1.6: pickles, the first one a magic number
             self.fail("legacy-format" if legacy else "not-zip",
                       ("is a legacy (pre-1.6) torch.save file, a bare pickle; numgpt reads the zip format: "
                        if legacy else "is not a PyTorch zip archive (no zip header); ") + LEGACY_HINT)
