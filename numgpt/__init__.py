@@ -32,6 +32,7 @@ from numgpt.download import DownloadError, download_gpt2
 from numgpt.errors import NumgptError, UsageError
 from numgpt.pretrained import WeightsError, export_hf, load_gpt2
 from numgpt.tokenizer import text_to_token_ids, token_ids_to_text
+from numgpt.torch_format import TorchFileError, load_torch
 from numgpt.families import export_pretrained, get_tokenizer, load_pretrained
 from numgpt.llama import LlamaForCausalLM
 from numgpt.train import (LRSchedule, TrainState, calc_loss_batch, calc_loss_loader, evaluate_model,
@@ -65,6 +66,7 @@ __all__ = [
     "StateDictError",
     "Subset",
     "Tensor",
+    "TorchFileError",
     "TrainState",
     "TransformerBlock",
     "UsageError",
@@ -100,6 +102,7 @@ __all__ = [
     "load_gpt2",
     "load_pretrained",
     "load_the_verdict",
+    "load_torch",
     "manual_seed",
     "no_grad",
     "perplexity",

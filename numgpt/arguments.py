@@ -184,10 +184,11 @@ def model_name(flag, source, files=True):
     a GPT-2 size or a hub id (owner/name[@revision])."""
     from numgpt.download import canonical_size
     from numgpt.hub import parse_repo_id
+    from numgpt.torch_format import TORCH_SUFFIXES
     path = Path(source).expanduser()
-    wanted = ("a model or run directory, a GPT-2 .safetensors file, a GPT-2 size (124m, 355m, 774m, 1558m) or a "
-              "hub id (owner/name)" if files else "a directory with tokenizer.json or a hub id (owner/name)")
-    if path.is_file() and not (files and path.suffix == ".safetensors"):
+    wanted = ("a model or run directory, a GPT-2 .safetensors file, the seed's .pth, a GPT-2 size (124m, 355m, 774m, "
+              "1558m) or a hub id (owner/name)" if files else "a directory with tokenizer.json or a hub id (owner/name)")
+    if path.is_file() and not (files and path.suffix in (".safetensors", *TORCH_SUFFIXES)):
         raise UsageError(f"{flag} {source} is a file: expected {wanted}")
     if not path.exists() and canonical_size(source) is None and parse_repo_id(source) is None:
         raise UsageError(f"{flag} {source} does not exist: expected {wanted}")
@@ -251,6 +252,14 @@ def check_prepare(args):
     directory_to_write("--out", args.out, "a token store directory")
     if args.tokenizer is not None:
         model_name("--tokenizer", args.tokenizer, files=False)
+
+
+def check_convert(args):
+    from numgpt.torch_format import TORCH_SUFFIXES
+    existing_file("convert", args.file, "a PyTorch file (.pth, .pt, .bin)")
+    if Path(args.file).suffix not in TORCH_SUFFIXES:
+        raise UsageError(f"convert {args.file}: expected a PyTorch file ending in {', '.join(TORCH_SUFFIXES)}")
+    directory_to_write("--out", args.out, "a directory for the safetensors weights")
 
 
 def check_plot(args):

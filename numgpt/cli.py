@@ -32,6 +32,7 @@ from numgpt.errors import NumgptError, UsageError
 from numgpt.memory import check_training_fits as _check_memory
 from numgpt.memory import memory_available as _memory_available
 from numgpt.quiet import debugging, third_parties_quiet
+from numgpt.torch_format import TORCH_SUFFIXES
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -487,6 +488,22 @@ def _claim(run, world):
     return created
 
 
+def _continue_torch_optimizer(optimizer, path, announce):
+    """Load the moments and step counts of the seed's optimizer_state_dict in ``path`` (when it holds
+    one) into ``optimizer``; the hyper-parameters stay the command line's, as in any run."""
+    from numgpt.torch_weights import optimizer_state
+    state = optimizer_state(path)
+    if state is None:
+        return
+    own = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, own):
+        group.update(settings)
+    if announce:
+        steps = max((entry["step"] for entry in optimizer.state.values()), default=0)
+        print(f"Continuing the optimizer state of {path} (AdamW moments after {steps} steps)")
+
+
 def _start_training(run, world, flags, saved, cfg, pretrained, device, total_steps, data_sha256):
     """The model, optimizer, checkpoint manager, training state and schedule of the run, restored
     from its newest checkpoint when it resumes; the settings written. None, with a message, when a
@@ -504,6 +521,8 @@ def _start_training(run, world, flags, saved, cfg, pretrained, device, total_ste
     model.to(device)
     optimizer = AdamW(model.parameters(), lr=flags["lr"], betas=ADAMW_BETAS, eps=ADAMW_EPS,
                       weight_decay=flags["weight_decay"])
+    if saved is None and flags["init"] and Path(flags["init"]).suffix in TORCH_SUFFIXES:
+        _continue_torch_optimizer(optimizer, flags["init"], world.is_main)
     manager = CheckpointManager(run.checkpoints, keep_last=flags["keep_last"])
     state = TrainState()
     if saved is not None:
@@ -981,6 +1000,13 @@ def cmd_export(args):
     return 0
 
 
+def cmd_convert(args):
+    from numgpt.torch_weights import convert
+    written = convert(args.file, args.out)
+    print(f"Wrote {', '.join(str(path) for path in written)}")
+    return 0
+
+
 def cmd_info(args):
     from numgpt.info import describe
     facts = describe()
@@ -1165,6 +1191,16 @@ def build_parser():
                     help="split the weights into files of at most SIZE: bytes, or with a unit as transformers reads "
                          "it (10KB, 500MB, 5GB in powers of 10; 2GiB in powers of 2) (default 5GiB)")
     ex.set_defaults(run=cmd_export, check=arguments.check_export)
+
+    conv = sub.add_parser("convert", help="write a PyTorch .pth/.bin as safetensors, read without running it",
+                          description="Read a torch.save file (the seed's model_and_optimizer.pth, the book's "
+                                      "model.pth, a pytorch_model.bin) without Python's unpickler and write its "
+                                      "weights as safetensors: the seed's GPTModel in the Hugging Face GPT-2 "
+                                      "layout (model.safetensors, config.json), any other state dict under its "
+                                      "own names.")
+    conv.add_argument("file", help="the PyTorch file (.pth, .pt, .bin)")
+    conv.add_argument("--out", required=True, help="the directory to write")
+    conv.set_defaults(run=cmd_convert, check=arguments.check_convert)
 
     prep = sub.add_parser("prepare", help="tokenize a corpus once into a token store for numgpt train --data",
                           description="Tokenize text files, directories, globs, .jsonl(.gz) and .parquet files "

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from numgpt.errors import NumgptError
+from numgpt.torch_format import TORCH_SUFFIXES
 from numgpt.safe_write import atomic_write, copy_file, own_directory
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -78,8 +79,10 @@ def locate(source, cache_dir=None):
             return "hf", path
         if path.suffix == ".safetensors":
             return "gpt2", path                              # GPT-2 weights in one file (load_gpt2's)
+        if path.suffix in TORCH_SUFFIXES:
+            return "torch", path                             # the seed's torch.save, read as data
         raise SourceError(f"{path} is a file: expected a model directory (config.json and .safetensors files), "
-                          f"a numgpt run directory, a GPT-2 .safetensors file or a hub id")
+                          f"a numgpt run directory, a GPT-2 .safetensors file, the seed's .pth or a hub id")
     size = canonical_size(source) if isinstance(source, str) else None
     if size is not None:
         return "gpt2", size
@@ -100,6 +103,9 @@ def load_pretrained(source, cache_dir=None, precision="32-true"):
     kind, where = locate(source, cache_dir)
     if kind == "gpt2":
         model = load_gpt2(where, cache_dir=cache_dir)
+    elif kind == "torch":
+        from numgpt.torch_weights import seed_model
+        model = seed_model(where)
     elif kind == "run":
         model = build_model(_checkpoint_of(where)).eval()
     elif _model_type(where)[0] in (None, "gpt2"):
@@ -146,7 +152,7 @@ def tokenizer_directory(source, cache_dir=None):
     A directory is GPT-2's when its config.json says model_type gpt2; any other directory is read
     through its tokenizer.json (config.json or not), and one with neither is an error."""
     kind, where = locate(source, cache_dir)
-    if kind == "gpt2":
+    if kind in ("gpt2", "torch"):
         return None
     if kind == "run":
         from numgpt.llama import is_llama_config

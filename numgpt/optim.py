@@ -6,9 +6,21 @@ reference; its numba twin updates in a single pass over memory).
 """
 import math
 
+import numpy
 
 from numgpt.device import array_module, is_host, like
+from numgpt.errors import NumgptError
 from numgpt.registry import implementation
+
+HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay")
+# PyTorch's AdamW group flags: each value numgpt's update honours (other values change the math)
+TORCH_FLAGS = {"amsgrad": False, "maximize": False, "decoupled_weight_decay": True}
+# PyTorch's group options that choose how the same update runs (loops, graphs, fused kernels)
+TORCH_EXECUTION_OPTIONS = ("foreach", "capturable", "differentiable", "fused")
+
+
+class OptimizerStateError(NumgptError, ValueError):
+    """An optimizer state_dict (numgpt's or PyTorch's) that does not fit this AdamW."""
 
 
 def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay):
@@ -96,26 +108,75 @@ class AdamW:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
-        """Restore moments, steps and hyper-parameters; shapes and group sizes must fit."""
-        groups = state_dict["param_groups"]
+        """Restore moments, steps and hyper-parameters from numgpt's ``state_dict()`` or PyTorch's
+        ``torch.optim.AdamW.state_dict()`` (``step`` a 0-d tensor, flags such as ``amsgrad``);
+        shapes and group sizes must fit, and a flag numgpt's update cannot honour is refused."""
+        if not (isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict)
+                and isinstance(state_dict.get("param_groups"), list)):
+            raise OptimizerStateError("optimizer state_dict: expected a dict with 'state' (a dict) and "
+                                      "'param_groups' (a list)")
+        groups = [_checked_group(group, number) for number, group in enumerate(state_dict["param_groups"])]
         if len(groups) != len(self.param_groups) or any(
                 len(g["params"]) != len(own["params"]) for g, own in zip(groups, self.param_groups)):
-            raise ValueError("optimizer state_dict has a different number of parameter groups or parameters")
+            raise OptimizerStateError("optimizer state_dict has a different number of parameter groups or "
+                                      "parameters")
         params = self._params()
         new_state = {}
         for key, value in state_dict["state"].items():
-            param = params[int(key)]
+            if not (isinstance(key, int) and 0 <= key < len(params)) or not isinstance(value, dict):
+                raise OptimizerStateError(f"optimizer state: key {key!r} is not the index of one of the "
+                                          f"{len(params)} parameters, or its entry is not a dict")
+            param = params[key]
             for name in ("exp_avg", "exp_avg_sq"):
-                if tuple(value[name].shape) != param.shape:
-                    raise ValueError(f"optimizer state {key}.{name} has shape {tuple(value[name].shape)}, "
-                                     f"the parameter has {param.shape}")
-            new_state[id(param)] = {"step": int(value["step"]),
+                if tuple(getattr(value.get(name), "shape", ())) != param.shape:
+                    raise OptimizerStateError(f"optimizer state {key}.{name} has shape "
+                                              f"{getattr(value.get(name), 'shape', None)}, the parameter has "
+                                              f"{param.shape}")
+            new_state[id(param)] = {"step": _step_count(value.get("step"), key),
                                     **{name: like(array_module(value[name]).array(value[name], dtype=param.dtype),
                                                   param.data)                       # a copy, on the parameter's device
                                        for name in ("exp_avg", "exp_avg_sq")}}
         for group, saved in zip(self.param_groups, groups):
             group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
         self.state = new_state
+
+
+def _checked_group(group, number):
+    """The hyper-parameters of a saved parameter group (numgpt's or PyTorch's) that numgpt uses."""
+    where = f"optimizer param_groups[{number}]"
+    if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+        raise OptimizerStateError(f"{where}: expected a dict with a 'params' list")
+    unknown = sorted(set(group) - {"params", *HYPERPARAMETERS, *TORCH_FLAGS, *TORCH_EXECUTION_OPTIONS}, key=str)
+    if unknown:
+        raise OptimizerStateError(f"{where}: unknown settings {unknown}; numgpt's AdamW takes "
+                                  f"{', '.join(HYPERPARAMETERS)}")
+    for flag, honoured in TORCH_FLAGS.items():
+        if flag in group and group[flag] is not honoured:
+            raise OptimizerStateError(f"{where}: {flag} is {group[flag]!r}; numgpt's AdamW runs only with "
+                                      f"{flag}={honoured}")
+    missing = [name for name in HYPERPARAMETERS if name not in group]
+    betas = group.get("betas")
+    numbers = [group.get(name) for name in ("lr", "eps", "weight_decay")] + list(
+        betas if isinstance(betas, (list, tuple)) and len(betas) == 2 else [None])
+    if missing or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                          for v in numbers):
+        raise OptimizerStateError(f"{where}: expected finite numbers lr, eps, weight_decay and two betas; "
+                                  f"found {({k: group.get(k) for k in HYPERPARAMETERS})}")
+    checked = {name: group[name] for name in HYPERPARAMETERS}
+    try:
+        AdamW._check_hyperparameters(checked)
+    except ValueError as error:
+        raise OptimizerStateError(f"{where}: {error}") from None
+    return {**checked, "params": group["params"]}
+
+
+def _step_count(step, key):
+    """A saved step as an int: numgpt writes an int, PyTorch a 0-d float tensor."""
+    value = numpy.asarray(step) if step is not None else None
+    if value is None or value.shape != () or value.dtype.kind not in "iuf" or not numpy.isfinite(value) \
+            or value < 0 or value != int(value):
+        raise OptimizerStateError(f"optimizer state {key}.step is {step!r}; expected a whole number of steps")
+    return int(value)
 
 
 def sum_of_squares(array):

@@ -36,6 +36,7 @@ from numgpt.nn import LayerNorm
 from numgpt.safe_io import UnsafeFileError, check_safetensors_header, read_json, stream_safetensors
 from numgpt.safe_write import atomic_write
 from numgpt.schema import MAX_CONTEXT, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
+from numgpt.torch_format import BIN_FILE, BIN_INDEX, TorchWeights, bin_weights
 
 
 class WeightsNotFoundError(NumgptError, FileNotFoundError):
@@ -109,7 +110,9 @@ def load_gpt2(source, cache_dir=None):
     Face cache or numgpt's, downloaded first when in neither, see
     ``numgpt.download``), a directory with model.safetensors or transformers'
     shards and model.safetensors.index.json (and config.json, when present) or
-    a .safetensors file. A size name only says where to look:
+    a .safetensors file; a directory without safetensors may hold PyTorch's
+    pytorch_model.bin (or its shards and pytorch_model.bin.index.json), read
+    by numgpt.torch_format without running it. A size name only says where to look:
     the config.json found there decides the shapes, as it does for a directory.
     The config comes from config.json when there is one, else from the tensor
     shapes: vocab_size and emb_dim from wte, context_length from wpe, n_layers
@@ -171,6 +174,8 @@ class _Shards:
 def _open_weights(weights_path, files):
     """The tensors of model.safetensors, or of the shards a model.safetensors.index.json names (the index
     and every header checked first, hf_weights.tensor_index), opened in the ExitStack ``files``."""
+    if weights_path.name in (BIN_FILE, BIN_INDEX):
+        return TorchWeights(weights_path)
     if weights_path.name != INDEX_FILE:
         check_safetensors_header(weights_path)                    # a hostile header fails here, clearly
         return files.enter_context(safe_open(str(weights_path), framework="numpy"))
@@ -214,8 +219,10 @@ def _resolve(source, cache_dir):
         if not weights.is_file() and (path / INDEX_FILE).is_file():
             weights = path / INDEX_FILE                            # sharded, as export writes a large model
         if not weights.is_file():
+            weights = bin_weights(path)                            # PyTorch's pytorch_model.bin, read as data
+        if weights is None:
             raise WeightsNotFoundError(f"{path} has no model.safetensors nor {INDEX_FILE} (the Hugging Face "
-                                       f"GPT-2 layout)")
+                                       f"GPT-2 layout), nor {BIN_FILE} or {BIN_INDEX}")
         return weights, config if config.exists() else None           # a FIFO or device is refused, not read
     if path.is_file():
         if path.suffix != ".safetensors":

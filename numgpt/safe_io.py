@@ -81,9 +81,9 @@ NPY_MAGIC = b"\x93NUMPY"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib")
 
 CONVERT_HINT = ("numgpt does not load pickle-based formats (PyTorch .pt/.pth/.bin, .pkl, .npy/.npz with objects): "
-                "unpickling can run arbitrary code. Convert the weights to safetensors where you trust the file, "
-                "e.g. `safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')`, "
-                "or load them with numgpt.pretrained from Hugging Face's model.safetensors.")
+                "unpickling can run arbitrary code. A torch.save file (zip format) is read as data by "
+                "`numgpt convert FILE --out DIR` (safetensors), numgpt.load_torch and --init FILE.pth; "
+                "or load Hugging Face's model.safetensors with numgpt.pretrained.")
 
 
 class UnsafeFileError(NumgptError, ValueError):
