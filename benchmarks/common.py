@@ -134,22 +134,6 @@ def run_json(argv, env=None):
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def cpu_model_and_flags():
-    """(model name, the SIMD_FLAGS this CPU reports) from /proc/cpuinfo."""
-    model, flags = "unknown CPU", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.processor() or model, ()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model == "unknown CPU":
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return model, tuple(flag for flag in SIMD_FLAGS if flag in flags)
-
-
 def openblas_corename():
     """The kernel family ('Haswell', 'SkylakeX', ...) the OpenBLAS mapped into this process runs, or '?'."""
     try:
@@ -182,7 +166,9 @@ def machine_description(torch_version=None):
     Python, NumPy and its BLAS, numba, torch."""
     import numba
     import numpy
-    model, flags = cpu_model_and_flags()
+
+    from numgpt.kernels.matmul_choice import cpu_model_and_flags   # the parent's: a torch child may lack numgpt
+    model, flags = cpu_model_and_flags(SIMD_FLAGS)
     return (f"{model} (flags: {', '.join(flags) or 'none of ' + ', '.join(SIMD_FLAGS)}), {os.cpu_count()} cores, "
             f"{platform.system()} {platform.machine()}; Python {platform.python_version()}, NumPy "
             f"{numpy.__version__} ({blas_description()}), numba {numba.__version__}, "
@@ -192,10 +178,11 @@ def machine_description(torch_version=None):
 def bf16_path():
     """The CPU's bf16 path, for the targets' lines: numgpt.kernels.bf16.bf16_path() where this numgpt has
     it, else read from the CPU flags (AMX, AVX512_BF16, or emulated)."""
-    from numgpt.kernels import bf16
+    from numgpt.kernels import bf16                                 # the parent's: a torch child may lack numgpt
+    from numgpt.kernels.matmul_choice import cpu_model_and_flags
     if hasattr(bf16, "bf16_path"):
         return f"{bf16.bf16_path()} (numgpt.kernels.bf16.bf16_path())"
-    _, flags = cpu_model_and_flags()
+    _, flags = cpu_model_and_flags(SIMD_FLAGS)
     path = "AMX" if "amx_bf16" in flags else "AVX512_BF16" if "avx512_bf16" in flags else "emulated"
     return f"{path} (from the CPU flags: this numgpt has no bf16_path())"
 

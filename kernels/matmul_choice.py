@@ -64,8 +64,9 @@ def shape_class(a, b):
     return f"{dims} {stored} {'one' if a.ndim == 2 or a[..., 0, 0].size == 1 else 'stack'}"
 
 
-def cpu_model_and_flags(cpuinfo=Path("/proc/cpuinfo")):
-    """(model name, the FLAGS_THAT_MATTER this CPU has) from /proc/cpuinfo; ('unknown', ()) elsewhere."""
+def cpu_model_and_flags(wanted=FLAGS_THAT_MATTER, cpuinfo=Path("/proc/cpuinfo")):
+    """(model name, the flags in ``wanted`` this CPU has) from /proc/cpuinfo; (the processor's name or
+    'unknown', ()) where there is none."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
@@ -77,7 +78,7 @@ def cpu_model_and_flags(cpuinfo=Path("/proc/cpuinfo")):
             model = value.strip()
         elif key.strip() == "flags" and not flags:
             flags = set(value.split())
-    return model, tuple(flag for flag in FLAGS_THAT_MATTER if flag in flags)
+    return model, tuple(flag for flag in wanted if flag in flags)
 
 
 def blas_description():

@@ -9,7 +9,6 @@ import stat
 import sys
 from pathlib import Path
 
-import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
