@@ -481,6 +481,8 @@ def main():
                         help="skip scale configurations whose estimated memory exceeds this")
     parser.add_argument("--model", help="a Llama-family preset (smollm2-135m, ...): numgpt against transformers' "
                                         "LlamaForCausalLM instead (benchmarks/bench_llama.py)")
+    parser.add_argument("--no-compile-time", action="store_true",
+                        help="skip timing the kernels' compile into an empty cache (minutes on a loaded machine)")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # smoke test: a tiny GPT
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="torch", choices=TORCH_VARIANTS, help=argparse.SUPPRESS)
@@ -515,11 +517,13 @@ def main():
     wanted = args.sides if torch_version else [name for name in args.sides if name in NUMGPT_SIDES]
 
     # 1. kernel compile time: an empty cache, then the cache it filled
-    with tempfile.TemporaryDirectory() as cache_dir:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-        first = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
-        cached = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
-    print(f"kernel compile: {first:.1f} s first run, {cached:.2f} s from cache", file=sys.stderr)
+    first = cached = None
+    if not args.no_compile_time:
+        with tempfile.TemporaryDirectory() as cache_dir:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+            first = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
+            cached = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
+        print(f"kernel compile: {first:.1f} s first run, {cached:.2f} s from cache", file=sys.stderr)
 
     # 2. numba and NumPy agree before anything is timed
     check = run_json(me + ["--child", "check"])[-1]
@@ -659,7 +663,8 @@ def render(args, setup, torch_version, torch_missing, first, cached, check, sgem
         + "; ".join(f"{name} {ls[0]:.4f}" for name, ls in steps["losses"].items()),
         "",
         f"Kernels: numba vs NumPy losses agree before timing (worst relative difference {check['worst_rel']:.1e}); "
-        f"compile {first:.1f} s on a first run, {cached:.2f} s from the cache.",
+        (f"compile {first:.1f} s on a first run, {cached:.2f} s from the cache." if first is not None else
+         "compile time not measured (--no-compile-time)."),
         "",
         f"Greedy generation, {setup.name}, {GEN_NEW_TOKENS} new tokens after a {len(GEN_PROMPT)}-token prompt:",
         "",

@@ -26,7 +26,10 @@ against ~250. So the choice is measured, once per machine, and kept:
   The file is JSON read with ``json.loads`` and checked field by field;
   anything else (not JSON, another machine's, an unknown choice, a number
   that is not finite and positive, a file over ``MAX_CACHE_BYTES``) is set
-  aside and the classes measured again, as if there were no file.
+  aside and the classes measured again, as if there were no file. A file
+  that cannot be written (a read-only cache, a link planted in its place,
+  which numgpt.safe_write refuses) leaves the choices to this process, with
+  one warning.
 
 Both sides compute the same dot products in float32 (in different orders),
 so a choice moves results within float32 accumulation error, never more.
@@ -38,6 +41,7 @@ import os
 import platform
 import stat
 import time
+import warnings
 from pathlib import Path
 
 import numpy
@@ -148,11 +152,14 @@ class MatmulChooser:
     """The per-shape-class choice, measured on first use and kept in ``path``.
 
     ``measure(a, b) -> (kernel seconds, blas seconds)`` times one product of each; ``path`` None
-    keeps the choices in memory only. ``set_aside`` says why an existing file was not used."""
+    keeps the choices in memory only. ``set_aside`` says why an existing file was not used;
+    ``unsaved`` why the file could not be written (the choices then hold for this process only,
+    and a warning says so once: a training run does not stop for its cache)."""
 
     def __init__(self, path, machine, measure):
         self.path, self.machine, self.measure = path, machine, measure
         self.shapes, self.set_aside = read_cache(path, machine) if path else ({}, None)
+        self.unsaved = None
 
     def choice(self, a, b):
         """KERNEL or BLAS for ``a @ b`` (operands the kernel can take)."""
@@ -171,8 +178,14 @@ class MatmulChooser:
         if self.path is None:
             return
         content = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "machine": self.machine, "shapes": self.shapes}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, lambda fh: fh.write(json.dumps(content, indent=1, sort_keys=True).encode()))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda fh: fh.write(json.dumps(content, indent=1, sort_keys=True).encode()))
+        except OSError as error:                # read-only, full, or a link planted there (LinkRefused)
+            if self.unsaved is None:
+                warnings.warn(f"numgpt: the matmul choices cannot be kept in {self.path} ({error}); they hold "
+                              f"for this process only", RuntimeWarning, stacklevel=2)
+            self.unsaved = str(error)
 
 
 def time_both(kernel_product, a, b):

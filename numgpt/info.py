@@ -40,6 +40,7 @@ def _matmul_kernel():
     shapes = chooser.shapes
     kernel_count = sum(entry["choice"] == "kernel" for entry in shapes.values())
     set_aside = f"; the file there was set aside: {chooser.set_aside}" if chooser.set_aside else ""
+    set_aside += f"; not written, this process only: {chooser.unsaved}" if chooser.unsaved else ""
     rows = [("matmul kernel", "in use (AVX-512, kernels/matmul.py) per shape class where it beats the BLAS, "
                               "measured on a class's first product and kept"),
             ("matmul choices", f"{len(shapes)} shape classes measured ({kernel_count} kernel, "
