@@ -126,7 +126,7 @@ def render(rows, torch_version, torch_missing, repeats):
         if ratio is not None:
             ratios.append((ratio, label))
         lines.append(f"| {label} ({'x'.join(map(str, shape))}) | "
-                     + " | ".join(f"{rates[side]:.0f}" if side in rates else "" for side in columns)
+                     + " | ".join(f"{rates[side]:.3g}" if side in rates else "" for side in columns)
                      + f" | {f'{ratio:.2f}' if ratio is not None else ''} |")
     if torch_missing:
         lines += ["", torch_missing]
