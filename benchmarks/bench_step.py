@@ -663,7 +663,7 @@ def render(args, setup, torch_version, torch_missing, first, cached, check, sgem
         + "; ".join(f"{name} {ls[0]:.4f}" for name, ls in steps["losses"].items()),
         "",
         f"Kernels: numba vs NumPy losses agree before timing (worst relative difference {check['worst_rel']:.1e}); "
-        (f"compile {first:.1f} s on a first run, {cached:.2f} s from the cache." if first is not None else
+        + (f"compile {first:.1f} s on a first run, {cached:.2f} s from the cache." if first is not None else
          "compile time not measured (--no-compile-time)."),
         "",
         f"Greedy generation, {setup.name}, {GEN_NEW_TOKENS} new tokens after a {len(GEN_PROMPT)}-token prompt:",

@@ -154,3 +154,33 @@ def test_the_step_benchmark_prints_each_target_with_the_bf16_path_and_its_figure
     assert "numgpt bf16-mixed / PyTorch under bf16 autocast <= 0.50 (a CPU with AMX): **0.33** (500 / 1500 ms), met" in text
     missing = "\n".join(bench_step.render_targets({"numgpt": 1.0}))
     assert "0.60 (every CPU): not measured in this run (needs the sides numgpt and torch)" in missing
+
+
+def test_the_step_report_renders_a_run_with_a_side_not_available_and_the_scale_rows():
+    import bench_step
+    medians = {"numgpt": 1.0, "torch": 2.0, "autocast": 1.5}
+    steps = {"times": {name: [seconds] for name, seconds in medians.items()},
+             "first_step": dict(medians), "losses": {name: [10.9] for name in medians},
+             "described": {"numgpt": {"kernels": "numba"}, "torch": {"attention": "none"},
+                           "autocast": {"attention": "none"}},
+             "failed": {"bf16": "NotImplementedError: bf16-mixed is not available in this numgpt"},
+             "generation": {"numgpt": {"tokens_per_s": 40.0}, "torch": {"tokens_per_s": 20.0}},
+             "peaks": {"numgpt": 2048.0, "torch": 4096.0, "autocast": 4096.0}}
+    products = {"labels": ["qkv forward x @ W.T"], "NumPy's BLAS": [100.0]}
+    scale_rows = [{"context": 256, "batch": 1, "precision": "32-true",
+                   "numgpt": {"batch": 1, "seconds": 0.5, "peak_mb": 1024.0, "estimate_mb": 1000.0},
+                   "torch": {"batch": 1, "seconds": 1.0, "peak_mb": 2048.0}},
+                  {"context": 256, "batch": 1, "precision": "bf16-mixed",
+                   "numgpt": {"batch": 1, "skipped": "bf16-mixed is not available in this numgpt"},
+                   "torch": {"batch": 1, "seconds": 0.8, "peak_mb": 2048.0}}]
+    report = bench_step.render(argparse.Namespace(steps=1), bench_step.FULL, "2.9.0", None, None, None,
+                               {"worst_rel": 1e-6}, {"NumPy's BLAS": 100.0}, products, steps, scale_rows,
+                               (1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
+    print(report)
+    assert "| PyTorch eager under torch.autocast(\"cpu\", dtype=torch.bfloat16) | 1500 |" in report
+    assert "Not timed: numgpt bf16-mixed (numgpt.autocast, numba kernels): NotImplementedError: bf16-mixed is not " \
+           "available in this numgpt" in report
+    assert "compile time not measured (--no-compile-time)." in report
+    assert "| 256 | 1 | 32-true | 500 | 512 | 1.00 GB (est. 0.98) | 1000 | 256 | 2.00 GB | 0.50 |" in report
+    assert "| 256 | 1 | bf16-mixed | skipped: bf16-mixed is not available in this numgpt |" in report
+    assert "numgpt 32-true / PyTorch eager float32 <= 0.60 (every CPU): **0.50** (1000 / 2000 ms), met" in report
