@@ -15,10 +15,9 @@ import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from common import Child, machine_description, write_report
 
-from bench_step import Child, machine_description  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SHAPES = ((256, 2), (1024, 2))          # (context, batch)
 
@@ -50,10 +49,7 @@ def main():
         lines.append(f"| {T} x {B} | {statistics.median(times[(T, B)]) * 1e3:.0f} | {rate[(T, B)]:.0f} | "
                      f"{peaks[(T, B)] / 1024:.2f} GB | {', '.join(f'{t * 1e3:.0f}' for t in times[(T, B)])} |")
     lines += ["", f"**tokens/s at context 1024 / at context 256: {ratio:.0%}** (issue 15 target: >= 90%)."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    write_report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

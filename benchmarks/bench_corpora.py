@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy
 
+from common import write_report
+
 
 def tree_rss(pid):
     """Resident bytes of ``pid`` and all its descendants, from /proc."""
@@ -180,10 +182,7 @@ def main():
     lines += ["", f"big - verdict store peak RSS: {(big['peak_rss'] - small['peak_rss']) / 2**20:+.0f} MiB (target "
               f"<= 150); big store steps/s / text path: {big['steps_per_s'] / text['steps_per_s']:.3f} (target "
               f">= 0.95); first step {big['first_step_s']:.2f} s (target <= 5)"]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    write_report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

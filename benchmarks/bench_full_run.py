@@ -7,7 +7,8 @@ on the bundled the-verdict.txt (GPT_CONFIG_124M, batch 2 x 256, AdamW lr 4e-4 an
 weight decay 0.1, 10 epochs, evaluation every 5 steps over 5 batches, a
 sample after each epoch). PyTorch: the same run written with the reference
 package's own functions (``llms_from_scratch`` ch02/ch04/ch05), in the torch
-interpreter ``--torch-python`` with torch.set_num_threads(2). Each run is one
+interpreter ``--torch-python`` (default: the one running this script) with
+torch.set_num_threads(2). Each run is one
 process, timed from start to exit; they run one after the other.
 
 tiktoken cannot download here: the PyTorch side finds GPT-2's BPE files in
@@ -26,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import add_torch_python, machine_description, reference_side, write_report
+
 HERE = Path(__file__).resolve()
-DEFAULT_TORCH_PYTHON = "/work/refenv/bin/python"
 TIKTOKEN_URLS = {"vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
                  "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json"}
 LOG_LINE = re.compile(r"Ep (\d+) \(Step (\d+)\): Train loss ([\d.]+), Val loss ([\d.]+)")
@@ -83,7 +85,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="write the Markdown report here (and print it)")
     parser.add_argument("--data", type=Path, help="a text file (default: the bundled the-verdict.txt)")
-    parser.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON)
+    add_torch_python(parser)
     args = parser.parse_args()
 
     from numgpt.bundled import VERDICT, bundled_path
@@ -94,18 +96,22 @@ def main():
         (Path(tmp) / "tiktoken").mkdir()
         env = dict(os.environ, TIKTOKEN_CACHE_DIR=tiktoken_cache(Path(tmp) / "tiktoken"))
         torch_seconds = torch_out = None
-        if Path(args.torch_python).exists():
+        torch_version, torch_missing = reference_side(args.torch_python)
+        if torch_version:
             torch_seconds, torch_out = timed([args.torch_python, "-c", TORCH_RUN, str(data)], env)
         losses = json.loads((Path(tmp) / "run" / "losses.json").read_text())
 
     lines = ["# The seed's full pretraining run (10 epochs, 90 steps, evaluation every 5)", "",
-             f"Machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the end.", "",
+             f"Machine: {machine_description(torch_version)}; load average {os.getloadavg()[0]:.1f} at the end.",
+             "",
              "| run | wall time | last log line |", "|---|---|---|",
              f"| numgpt train (CLI, defaults) | {numgpt_seconds / 60:.2f} min | {last_log_line(numgpt_out)} |"]
     if torch_seconds is not None:
         lines.append(f"| PyTorch, llms_from_scratch's train_model_simple | {torch_seconds / 60:.2f} min | "
                      f"{last_log_line(torch_out)} |")
     lines.append(f"| the seed's published run (GPU or CPU unknown) | — | {SEED_LAST_LINE} |")
+    if torch_missing:
+        lines += ["", torch_missing]
     if torch_seconds is not None:
         lines += ["", f"**numgpt / PyTorch wall time: {numgpt_seconds / torch_seconds:.2f}** (issue 15 target: <= 0.40)."]
     lines += ["", f"numgpt's losses: train {losses['train_losses'][0]:.3f} -> {losses['train_losses'][-1]:.3f}, "
@@ -113,10 +119,7 @@ def main():
                   f"{losses['total_tokens']:,} tokens.", "",
               "numgpt's samples after each epoch:", "", "```",
               *[line for line in numgpt_out.splitlines() if line.startswith("Every effort")], "```"]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    write_report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,14 @@ seed and must give the same bits (outputs, gradients, loss).
 """
 import argparse
 import contextlib
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy
+
+from common import machine_description, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the checkout's numgpt, when run from a clone
 
@@ -117,8 +117,7 @@ def main():
     parser.add_argument("--steps", type=int, default=6, help="timed seed steps per side")
     args = parser.parse_args()
     lines = ["# Fused epilogues against their parts one by one (numgpt, numba mode)", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-             f"{platform.system()}; NumPy {numpy.__version__}. One run; the two sides alternate.", "",
+             f"Machine: {machine_description()}. One run; the two sides alternate.", "",
              f"Epilogues at batch {B} x {T}, C {C}, F {F}, dropout {P}; forward and backward, "
              f"median of {args.repeats}.", "",
              "| epilogue | op by op ms | fused ms | fused / op by op | same bits |", "|---|---|---|---|---|"]
@@ -145,10 +144,7 @@ def main():
               f"{args.steps}: op by op {median['op by op'] * 1e3:.0f} ms, fused {median['fused'] * 1e3:.0f} ms, "
               f"**fused / op by op {median['fused'] / median['op by op']:.3f}** (first-step losses equal: "
               f"{losses['fused']:.6f})."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    write_report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

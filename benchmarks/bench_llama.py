@@ -13,27 +13,31 @@ How it measures (as bench_step.py does for GPT-2):
   side's peak memory is its own ru_maxrss after the steps;
 - transformers is ``LlamaForCausalLM`` built from the same config,
   ``attn_implementation="eager"``, float32, torch.set_num_threads(2), run by
-  ``--torch-python`` (default /work/refenv/bin/python);
+  ``--torch-python`` (default: the interpreter running the benchmark); a
+  second transformers side runs the same step with the forward and the loss
+  under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
 - generation: greedy, 50 new tokens after a 4-token prompt, eval mode, each
   with its KV cache: numgpt's ``generate`` against transformers' ``generate``
   (min_new_tokens = max_new_tokens = 50, so neither stops early);
 - FLOPs per step, counted analytically: 6 * P_mm * B*T + 12 * L * B * T^2 * NH * HS
   (P_mm: the weights of every matrix product, the head included).
 """
+import contextlib
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from common import Child, alternate, machine_description, peak_mb, reference_side, write_report
+
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))
-from bench_step import Child, machine_description, peak_mb, torch_version_of  # noqa: E402
 
 BATCH, SEQ = 2, 256
 LR, WEIGHT_DECAY = 4e-4, 0.1
 SEED = 123
 GEN_NEW_TOKENS, GEN_PROMPT = 50, [1, 422, 3405, 2]
+AUTOCAST = "transformers, bf16 autocast"
 
 
 def preset(name):
@@ -90,9 +94,13 @@ class NumgptSide:
 
 
 class TransformersSide:
-    def __init__(self, cfg):
+    """transformers' LlamaForCausalLM; ``autocast``: the forward and the loss under bf16 autocast."""
+
+    def __init__(self, cfg, autocast=False):
         import torch
         import transformers
+        self.autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast
+                         else contextlib.nullcontext)
         torch.set_num_threads(2)
         torch.manual_seed(SEED)
         self.torch = torch
@@ -113,8 +121,9 @@ class TransformersSide:
     def step(self):
         start = time.perf_counter()
         self.optimizer.zero_grad()
-        logits = self.model(self.x).logits
-        loss = self.torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.y.flatten())
+        with self.autocast():
+            logits = self.model(self.x).logits
+            loss = self.torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.y.flatten())
         loss.backward()
         self.optimizer.step()
         return time.perf_counter() - start, loss.item()
@@ -133,7 +142,7 @@ class TransformersSide:
 
 
 def serve(side_name, cfg):
-    side = (NumgptSide if side_name == "numgpt" else TransformersSide)(cfg)
+    side = NumgptSide(cfg) if side_name == "numgpt" else TransformersSide(cfg, autocast=side_name == AUTOCAST)
     print(json.dumps({"ready": True, "peak_mb": peak_mb(), "version": getattr(side, "version", None)}), flush=True)
     for line in sys.stdin:
         command = line.strip()
@@ -150,42 +159,42 @@ def serve(side_name, cfg):
 
 
 def run(args):
-    """The parent: both sides, alternating; returns the Markdown report."""
+    """The parent: every side, alternating; returns the Markdown report."""
     cfg = preset(args.model)
     config = json.dumps(cfg)
     sides = {"numgpt": Child([sys.executable, str(HERE), "--child", "numgpt", "--config", config])}
-    torch_version = torch_version_of(args.torch_python)
+    torch_version, torch_missing = reference_side(args.torch_python, needs=("torch", "transformers"))
     if torch_version:
-        sides["transformers"] = Child([args.torch_python, str(HERE), "--child", "transformers", "--config", config])
-    times = {name: [] for name in sides}
-    losses = {name: [] for name in sides}
-    for name, side in sides.items():
-        side.ask("step")                                                # warm-up (numba compiles, caches fill)
-    for _ in range(args.steps):
-        for name, side in sides.items():
-            reply = side.ask("step")
-            times[name].append(reply["seconds"])
-            losses[name].append(reply["loss"])
+        for name in ("transformers", AUTOCAST):
+            sides[name] = Child([args.torch_python, str(HERE), "--child", name, "--config", config])
+    steps = alternate(sides, args.steps)
+    if steps["failed"]:
+        sys.exit(f"a side failed: {steps['failed']}")
+    times, losses = steps["times"], steps["losses"]
     generation = {name: side.ask("generate") for name, side in sides.items()}
     peaks = {name: side.close()["peak_mb"] for name, side in sides.items()}
     flops = step_flops(cfg, BATCH, SEQ)
     median = {name: statistics.median(values) for name, values in times.items()}
     lines = [f"# numgpt vs transformers: {args.model} training step and generation", "",
              machine_description(torch_version), "",
-             f"Step: {args.model} shape (numgpt.llama.PRESETS), batch {BATCH} x {SEQ}, float32, AdamW; "
-             f"{flops / 1e9:.0f} GFLOP per step (matrix products). {args.steps} timed steps per side after one "
-             f"warm-up, alternating.", "",
+             f"Step: {args.model} shape (numgpt.llama.PRESETS), batch {BATCH} x {SEQ}, float32 (and transformers "
+             f"under torch.autocast(\"cpu\", dtype=torch.bfloat16)), AdamW; {flops / 1e9:.0f} GFLOP per step "
+             f"(matrix products). {args.steps} timed steps per side after one warm-up, alternating.", "",
              "| side | median step | GFLOP/s | peak memory | generation (tokens/s) |", "|---|---|---|---|---|"]
     for name in sides:
         lines.append(f"| {name} | {median[name] * 1000:.0f} ms | {flops / median[name] / 1e9:.0f} | "
                      f"{peaks[name]:.0f} MB | {generation[name]['tokens_per_s']:.1f} |")
-    if "transformers" in sides:
+    if torch_missing:
+        lines += ["", torch_missing]
+    else:
         lines += ["", f"- step time ratio numgpt / transformers: **{median['numgpt'] / median['transformers']:.2f}** "
                       f"(target <= 0.5)",
+                  f"- step time ratio numgpt / transformers under bf16 autocast: "
+                  f"**{median['numgpt'] / median[AUTOCAST]:.2f}**",
                   f"- peak memory ratio: **{peaks['numgpt'] / peaks['transformers']:.2f}** (target <= 0.8)",
                   f"- generation speed ratio numgpt / transformers: "
                   f"**{generation['numgpt']['tokens_per_s'] / generation['transformers']['tokens_per_s']:.2f}** "
-                  f"(target >= 1.5)",
+                  f"(target >= 1.5; both float32: generation runs outside autocast)",
                   "- step times (s): " + "; ".join(f"{name} " + ", ".join(f"{t:.2f}" for t in times[name])
                                                     for name in sides),
                   "- first losses: " + "; ".join(f"{name} {losses[name][0]:.4f}" for name in sides)
@@ -194,10 +203,7 @@ def run(args):
 
 
 def main(args):
-    report = run(args)
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    write_report(run(args), args.out)
     return 0
 
 

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import write_report
+
 HERE = Path(__file__).resolve()
 BATCH, SEQ, STEPS = 2, 256, 4
 LINKS_GBPS = (10, 25)
@@ -131,10 +133,7 @@ def main():
             step = one["seconds"] + exchange * (1 - hidden)
             cells.append(f"{exchange:.2f} s, {step:.2f} s, {n * one['seconds'] / step:.1f}x")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    write_report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,12 @@ mean cross-entropy, backward, AdamW(lr 4e-4, weight_decay 0.1).
 The sides (``--sides``, a comma list of these names; default all):
 - ``numgpt``: numgpt with its numba kernels (NUMGPT_KERNELS=numba);
 - ``numpy``: numgpt's readable NumPy reference path (NUMGPT_KERNELS=numpy);
+- ``bf16``: numgpt in ``bf16-mixed``: the forward and the loss under
+  ``numgpt.autocast("cpu", dtype="bfloat16")``, numba kernels; a numgpt
+  without ``numgpt.autocast`` reports the side "not available";
 - ``torch``: PyTorch eager, ``llms_from_scratch.ch04.GPTModel``;
+- ``autocast``: the same, the forward and the loss under
+  ``torch.autocast("cpu", dtype=torch.bfloat16)`` (oneDNN's bf16 products);
 - ``sdpa``: the same model, each block's attention computed by
   ``torch.nn.functional.scaled_dot_product_attention`` (is_causal=True,
   dropout_p = drop_rate in training, as the seed drops attention weights);
@@ -29,8 +34,9 @@ How it measures:
   them for one step at a time, alternating, so that all see the same machine
   load; each side's peak memory is its own ru_maxrss; one warm-up step each.
 - PyTorch runs with torch.set_num_threads(2), by the interpreter
-  ``--torch-python`` (default /work/refenv/bin/python); without it, only
-  numgpt's sides run.
+  ``--torch-python`` (default: the one running this script; ``pip install -e
+  '.[bench]'`` installs torch, transformers and llms-from-scratch); without
+  them only numgpt's sides run, and the report says how to install them.
 - Before anything is timed, a separate process runs one step from the same
   seed with the numba kernels and with the NumPy path and checks that both
   losses (before and after the AdamW update) agree.
@@ -49,16 +55,16 @@ How it measures:
   mode: numgpt's generate_text_simple (KV cache) against the seed's cache-less
   torch loop (``llms_from_scratch.ch04.generate_text_simple``).
 - ``--scale``: numgpt and PyTorch eager, one process per side and shape, at
-  context 256/512/1024 x batch 1..8; a shape whose estimated memory exceeds
+  context 256/512/1024 x batch 1..8, in float32 (numgpt 32-true, PyTorch
+  eager) and in bf16 (numgpt bf16-mixed, PyTorch under autocast); a shape whose estimated memory exceeds
   ``--scale-budget-gib`` is skipped (numgpt.train.estimate_training_bytes for
   numgpt, torch_eager_training_bytes below for PyTorch).
+- The report ends with issue 24's targets, the CPU's bf16 path beside them,
+  and this run's figure for each it measures (met or MISSED).
 """
 import argparse
-import ctypes
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -68,8 +74,10 @@ import traceback
 from pathlib import Path
 from typing import NamedTuple
 
+from common import (Child, add_torch_python, alternate, bf16_path, machine_description, one_line, peak_mb,
+                    reference_side, run_json, target_line, write_report)
+
 HERE = Path(__file__).resolve()
-DEFAULT_TORCH_PYTHON = "/work/refenv/bin/python"
 CONFIG = {"vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
           "drop_rate": 0.1, "qkv_bias": False}
 BATCH, SEQ = 2, 256
@@ -77,18 +85,22 @@ LR, WEIGHT_DECAY = 4e-4, 0.1
 SEED = 123
 GEN_NEW_TOKENS, GEN_PROMPT = 50, [6109, 3626, 6100, 345]     # "Every effort moves you"
 SCALE_CONTEXTS, SCALE_BATCHES = (256, 512, 1024), (1, 2, 4, 8)
+SCALE_PRECISIONS = (("32-true", "torch"), ("bf16-mixed", "autocast"))   # numgpt's precision, PyTorch's side beside it
 AGREEMENT_RTOL = 1e-4                                        # numba vs NumPy loss, float32
 
 SIDES = {                                                    # --sides name: the row's label
     "numgpt": "numgpt (numba kernels)",
     "numpy": "numgpt, NumPy reference (NUMGPT_KERNELS=numpy)",
+    "bf16": "numgpt bf16-mixed (numgpt.autocast, numba kernels)",
     "torch": "PyTorch eager (the seed's GPTModel)",
+    "autocast": "PyTorch eager under torch.autocast(\"cpu\", dtype=torch.bfloat16)",
     "sdpa": "PyTorch, scaled_dot_product_attention",
     "flash": "PyTorch, scaled_dot_product_attention, no attention dropout",
     "compile": "PyTorch torch.compile (the seed's GPTModel)",
 }
-NUMGPT_SIDES = {"numgpt": "numba", "numpy": "numpy"}         # side: its NUMGPT_KERNELS
-TORCH_VARIANTS = ("torch", "sdpa", "flash", "compile")
+NUMGPT_SIDES = {"numgpt": "numba", "numpy": "numpy", "bf16": "numba"}   # side: its NUMGPT_KERNELS
+PRECISIONS = {"bf16": "bf16-mixed"}                          # a numgpt side's precision, when not 32-true
+TORCH_VARIANTS = ("torch", "autocast", "sdpa", "flash", "compile")
 
 
 class Setup(NamedTuple):
@@ -154,22 +166,21 @@ def batch_of(cfg, batch, seq, seed=0):
     return (rng.integers(0, cfg["vocab_size"], (batch, seq)), rng.integers(0, cfg["vocab_size"], (batch, seq)))
 
 
-def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def one_line(error):
-    """An exception as one line, for the report."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
-
-
 # ------------------------------------------------------------------ the sides (child processes)
 
 class NumgptSide:
-    def __init__(self, cfg, batch, seq):
+    """numgpt's step; ``precision`` 32-true (float32) or bf16-mixed (forward and loss under
+    ``numgpt.autocast("cpu", dtype="bfloat16")``, as torch.autocast is used)."""
+
+    def __init__(self, cfg, batch, seq, precision="32-true"):
+        import contextlib
+
         import numgpt
         from numgpt.model import GPTModel
+        if precision == "bf16-mixed" and not hasattr(numgpt, "autocast"):
+            raise NotImplementedError("bf16-mixed is not available in this numgpt (it has no numgpt.autocast)")
+        self.autocast = ((lambda: numgpt.autocast("cpu", dtype="bfloat16")) if precision == "bf16-mixed"
+                         else contextlib.nullcontext)
         numgpt.manual_seed(SEED)
         self.numgpt = numgpt
         self.model = GPTModel(cfg)
@@ -185,8 +196,9 @@ class NumgptSide:
     def step(self):
         start = time.perf_counter()
         self.optimizer.zero_grad()
-        logits = self.model(self.x)
-        loss = self.numgpt.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.y.reshape(-1))
+        with self.autocast():
+            logits = self.model(self.x)
+            loss = self.numgpt.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.y.reshape(-1))
         loss.backward()
         self.optimizer.step()
         return time.perf_counter() - start, loss.item()
@@ -246,6 +258,8 @@ class TorchSide:
     """The seed's PyTorch model: ``variant`` torch (eager), sdpa, flash or compile (see the module docstring)."""
 
     def __init__(self, cfg, batch, seq, variant="torch"):
+        import contextlib
+
         import torch
         from llms_from_scratch.ch04 import GPTModel
         torch.set_num_threads(2)
@@ -263,6 +277,8 @@ class TorchSide:
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
         self.cfg = cfg
         self.variant = variant
+        self.autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if variant == "autocast"
+                         else contextlib.nullcontext)
 
     def describe(self):
         if self.variant == "compile":
@@ -274,8 +290,9 @@ class TorchSide:
     def step(self):
         start = time.perf_counter()
         self.optimizer.zero_grad()
-        logits = self.forward(self.x)
-        loss = self.torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.y.flatten())
+        with self.autocast():
+            logits = self.forward(self.x)
+            loss = self.torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.y.flatten())
         loss.backward()
         self.optimizer.step()
         return time.perf_counter() - start, loss.item()
@@ -312,12 +329,12 @@ def hf_generate(cfg):
     print(json.dumps({"tokens_per_s": GEN_NEW_TOKENS / seconds, "version": transformers.__version__}), flush=True)
 
 
-def serve(side_name, variant, setup):
+def serve(side_name, variant, setup, precision="32-true"):
     """Child loop: one JSON line per command read from stdin. A side that fails (to build, or in
     a step) answers {"error": one line}, prints its traceback to stderr and ends."""
     try:
         if side_name == "numgpt":
-            side = NumgptSide(setup.cfg, setup.batch, setup.seq)
+            side = NumgptSide(setup.cfg, setup.batch, setup.seq, precision)
         else:
             side = TorchSide(setup.cfg, setup.batch, setup.seq, variant)
         print(json.dumps({"ready": True, "peak_mb": peak_mb(), **side.describe()}), flush=True)
@@ -363,7 +380,7 @@ def compile_time():
     print(json.dumps({"seconds": kernels.warm_up()}), flush=True)
 
 
-def scale_child(side_name, setup, context, batch, steps, budget_bytes):
+def scale_child(side_name, setup, context, batch, steps, budget_bytes, precision="32-true", variant="torch"):
     """One side's median step time at one context length and batch size (one process each, so
     the peak is its own): numgpt skips a shape whose estimate exceeds the budget itself, the
     parent does it for PyTorch (whose interpreter has no numgpt)."""
@@ -374,9 +391,13 @@ def scale_child(side_name, setup, context, batch, steps, budget_bytes):
         if estimate > budget_bytes:
             print(json.dumps({"batch": batch, "skipped": f"estimated {estimate / 2**30:.1f} GiB"}), flush=True)
             return
-        side = NumgptSide(cfg, batch, context)
+        try:
+            side = NumgptSide(cfg, batch, context, precision)
+        except NotImplementedError as error:
+            print(json.dumps({"batch": batch, "skipped": str(error)}), flush=True)
+            return
     else:
-        side = TorchSide(cfg, batch, context)
+        side = TorchSide(cfg, batch, context, variant)
     side.step()                                                     # warm-up
     times = [side.step()[0] for _ in range(steps)]
     reply = {"batch": batch, "seconds": statistics.median(times), "peak_mb": peak_mb()}
@@ -387,37 +408,6 @@ def scale_child(side_name, setup, context, batch, steps, budget_bytes):
 
 # ------------------------------------------------------------------ the parent
 
-class Child:
-    def __init__(self, argv, env=None):
-        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                        env=env, bufsize=1)
-        self.first = self.read()
-
-    def read(self):
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"child {self.process.args} ended (exit code {self.process.wait()})")
-        return json.loads(line)
-
-    def ask(self, command):
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return self.read()
-
-    def close(self):
-        reply = self.ask("exit")
-        self.process.wait()
-        return reply
-
-
-def run_json(argv, env=None):
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:                                        # show why before raising
-        print(f"{' '.join(argv)} failed:\n" + "\n".join(done.stderr.strip().splitlines()[-15:]), file=sys.stderr)
-        raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-
-
 def product_rates(operands, repeats=3):
     """GFLOP/s of each (a, b) product in ``operands`` (best of ``repeats``), by NumPy's BLAS and
     by numgpt's matmul kernel where it takes the product: {name: [rate per product]}."""
@@ -425,7 +415,7 @@ def product_rates(operands, repeats=3):
     from numgpt.kernels import matmul as kernel
     products = {"NumPy's BLAS": numpy.matmul}
     if all(kernel.kernel_operands(a, b) is not None for a, b in operands):
-        products["numgpt's kernel"] = kernel.matmul
+        products["numgpt's kernel"] = kernel.kernel_matmul
     rates = {}
     for name, product in products.items():
         time.sleep(1.0)              # OpenBLAS's threads spin a while after their last call: let them stop
@@ -469,63 +459,6 @@ def step_products(cfg, batch, seq):
     return rows
 
 
-def openblas_corename():
-    """The kernel family ('Haswell', 'SkylakeX', ...) the OpenBLAS mapped into this process runs, or '?'."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return "?"
-    for path in paths:
-        library = ctypes.CDLL(path)
-        for symbol in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
-            getter = getattr(library, symbol, None)
-            if getter is not None:
-                getter.restype = ctypes.c_char_p
-                return getter().decode()
-    return "?"
-
-
-def openblas_kernels():
-    """Which kernel family OpenBLAS runs, and who chose it: OPENBLAS_CORETYPE in
-    the environment overrides OpenBLAS's own CPU check (this project's machine
-    pins Haswell, AVX2, on an AVX-512 CPU)."""
-    pinned = os.environ.get("OPENBLAS_CORETYPE")
-    return f"OpenBLAS kernels {openblas_corename()} " + (
-        f"(OPENBLAS_CORETYPE={pinned} set in the environment)" if pinned else "(OpenBLAS's own choice)")
-
-
-def machine_description(torch_version):
-    import numba
-    import numpy
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
-    blas = numpy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    return (f"{cpu} ({simd}), {os.cpu_count()} cores, {platform.system()} {platform.machine()}; Python "
-            f"{platform.python_version()}, NumPy {numpy.__version__} ({blas.get('name', '?')} "
-            f"{blas.get('version', '')}; {openblas_kernels()}), numba {numba.__version__}, "
-            f"torch {torch_version or 'not installed'}")
-
-
-def torch_version_of(python):
-    if not python or not Path(python).exists():
-        return None
-    try:
-        out = subprocess.run([python, "-c", "import torch, llms_from_scratch; print(torch.__version__)"],
-                             capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def parse_sides(text):
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in SIDES]
@@ -541,16 +474,19 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side (after one warm-up step)")
     parser.add_argument("--sides", type=parse_sides, default=list(SIDES),
                         help=f"comma list of the sides to time, of {','.join(SIDES)} (default all)")
-    parser.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON)
+    add_torch_python(parser)
     parser.add_argument("--scale", action="store_true",
                         help="also time numgpt and PyTorch eager at context 256/512/1024, batch 1..8")
     parser.add_argument("--scale-budget-gib", type=float, default=12.0,
                         help="skip scale configurations whose estimated memory exceeds this")
     parser.add_argument("--model", help="a Llama-family preset (smollm2-135m, ...): numgpt against transformers' "
                                         "LlamaForCausalLM instead (benchmarks/bench_llama.py)")
+    parser.add_argument("--no-compile-time", action="store_true",
+                        help="skip timing the kernels' compile into an empty cache (minutes on a loaded machine)")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # smoke test: a tiny GPT
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="torch", choices=TORCH_VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"), help=argparse.SUPPRESS)
     parser.add_argument("--context", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -563,7 +499,7 @@ def main():
         if args.context:                            # a resident side at another shape (bench_context.py)
             setup = setup._replace(cfg=dict(setup.cfg, context_length=args.context), batch=args.batch,
                                    seq=args.context)
-        return serve(args.child, args.variant, setup)
+        return serve(args.child, args.variant, setup, args.precision)
     if args.child == "check":
         return check_agreement(setup.cfg, setup.batch, setup.seq)
     if args.child == "compile":
@@ -572,20 +508,22 @@ def main():
         return hf_generate(setup.cfg)
     if args.child in ("numgpt-scale", "torch-scale"):
         return scale_child(args.child.removesuffix("-scale"), setup, args.context, args.batch, max(1, args.steps),
-                           args.scale_budget_gib * 2 ** 30)
+                           args.scale_budget_gib * 2 ** 30, args.precision, args.variant)
 
     me = [sys.executable, str(HERE)] + (["--tiny"] if args.tiny else [])
     torch_me = [args.torch_python, str(HERE)] + (["--tiny"] if args.tiny else [])
     load_before = os.getloadavg()
-    torch_version = torch_version_of(args.torch_python)
+    torch_version, torch_missing = reference_side(args.torch_python)
     wanted = args.sides if torch_version else [name for name in args.sides if name in NUMGPT_SIDES]
 
     # 1. kernel compile time: an empty cache, then the cache it filled
-    with tempfile.TemporaryDirectory() as cache_dir:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-        first = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
-        cached = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
-    print(f"kernel compile: {first:.1f} s first run, {cached:.2f} s from cache", file=sys.stderr)
+    first = cached = None
+    if not args.no_compile_time:
+        with tempfile.TemporaryDirectory() as cache_dir:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+            first = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
+            cached = run_json(me + ["--child", "compile"], env)[-1]["seconds"]
+        print(f"kernel compile: {first:.1f} s first run, {cached:.2f} s from cache", file=sys.stderr)
 
     # 2. numba and NumPy agree before anything is timed
     check = run_json(me + ["--child", "check"])[-1]
@@ -610,28 +548,30 @@ def main():
         except subprocess.CalledProcessError as error:
             print(f"no Hugging Face row: {error.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
 
-    # 5. scale: numgpt, and PyTorch eager where its estimate fits the budget
+    # 5. scale: numgpt float32 against PyTorch eager, numgpt bf16-mixed against PyTorch under autocast,
+    #    PyTorch where its estimate fits the budget
     scale_rows = []
     if args.scale:
         budget = ["--steps", "1", "--scale-budget-gib", str(args.scale_budget_gib)]
         for context in setup.scale_contexts:
             for batch in setup.scale_batches:
-                shape = ["--context", str(context), "--batch", str(batch)]
-                row = {"context": context, "batch": batch,
-                       "numgpt": run_json(me + ["--child", "numgpt-scale"] + shape + budget)[-1]}
-                if torch_version:
-                    estimate = torch_eager_training_bytes(dict(setup.cfg, context_length=context), batch, context)
-                    row["torch"] = ({"skipped": f"estimated {estimate / 2**30:.1f} GiB"}
-                                    if estimate > args.scale_budget_gib * 2 ** 30 else
-                                    run_json(torch_me + ["--child", "torch-scale"] + shape + budget)[-1])
-                scale_rows.append(row)
-                print(f"scale T={context} B={batch}: {row}", file=sys.stderr)
+                for precision, variant in SCALE_PRECISIONS:
+                    shape = ["--context", str(context), "--batch", str(batch)]
+                    row = {"context": context, "batch": batch, "precision": precision,
+                           "numgpt": run_json(me + ["--child", "numgpt-scale", "--precision", precision]
+                                              + shape + budget)[-1]}
+                    if torch_version:
+                        estimate = torch_eager_training_bytes(dict(setup.cfg, context_length=context), batch, context)
+                        row["torch"] = ({"skipped": f"estimated {estimate / 2**30:.1f} GiB"}
+                                        if estimate > args.scale_budget_gib * 2 ** 30 else
+                                        run_json(torch_me + ["--child", "torch-scale", "--variant", variant]
+                                                 + shape + budget)[-1])
+                    scale_rows.append(row)
+                    print(f"scale T={context} B={batch} {precision}: {row}", file=sys.stderr)
 
-    report = render(args, setup, torch_version, first, cached, check, sgemm, products, steps, scale_rows,
-                    load_before, os.getloadavg())
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    report = render(args, setup, torch_version, torch_missing, first, cached, check, sgemm, products, steps,
+                    scale_rows, load_before, os.getloadavg())
+    write_report(report, args.out)
 
 
 def time_sides(wanted, me, torch_me, inductor_cache, n_steps):
@@ -642,7 +582,8 @@ def time_sides(wanted, me, torch_me, inductor_cache, n_steps):
     children, described, failed = {}, {}, {}
     for name in wanted:
         if name in NUMGPT_SIDES:
-            argv, env = me + ["--child", "numgpt"], dict(os.environ, NUMGPT_KERNELS=NUMGPT_SIDES[name])
+            argv = me + ["--child", "numgpt", "--precision", PRECISIONS.get(name, "32-true")]
+            env = dict(os.environ, NUMGPT_KERNELS=NUMGPT_SIDES[name])
         else:
             argv = torch_me + ["--child", "torch", "--variant", name]
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=inductor_cache) if name == "compile" else None
@@ -658,33 +599,14 @@ def time_sides(wanted, me, torch_me, inductor_cache, n_steps):
         if name in NUMGPT_SIDES and child.first["kernels"] != NUMGPT_SIDES[name]:
             sys.exit(f"side {name} runs numgpt's {child.first['kernels']} kernels, not {NUMGPT_SIDES[name]}")
         children[name], described[name] = child, child.first
-    times = {name: [] for name in children}
-    first_step, losses = {}, {name: [] for name in children}
-    for i in range(n_steps + 1):
-        for name, child in list(children.items()):
-            try:
-                reply = child.ask("step")
-            except RuntimeError as error:                           # the child died (a crash, out of memory)
-                reply = {"error": str(error)}
-            if "error" in reply:
-                failed[name] = reply["error"]
-                child.process.wait()
-                del children[name], times[name], losses[name]
-                print(f"step {i} {name} failed: {reply['error']}", file=sys.stderr)
-                continue
-            if i == 0:
-                first_step[name] = reply["seconds"]                 # warm-up; compile's compile time
-            else:
-                times[name].append(reply["seconds"])
-            losses[name].append(reply["loss"])
-            print(f"step {i} {name}: {reply['seconds'] * 1e3:.0f} ms, loss {reply['loss']:.4f}", file=sys.stderr)
+    steps = alternate(children, n_steps, log=True)                  # warm-up: compile's compile time
     generation = {name: children[name].ask("generate") for name in ("numgpt", "torch") if name in children}
     peaks = {name: child.close()["peak_mb"] for name, child in children.items()}
-    return {"times": times, "first_step": first_step, "losses": losses, "described": described, "failed": failed,
-            "generation": generation, "peaks": peaks}
+    return {**steps, "failed": {**failed, **steps["failed"]}, "described": described, "generation": generation,
+            "peaks": peaks}
 
 
-def render(args, setup, torch_version, first, cached, check, sgemm, products, steps, scale_rows,
+def render(args, setup, torch_version, torch_missing, first, cached, check, sgemm, products, steps, scale_rows,
            load_before, load_after):
     flops = step_flops(setup.cfg, setup.batch, setup.seq)
     ceiling = max(sgemm.values())
@@ -731,6 +653,9 @@ def render(args, setup, torch_version, first, cached, check, sgemm, products, st
                        "steps after it.")]
     for name, reason in steps["failed"].items():
         lines += ["", f"Not timed: {SIDES[name]}: {reason}"]
+    if torch_missing:
+        lines += ["", torch_missing]
+    lines += render_targets(medians)
     lines += ["", "Per-step times (ms): " + "; ".join(
         f"{name} " + ", ".join(f"{t * 1e3:.0f}" for t in ts) for name, ts in times.items()),
         "",
@@ -738,7 +663,8 @@ def render(args, setup, torch_version, first, cached, check, sgemm, products, st
         + "; ".join(f"{name} {ls[0]:.4f}" for name, ls in steps["losses"].items()),
         "",
         f"Kernels: numba vs NumPy losses agree before timing (worst relative difference {check['worst_rel']:.1e}); "
-        f"compile {first:.1f} s on a first run, {cached:.2f} s from the cache.",
+        + (f"compile {first:.1f} s on a first run, {cached:.2f} s from the cache." if first is not None else
+         "compile time not measured (--no-compile-time)."),
         "",
         f"Greedy generation, {setup.name}, {GEN_NEW_TOKENS} new tokens after a {len(GEN_PROMPT)}-token prompt:",
         "",
@@ -759,7 +685,9 @@ def render(args, setup, torch_version, first, cached, check, sgemm, products, st
         lines.append("Hugging Face transformers is not installed in the reference environment: no row for it.")
     names = [name for name in products if name != "labels"]
     lines += ["", f"The step's matrix products (batch {setup.batch} x {setup.seq}), GFLOP/s, best of 3 each; numgpt's "
-                  "numba mode runs them all on its kernel when the kernel's column is present:", "",
+                  "numba mode runs each on its kernel or the BLAS, whichever its measured choice for the shape "
+                  "class says (kernels/matmul_choice.py; without the kernel's column, this CPU has no AVX-512 and "
+                  "every product goes to the BLAS):", "",
               "| product | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for i, label in enumerate(products["labels"]):
         lines.append(f"| {label} | " + " | ".join(f"{products[name][i]:.0f}" for name in names) + " |")
@@ -768,8 +696,37 @@ def render(args, setup, torch_version, first, cached, check, sgemm, products, st
     return "\n".join(lines) + "\n"
 
 
+def render_targets(medians):
+    """Issue 24's targets, each with the CPU's bf16 path and this run's figure where it measured one."""
+    path = bf16_path()
+
+    def ratio(side, other):
+        if side in medians and other in medians:
+            return medians[side] / medians[other], f"{medians[side] * 1e3:.0f} / {medians[other] * 1e3:.0f} ms"
+        return None, f"needs the sides {side} and {other}"
+
+    elsewhere = "measured by benchmarks/{}"
+    return ["", f"Issue 24's targets (this CPU's bf16 path: {path}):", "",
+            target_line("seed step, numgpt bf16-mixed / PyTorch eager float32 <= 0.20 (a CPU with AMX)",
+                        *ratio("bf16", "torch"), 0.20),
+            target_line("seed step, numgpt bf16-mixed / PyTorch under bf16 autocast <= 0.50 (a CPU with AMX)",
+                        *ratio("bf16", "autocast"), 0.50),
+            target_line("seed step, numgpt bf16-mixed / numgpt float32 <= 0.65 (a CPU with AVX512_BF16 only)",
+                        *ratio("bf16", "numgpt"), 0.65),
+            target_line("seed step, numgpt 32-true / PyTorch eager float32 <= 0.60 (every CPU)",
+                        *ratio("numgpt", "torch"), 0.60),
+            target_line("numgpt's bf16 kernel / oneDNN through PyTorch on the seed's product shapes >= 0.8", None,
+                        elsewhere.format("bench_bf16_gemm.py"), 0.8),
+            target_line("the seed's full run in bf16-mixed / PyTorch float32 wall time <= 0.25", None,
+                        elsewhere.format("bench_full_run.py"), 0.25),
+            target_line("greedy generation bf16-true >= 1.6 x numgpt float32 and >= 2.0 x transformers float32",
+                        None, "numgpt's bf16-true generation is not in this benchmark yet", 1.6),
+            target_line("SmolLM2-135M step bf16-mixed <= 0.50 x transformers float32, <= 1.0 x under autocast",
+                        None, elsewhere.format("bench_llama.py (bench_step.py --model smollm2-135m)"), 0.5)]
+
+
 def render_scale(scale_rows):
-    """The --scale table: numgpt and PyTorch eager per (context, batch), a skipped shape says why."""
+    """The --scale table: numgpt and PyTorch per (context, batch, precision), a skipped shape says why."""
     def cells(reply, context):
         if reply is None:
             return ["", "", ""]
@@ -781,14 +738,16 @@ def render_scale(scale_rows):
         return [f"{reply['seconds'] * 1e3:.0f}", f"{reply['batch'] * context / reply['seconds']:.0f}", peak]
 
     lines = ["", "## Scale (one timed step after a warm-up, one process per side and shape; report only)", "",
-             ("| context | batch | numgpt ms/step | numgpt tokens/s | numgpt peak (estimate_training_bytes) | PyTorch eager ms/step "
-              "| PyTorch eager tokens/s | PyTorch eager peak | numgpt time / PyTorch eager |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Precision 32-true: numgpt float32 against PyTorch eager float32; bf16-mixed: numgpt under "
+             "numgpt.autocast against PyTorch eager under torch.autocast(\"cpu\", dtype=torch.bfloat16).", "",
+             ("| context | batch | precision | numgpt ms/step | numgpt tokens/s | numgpt peak (estimate_training_bytes) "
+              "| PyTorch ms/step | PyTorch tokens/s | PyTorch peak | numgpt time / PyTorch |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in scale_rows:
         ours, theirs = row["numgpt"], row.get("torch")
         both = "seconds" in ours and theirs is not None and "seconds" in theirs
         ratio = f"{ours['seconds'] / theirs['seconds']:.2f}" if both else ""
-        lines.append(f"| {row['context']} | {row['batch']} | " + " | ".join(
+        lines.append(f"| {row['context']} | {row['batch']} | {row['precision']} | " + " | ".join(
             cells(ours, row["context"]) + cells(theirs, row["context"]) + [ratio]) + " |")
     return lines
 

@@ -7,9 +7,10 @@ CPU has, and OpenBLAS's idle threads spin for a while after each call, which
 slows the numba kernels that run next. On this project's machine (AMD EPYC,
 AVX-512) the environment pins OpenBLAS to its AVX2 ("Haswell") kernels,
 ~250 GFLOP/s on two cores; this kernel reaches 360-460 on the step's linear
-products (benchmarks/results.md has the table). Without AVX-512
-(``HAS_AVX512`` false) every product goes to NumPy, where the BLAS is the
-better choice.
+products (benchmarks/results.md has the table). On Intel Emerald Rapids it
+is the other way round (OpenBLAS 387-425 GFLOP/s, this kernel 207-340), so
+which of the two runs is measured per machine and shape class (below).
+Without AVX-512 (``HAS_AVX512`` false) every product goes to NumPy.
 
 The method is Goto's [1], in BLIS's five-loop form [2]: five loops around a
 register micro-kernel, each loop sized so that the block of an operand it
@@ -109,7 +110,10 @@ in any IEEE product (the zero padding only touches discarded tile entries).
 Shapes: a (..., M, K), b (..., K, N), out (..., M, N), the leading axes
 equal; a and b may be C-contiguous arrays or transposed views of them. Anything else (other dtypes, other strides, a
 dimension under MIN_DIM: tiny test models, generation's one-token steps)
-goes to ``numpy.matmul``.
+goes to ``numpy.matmul``. Of the products the kernel can take, ``matmul``
+runs each on the kernel or on the BLAS as the machine's measured choice for
+its shape class says (kernels/matmul_choice.py: on some CPUs the BLAS is the
+faster); ``kernel_matmul`` always runs the kernel, for tests and benchmarks.
 
 [1] K. Goto and R. A. van de Geijn, "Anatomy of High-Performance Matrix
     Multiplication", ACM Transactions on Mathematical Software 34(3), 2008.
@@ -127,11 +131,14 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from numgpt.kernels.matmul_choice import BLAS, MatmulChooser, cache_path, machine_fingerprint, time_both
+
 LANES = 16                # float32 lanes of an AVX-512 register
 MR, NV = 8, 3             # the micro-tile: MR rows x NV registers (NR = 48 columns)
 NR = NV * LANES
 KC, MC, NC = 256, 256, 768   # blocks of K, M (transposed A) and N (B) packed at a time
 MIN_DIM = 16
+_chooser = None           # chooser(): made on the first product the kernel could take
 
 # numba compiles for the host CPU unless NUMBA_CPU_NAME says otherwise (then 16-lane vectors would be split)
 HAS_AVX512 = (bool(llvmlite.binding.get_host_cpu_features().get("avx512f", False))
@@ -368,10 +375,10 @@ def _product_block(a_stored, a_transposed, b_stored, b_transposed, c, i_lo, i_hi
                     _pack_a_columns(a, M, pc, kc, ic, mc, packed_a)
                 for jr in range(0, nc, NR):                     # loop 2: a micro-panel of packed_b (L1 / L2)
                     width, j0, b_offset = min(NR, nc - jr), jc + jr, jr // NR * kc * NR
-                    for ir in range(0, mc, MR):                 # loop 1: a sliver of A, a tile of C
-                        height, i0 = min(MR, mc - ir), ic + ir
+                    for i_r in range(0, mc, MR):                # loop 1: a sliver of A, a tile of C
+                        height, i0 = min(MR, mc - i_r), ic + i_r
                         if a_transposed:
-                            source, offset, row_stride, col_stride = packed_a, ir, 1, mc
+                            source, offset, row_stride, col_stride = packed_a, i_r, 1, mc
                         else:
                             source, offset, row_stride, col_stride = a, i0 * K + pc, K, 1
                         if height < MR:                         # the last rows, zero-padded to MR
@@ -452,10 +459,40 @@ def kernel_operands(a, b, out=None):
 
 def matmul(a, b, out=None):
     """``a @ b`` for matrices or equal-shaped stacks of them (..., M, K) @ (..., K, N),
-    into ``out`` when given: the kernel where ``kernel_operands`` allows, else numpy.matmul."""
+    into ``out`` when given: the kernel where ``kernel_operands`` allows and the machine's
+    choice for the shape class is the kernel (kernels/matmul_choice.py), else numpy.matmul."""
+    operands = kernel_operands(a, b, out)
+    if operands is None or chooser().choice(a, b) == BLAS:
+        return numpy.matmul(a, b, out=out)
+    return _kernel_product(operands, a, b, out)
+
+
+def kernel_matmul(a, b, out=None):
+    """``a @ b`` on the kernel wherever ``kernel_operands`` allows, whatever the choice (the tests
+    and benchmarks check and time the kernel itself), else numpy.matmul."""
     operands = kernel_operands(a, b, out)
     if operands is None:
         return numpy.matmul(a, b, out=out)
+    return _kernel_product(operands, a, b, out)
+
+
+def chooser():
+    """This process's MatmulChooser: the machine's cache file, read on first use (AVX-512 only)."""
+    global _chooser
+    if _chooser is None:
+        machine = machine_fingerprint(numba.get_num_threads())
+        _chooser = MatmulChooser(cache_path(machine), machine, lambda a, b: time_both(kernel_matmul, a, b))
+    return _chooser
+
+
+def set_chooser(new):
+    """Replace this process's chooser (None: the machine's, made again on next use); returns the old one."""
+    global _chooser
+    old, _chooser = _chooser, new
+    return old
+
+
+def _kernel_product(operands, a, b, out):
     M, N = a.shape[-2], b.shape[-1]
     if out is None:
         out = numpy.empty(a.shape[:-1] + (N,), dtype=numpy.float32)

@@ -28,12 +28,27 @@ def _blas():
 
 
 def _matmul_kernel():
+    """[(label, value)]: whether numgpt's float32 kernel can run, and the choice per shape class
+    between it and the BLAS with the file that keeps it (kernels/matmul_choice.py)."""
     from numgpt.kernels import matmul
     if not matmul.HAS_AVX512:
-        return "not used: this CPU has no AVX-512 (matrix products go to the BLAS)"
+        return [("matmul kernel", "not used: this CPU has no AVX-512 (matrix products go to the BLAS; nothing "
+                                  "measured, no choice file)")]
     if backend.get_kernel_mode() != "numba":
-        return "not used: kernel mode numpy (matrix products go to the BLAS)"
-    return "in use (AVX-512, kernels/matmul.py)"
+        return [("matmul kernel", "not used: kernel mode numpy (matrix products go to the BLAS)")]
+    chooser = matmul.chooser()
+    shapes = chooser.shapes
+    kernel_count = sum(entry["choice"] == "kernel" for entry in shapes.values())
+    set_aside = f"; the file there was set aside: {chooser.set_aside}" if chooser.set_aside else ""
+    set_aside += f"; not written, this process only: {chooser.unsaved}" if chooser.unsaved else ""
+    rows = [("matmul kernel", "in use (AVX-512, kernels/matmul.py) per shape class where it beats the BLAS, "
+                              "measured on a class's first product and kept"),
+            ("matmul choices", f"{len(shapes)} shape classes measured ({kernel_count} kernel, "
+                               f"{len(shapes) - kernel_count} BLAS) in {chooser.path}{set_aside}")]
+    for key, entry in sorted(shapes.items()):
+        rows.append(("matmul choice", f"{key}: {entry['choice']} (kernel {entry['kernel_gflops']:.0f}, BLAS "
+                                      f"{entry['blas_gflops']:.0f} GFLOP/s)"))
+    return rows
 
 
 def _bf16_path():
@@ -85,7 +100,7 @@ def describe():
                   f"{numba.threading_layer()})"),        # started by get_num_threads above
         ("BLAS", _blas()),
         ("kernel mode", f"{backend.get_kernel_mode()} ({mode_source})"),
-        ("matmul kernel", _matmul_kernel()),
+        *_matmul_kernel(),
         ("bf16 path", _bf16_path()),
         ("threads", f"{kernel_threads} for numba kernels, {blas_threads} for the BLAS, {os.cpu_count()} cores"),
         ("CUDA", _cuda()),

@@ -252,11 +252,11 @@ def test_matmul_kernel_matches_numpy(shape, stack):
             a, b = matmul_operands(shape, a_transposed, b_transposed, stack)
             assert k_matmul.kernel_operands(a, b) is not None, "the product went to numpy.matmul, not the kernel"
             want = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
-            got = k_matmul.matmul(a, b)
+            got = k_matmul.kernel_matmul(a, b)
             assert_close(f"matmul.out {shape} stack {stack} a.T {a_transposed} b.T {b_transposed}", got, want,
                          tol("matmul.out", np.float32))
             out = np.full(want.shape, np.nan, dtype=np.float32)             # every element must be written
-            assert k_matmul.matmul(a, b, out=out) is out
+            assert k_matmul.kernel_matmul(a, b, out=out) is out
             assert np.array_equal(out, got)
 
 
@@ -266,7 +266,7 @@ def test_matmul_kernel_propagates_inf_and_nan():
     a[3, 7], a[20, 0], b[5, 60] = np.inf, np.nan, -np.inf
     want = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
     assert np.isnan(want).any() and np.isinf(want).any()
-    assert_close("matmul.out with inf and NaN", k_matmul.matmul(a, b), want, tol("matmul.out", np.float32))
+    assert_close("matmul.out with inf and NaN", k_matmul.kernel_matmul(a, b), want, tol("matmul.out", np.float32))
 
 
 @needs_avx512
@@ -279,7 +279,7 @@ def test_matmul_kernel_gives_the_same_bits_on_any_number_of_threads():
             results = []
             for threads in (1, previous, 1):
                 numba.set_num_threads(threads)
-                results.append(k_matmul.matmul(a, b))
+                results.append(k_matmul.kernel_matmul(a, b))
             assert np.array_equal(results[0], results[1]) and np.array_equal(results[0], results[2])
     finally:
         numba.set_num_threads(previous)
