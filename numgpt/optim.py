@@ -8,6 +8,7 @@ import math
 
 
 from numgpt.device import array_module, is_host, like
+from numgpt.precision import clear_autocast_cache
 from numgpt.registry import implementation
 
 
@@ -84,6 +85,7 @@ class AdamW:
                 state["step"] += 1
                 update(param.data, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
                        group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
+        clear_autocast_cache()                                    # the weights' bf16 copies are stale now
 
     def state_dict(self):
         """{"state": {index: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]}, PyTorch's layout."""
