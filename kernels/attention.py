@@ -86,10 +86,11 @@ the input dtype; exp is ``vexp`` (float32) or numpy.exp (float64).
 Under ``numgpt.autocast`` (``bf16``, decided at the forward and kept in the
 cache) every tile product takes bf16 operands, as a bf16 matrix unit would
 be fed: q, k, v are rounded once at entry (round-to-nearest-even, numgpt.bf16)
-and dout at the backward's entry (D = rowsum(dout o out) is a statistic and
-reads dout unrounded); the tiles P Z (forward: unnormalised, before the
-product with V; backward: normalised) and dS are rounded in place where
-they enter a product (``_round_to_bf16``). The running max, the row sums,
+and dout at the backward's entry (D = rowsum(dout o out) reads the same
+rounded dout as dP = dout V^T, so that dS = P (dP - D) keeps its zero row
+sum: with one key, dS is 0 up to float32 round-off); the tiles P Z
+(forward: unnormalised, before the product with V; backward: normalised)
+and dS are rounded in place where they enter a product (``_round_to_bf16``). The running max, the row sums,
 lse and D stay float32, as the reference's softmax statistics.
 """
 import math
@@ -442,12 +443,13 @@ def attention_forward(q, k, v, n_heads, dropout=None, n_kv_heads=None):
 def attention_backward(dout, cache):
     q, k, v, out, lse, NH, NKV, dropout, bf16 = cache
     dout = numpy.ascontiguousarray(dout, dtype=q.dtype)
+    if bf16:
+        dout = round_to_bf16(dout)                                    # the products' operand, rounded once
     B, T, C = q.shape
     scale = q.dtype.type(1.0 / math.sqrt(C // NH))
     D = numpy.empty((B, NH, T), dtype=q.dtype)
     _rowsum_dout_out(dout, out, NH, D)                                # D_i = dout_i . out_i
-    dout_operand = round_to_bf16(dout) if bf16 else dout              # what the products read
-    args = (q, k, v, dout_operand, lse, D, NH, NKV, scale) + _dropout_args(dropout, q.dtype) + (bf16,)
+    args = (q, k, v, dout, lse, D, NH, NKV, scale) + _dropout_args(dropout, q.dtype) + (bf16,)
     dq, dk, dv = numpy.empty_like(q), numpy.empty_like(k), numpy.empty_like(v)
     _flash_backward_kv(*args, dk, dv)
     _flash_backward_q(*args, dq)

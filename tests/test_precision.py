@@ -29,7 +29,7 @@ BF16_HALF_ULP = 2.0 ** -8
 # and the flash twin round them at different points (the flash forward rounds P before normalising,
 # the backward's D is dout . out where the reference sums datt . att), so each lies within a few bf16
 # half-ulps (2^-9) of a float64 computation on rounded q, k, v and dout, relative to the largest
-# magnitude of the tensor
+# magnitude of the tensor (or to 1, the inputs' scale, where it is 0)
 ATTENTION_BF16_RTOL = 8e-3
 # a tiny GPT trained 10 steps on one batch in bf16-mixed against float32, same seed: the products'
 # relative error is about 2^-9 per operand; the loss (ln 97 = 4.6 at the start) falls by about 1, and
@@ -173,7 +173,7 @@ def test_the_tape_runs_linear_and_its_fused_forms_in_bf16():
     r = rng(3)
     x, w, gate = (Tensor(r.standard_normal(shape).astype(np.float32), requires_grad=True)
                   for shape in ((2, 3, 6), (5, 6), (2, 3, 6)))
-    bf16 = lambda t: Tensor(round_to_bf16(t.data))   # noqa: E731
+    bf16 = lambda t: Tensor(round_to_bf16(t.data))
     cases = {"linear": (lambda: ops.linear(x, w), lambda: ops.linear(bf16(x), bf16(w))),
              "linear_gelu": (lambda: ops.linear_gelu(x, w), lambda: ops.gelu(ops.linear(bf16(x), bf16(w)))),
              "swiglu_linear": (lambda: ops.swiglu_linear(gate, x, w),
@@ -206,7 +206,7 @@ def attention64(q, k, v, dout, NH):
     y = att @ vh
     datt = dy @ vh.swapaxes(-1, -2)
     ds = att * (datt - (datt * att).sum(-1, keepdims=True)) / np.sqrt(HS)
-    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, T, C)   # noqa: E731
+    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, T, C)
     return {"out": merge(y), "dq": merge(ds @ kh), "dk": merge(ds.swapaxes(-1, -2) @ qh),
             "dv": merge(att.swapaxes(-1, -2) @ dy)}
 
@@ -225,7 +225,7 @@ def test_bf16_attention_is_the_attention_of_rounded_operands(B, T, NH, HS):
     assert cache.bf16 is False
     for name, got in results[True].items():
         assert got.dtype == np.float32
-        scale = float(np.max(np.abs(want[name])))
+        scale = max(float(np.max(np.abs(want[name]))), 1.0)    # 1 for a tensor that is 0 (dq with one key)
         error = worst_relative(got, want[name], scale)
         plain = worst_relative(results[False][name], want[name], scale)
         print(f"{name} ({B}, {T}, {NH} x {HS}): worst error {error:.2e} of its largest magnitude "
@@ -360,3 +360,16 @@ def test_train_records_bf16_mixed_and_resumes_in_it(tmp_path, capsys):
     assert capsys.readouterr().err.count("runs emulated") == 1
     assert json.loads((out / "settings.json").read_text())["train"]["precision"] == "bf16-mixed"
     assert not is_autocast_enabled()
+
+
+def test_a_resumed_run_refuses_a_precision_it_cannot_train_in(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--max-steps", "1"]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["train"]["precision"] == "32-true"
+    settings["train"]["precision"] = "bf16-true"
+    (out / "settings.json").write_text(json.dumps(settings))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), "--max-steps", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "precision" in err[0] and "'bf16-true'" in err[0] and "'bf16-mixed'" in err[0], err
