@@ -82,6 +82,16 @@ rounded once); no assumption about inf or NaN is made, so a masked score is
 (the reference also spreads a NaN key or value into earlier rows, through
 0 * NaN in its full products; skipped future tiles do not). The sums are in
 the input dtype; exp is ``vexp`` (float32) or numpy.exp (float64).
+
+Under ``numgpt.autocast`` (``bf16``, decided at the forward and kept in the
+cache) every tile product takes bf16 operands, as a bf16 matrix unit would
+be fed: q, k, v are rounded once at entry (round-to-nearest-even, numgpt.bf16)
+and dout at the backward's entry (D = rowsum(dout o out) reads the same
+rounded dout as dP = dout V^T, so that dS = P (dP - D) keeps its zero row
+sum: with one key, dS is 0 up to float32 round-off); the tiles P Z
+(forward: unnormalised, before the product with V; backward: normalised)
+and dS are rounded in place where they enter a product (``_round_to_bf16``). The running max, the row sums,
+lse and D stay float32, as the reference's softmax statistics.
 """
 import math
 from typing import NamedTuple, Optional
@@ -89,9 +99,11 @@ from typing import NamedTuple, Optional
 import numpy
 from numba import njit, prange
 
+from numgpt.bf16 import round_to_bf16
 from numgpt.kernels.philox import philox_block
 from numgpt.kernels.vexp import vexp
 from numgpt.ops.philox import AttentionDropout, key_words, keep_threshold
+from numgpt.precision import autocast_active
 
 TILE = 64                # queries and keys per tile: every innermost loop runs over TILE lanes
 FASTMATH = {"contract"}
@@ -106,6 +118,7 @@ class FlashAttentionCache(NamedTuple):
     n_heads: int
     n_kv_heads: int
     dropout: Optional[AttentionDropout]  # (p, key), or None
+    bf16: bool = False                   # bf16 tile products (q, k, v above already rounded)
 
 
 @njit
@@ -166,6 +179,19 @@ def _tile_product(a, tile, out, accumulate):
 
 
 @njit(inline="always")
+def _round_to_bf16(tile, rows):
+    """tile[:rows] rounded to bf16 in place (float32 tile, C-contiguous): the bits of
+    numgpt.bf16.round_to_bf16, round-to-nearest-even on the dropped low 16 bits, NaN kept."""
+    bits = tile[:rows].view(numpy.uint32)
+    for r in range(rows):
+        for x in range(bits.shape[1]):
+            u = bits[r, x]
+            if tile[r, x] == tile[r, x]:                                 # not NaN
+                u = u + numpy.uint32(0x7FFF) + ((u >> numpy.uint32(16)) & numpy.uint32(1))
+            bits[r, x] = u & numpy.uint32(0xFFFF0000)
+
+
+@njit(inline="always")
 def _copy_transposed(a, out):
     """out[:, :P] = a.T for a (P, Q), zero beyond: a tile of heads (P positions, Q = HS channels),
     transposed to (HS, TILE)."""
@@ -203,7 +229,7 @@ def _dropout_tile(k0, k1, threshold, keep_scale, head_base, T, i0, nq, j0, nk, d
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _flash_forward(q, k, v, NH, NKV, scale, has_dropout, k0, k1, threshold, keep_scale, out, lse):
+def _flash_forward(q, k, v, NH, NKV, scale, has_dropout, k0, k1, threshold, keep_scale, bf16, out, lse):
     B, T, C = q.shape
     HS, G = C // NH, NH // NKV
     n_tiles = (T + TILE - 1) // TILE
@@ -252,6 +278,8 @@ def _flash_forward(q, k, v, NH, NKV, scale, has_dropout, k0, k1, threshold, keep
                 for j in range(nk):
                     for x in range(TILE):
                         St[j, x] *= Z[j, x]
+            if bf16:
+                _round_to_bf16(St, nk)                                   # Pd enters the product in bf16
             _tile_product(v_tile.T, St, Ot, True)                        # 6. Ot[d, i] += v_j[d] Pd[j, i]
         for i in range(nq):
             lse[b, h, i0 + i] = m[i] + math.log(rowsum[i])
@@ -275,7 +303,7 @@ def _rowsum_dout_out(dout, out, NH, D):
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _flash_backward_kv(q, k, v, dout, lse, D, NH, NKV, scale, has_dropout, k0, k1, threshold, keep_scale,
-                       dk, dv):
+                       bf16, dk, dv):
     """dK, dV of (b, kv, key tile) per item: sums over the G query heads of kv and the query tiles."""
     B, T, C = q.shape
     HS, G = C // NH, NH // NKV
@@ -294,7 +322,7 @@ def _flash_backward_kv(q, k, v, dout, lse, D, NH, NKV, scale, has_dropout, k0, k
         S = numpy.empty((TILE, TILE), dtype)
         dP = numpy.empty((TILE, TILE), dtype)
         Z = numpy.empty((TILE, TILE), dtype)
-        PZ = numpy.empty((TILE, TILE), dtype) if has_dropout else S
+        PZ = numpy.empty((TILE, TILE), dtype) if has_dropout or bf16 else S   # S itself stays float32
         draws = numpy.empty(TILE + 8, numpy.uint32)
         _copy_transposed(k[b, j0:j0 + nk, kc:kc + HS], Kt)               # Kt, Vt (HS, TILE)
         _copy_transposed(v[b, j0:j0 + nk, kc:kc + HS], Vt)
@@ -318,11 +346,17 @@ def _flash_backward_kv(q, k, v, dout, lse, D, NH, NKV, scale, has_dropout, k0, k
                         for x in range(TILE):
                             PZ[i, x] = S[i, x] * Z[i, x]
                             dP[i, x] *= Z[i, x]
+                if bf16:                                                 # P Z enters the product in bf16
+                    if not has_dropout:
+                        PZ[:nq] = S[:nq]
+                    _round_to_bf16(PZ, nq)
                 _tile_product(do_tile.T, PZ[:nq], dVt, True)             # 6. dVt[d, j] += dout_i[d] (P Z)[i, j]
                 for i in range(nq):                                      # 4. dS = P (dP - D), in dP
                     Di = D[b, h, i0 + i]
                     for x in range(TILE):
                         dP[i, x] = S[i, x] * (dP[i, x] - Di)
+                if bf16:
+                    _round_to_bf16(dP, nq)                               # dS enters the product in bf16
                 _tile_product(q_tile.T, dP[:nq], dKt, True)              # 2. dKt[d, j] += q_i[d] dS[i, j]
         for j in range(nk):
             for d in range(HS):
@@ -331,7 +365,8 @@ def _flash_backward_kv(q, k, v, dout, lse, D, NH, NKV, scale, has_dropout, k0, k
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _flash_backward_q(q, k, v, dout, lse, D, NH, NKV, scale, has_dropout, k0, k1, threshold, keep_scale, dq):
+def _flash_backward_q(q, k, v, dout, lse, D, NH, NKV, scale, has_dropout, k0, k1, threshold, keep_scale, bf16,
+                      dq):
     """dQ of (b, h, query tile) per item: sums over the key tiles up to the diagonal."""
     B, T, C = q.shape
     HS, G = C // NH, NH // NKV
@@ -374,6 +409,8 @@ def _flash_backward_q(q, k, v, dout, lse, D, NH, NKV, scale, has_dropout, k0, k1
             for j in range(nk):                                          # 4. dS = P (dP - D), in dPt
                 for x in range(TILE):
                     dPt[j, x] = St[j, x] * (dPt[j, x] - Di[x])
+            if bf16:
+                _round_to_bf16(dPt, nk)                                  # dS enters the product in bf16
             _tile_product(k_tile.T, dPt[:nk], dQt, True)                 # 2. dQt[d, i] += k_j[d] dS[j, i]
         for i in range(nq):
             for d in range(HS):
@@ -390,24 +427,29 @@ def _dropout_args(dropout, dtype):
 
 
 def attention_forward(q, k, v, n_heads, dropout=None, n_kv_heads=None):
+    bf16 = autocast_active(q)
     NKV = n_kv_heads or n_heads
     q, k, v = (numpy.ascontiguousarray(x) for x in (q, k, v))        # in place when they are (the usual case)
+    if bf16:
+        q, k, v = (round_to_bf16(x) for x in (q, k, v))              # the products' operands, rounded once
     B, T, C = q.shape
     scale = q.dtype.type(1.0 / math.sqrt(C // n_heads))
     out = numpy.empty_like(q)                                         # (B, T, NH * HS)
     lse = numpy.empty((B, n_heads, T), dtype=q.dtype)
-    _flash_forward(q, k, v, n_heads, NKV, scale, *_dropout_args(dropout, q.dtype), out, lse)
-    return out, FlashAttentionCache(q, k, v, out, lse, n_heads, NKV, dropout)
+    _flash_forward(q, k, v, n_heads, NKV, scale, *_dropout_args(dropout, q.dtype), bf16, out, lse)
+    return out, FlashAttentionCache(q, k, v, out, lse, n_heads, NKV, dropout, bf16)
 
 
 def attention_backward(dout, cache):
-    q, k, v, out, lse, NH, NKV, dropout = cache
+    q, k, v, out, lse, NH, NKV, dropout, bf16 = cache
     dout = numpy.ascontiguousarray(dout, dtype=q.dtype)
+    if bf16:
+        dout = round_to_bf16(dout)                                    # the products' operand, rounded once
     B, T, C = q.shape
     scale = q.dtype.type(1.0 / math.sqrt(C // NH))
     D = numpy.empty((B, NH, T), dtype=q.dtype)
     _rowsum_dout_out(dout, out, NH, D)                                # D_i = dout_i . out_i
-    args = (q, k, v, dout, lse, D, NH, NKV, scale) + _dropout_args(dropout, q.dtype)
+    args = (q, k, v, dout, lse, D, NH, NKV, scale) + _dropout_args(dropout, q.dtype) + (bf16,)
     dq, dk, dv = numpy.empty_like(q), numpy.empty_like(k), numpy.empty_like(v)
     _flash_backward_kv(*args, dk, dv)
     _flash_backward_q(*args, dq)

@@ -29,11 +29,11 @@ from numba import njit, prange
 from numgpt.kernels.gelu import gelu_span_backward, gelu_span_forward
 from numgpt.kernels.layer_norm import ROWS_PER_CHUNK, _sum_rows_in_order, layer_norm_row, layer_norm_row_backward
 from numgpt.kernels.linear import linear_backward_products
-from numgpt.kernels.matmul import matmul
 from numgpt.ops.fused import DropoutAddLayerNormCache, LinearGELUCache
 from numgpt.ops.gelu import CUBIC, SQRT_2_OVER_PI
 from numgpt.ops.layer_norm import EPS, LayerNormCache
 from numgpt.ops.linear import LinearCache
+from numgpt.precision import autocast_active, kernel_matmul
 
 
 # ---------------------------------------------------------------- bias + GELU
@@ -48,14 +48,15 @@ def _bias_gelu_forward(h, bias, has_bias, c, k, out):
 
 
 def linear_gelu_forward(x, weight, bias=None):
+    bf16 = autocast_active(x)                                          # bf16 product under autocast
     lead, F = x.shape[:-1], weight.shape[0]
     x2d = x.reshape(-1, x.shape[-1])                                   # (..., IN) -> (N, IN)
-    h = matmul(x2d, weight.T)                                          # (N, IN) @ (IN, F) -> (N, F)
+    h = kernel_matmul(bf16)(x2d, weight.T)                             # (N, IN) @ (IN, F) -> (N, F)
     out = numpy.empty_like(h)
     has_bias = bias is not None
     _bias_gelu_forward(h, bias.astype(h.dtype, copy=False) if has_bias else numpy.empty(F, h.dtype), has_bias,
                        h.dtype.type(SQRT_2_OVER_PI), h.dtype.type(CUBIC), out)
-    return out.reshape(lead + (F,)), LinearGELUCache(LinearCache(x2d, weight, has_bias), h.reshape(lead + (F,)))
+    return out.reshape(lead + (F,)), LinearGELUCache(LinearCache(x2d, weight, has_bias, bf16), h.reshape(lead + (F,)))
 
 
 @njit(parallel=True, cache=True)

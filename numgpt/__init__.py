@@ -28,6 +28,7 @@ from numgpt.nn import (GELU, Dropout, Embedding, LayerNorm, Linear, Module, Para
 from numgpt.ops import cross_entropy, use_backward
 from numgpt.optim import AdamW, clip_grad_norm_
 from numgpt.plot import plot_losses
+from numgpt.precision import autocast, is_autocast_enabled
 from numgpt.download import DownloadError, download_gpt2
 from numgpt.errors import NumgptError, UsageError
 from numgpt.pretrained import WeightsError, export_hf, load_gpt2
@@ -71,6 +72,7 @@ __all__ = [
     "TransformerBlock",
     "UsageError",
     "WeightsError",
+    "autocast",
     "build_model",
     "calc_loss_batch",
     "calc_loss_loader",
@@ -97,6 +99,7 @@ __all__ = [
     "gpt2_config",
     "gradcheck",
     "gradcheck_pair",
+    "is_autocast_enabled",
     "is_grad_enabled",
     "load_checkpoint",
     "load_gpt2",

@@ -7,7 +7,7 @@ Two parts, both run before a subcommand starts:
 - **types** for argparse's ``type=``: ``integer(minimum)``, ``real(low, high)``
   (finite numbers only: NaN and infinities are refused), ``non_empty``,
   ``byte_size`` ("10", "10MB", "5GB", "2GiB", read as transformers reads
-  ``max_shard_size``). A bad value ends the parse with
+  ``max_shard_size``), ``training_precision``. A bad value ends the parse with
   ``numgpt SUB: error: argument --FLAG: expected ..., got 'VALUE'``.
 - **one check per subcommand** (``check_train``, ``check_plot``, ...; the
   parser names each as its subcommand's ``check``), for what a type cannot see alone:
@@ -60,6 +60,18 @@ def real(low, high=math.inf, low_open=False, high_open=False):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
         return value
     return parse
+
+
+def training_precision(text):
+    """An argparse type: a precision ``numgpt train`` trains in (numgpt/precision.py)."""
+    from numgpt.precision import PRECISIONS, TRAINING_PRECISIONS
+    if text in TRAINING_PRECISIONS:
+        return text
+    wanted = f"one of {', '.join(TRAINING_PRECISIONS)}"
+    if text in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"{text} is an inference precision (weights stored in bf16, for generate "
+                                         f"and eval, as in Lightning), not one to train in: expected {wanted}")
+    raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
 
 
 def non_empty(text):

@@ -73,7 +73,7 @@ TRAIN_DEFAULTS = {
     "max_skipped_steps": 5, "eval_freq": 5, "eval_iter": 5, "train_ratio": 0.9, "start_context": SEED_START_CONTEXT,
     "seed": 123, "checkpoint_every": None, "keep_last": None, "allow_special": False, "warmup_steps": 0,
     "lr_schedule": "constant", "min_lr": 0.0, "initial_lr": 0.0, "grad_accum": 1, "threads": None,
-    "backward": [], "device": "auto", "tokenizer": None, "sampling": "windows",
+    "backward": [], "device": "auto", "tokenizer": None, "sampling": "windows", "precision": "32-true",
 }
 # The training window when --context-length is not given and the model's own context is longer
 # (a Llama-family model knows 8192 to 131072 positions; GPT-2's 1024 stays).
@@ -592,6 +592,7 @@ def _train_run(run, world, flags, yours, model, optimizer, manager, state, sched
     """Rank 0's training loop, checkpoints, metrics and plot; its exit status."""
     import contextlib
 
+    from numgpt.precision import emulation_notice, precision_context
     from numgpt.registry import use_backward
     from numgpt.run import RunError
     from numgpt.train import NonFiniteTraining, train_model_simple
@@ -621,6 +622,9 @@ def _train_run(run, world, flags, yours, model, optimizer, manager, state, sched
             for op, function, spec in yours:
                 backwards.enter_context(use_backward(op, function))
                 print(f"{op} trains with your backward {spec.partition('=')[2]}", flush=True)
+            backwards.enter_context(precision_context(flags["precision"]))
+            if flags["precision"] == "bf16-mixed" and emulation_notice() is not None:
+                print(f"numgpt train: note: {emulation_notice()}", file=sys.stderr, flush=True)
 
             def after_step(current):
                 if world.any(stop.signum is not None):      # every rank stops after the same step
@@ -693,6 +697,7 @@ def _loop_options(flags, schedule, after_step, state, world):
 def _follow(world, model, optimizer, train_loader, val_loader, tokenizer, flags, schedule, state):
     """A rank other than 0: the same loop, writing nothing; it meets rank 0 at every
     stop check and checkpoint commit (barriers)."""
+    from numgpt.precision import precision_context
     from numgpt.train import NonFiniteTraining, train_model_simple
 
     with StopRequest() as stop:
@@ -704,8 +709,9 @@ def _follow(world, model, optimizer, train_loader, val_loader, tokenizer, flags,
                 world.barrier()
 
         try:
-            train_model_simple(model, train_loader, val_loader, optimizer, "cpu", tokenizer=tokenizer,
-                               **_loop_options(flags, schedule, after_step, state, world))
+            with precision_context(flags["precision"]):
+                train_model_simple(model, train_loader, val_loader, optimizer, "cpu", tokenizer=tokenizer,
+                                   **_loop_options(flags, schedule, after_step, state, world))
         except Stopped as stopped:
             return EXIT_SIGNAL[stopped.signum]
         except NonFiniteTraining:
@@ -1120,6 +1126,9 @@ def build_parser():
                        help="train with your backward for OP (repeatable), e.g. layer_norm=mine:layer_norm_backward; "
                             "--resume needs the run's flags typed again (numgpt runs no code a run directory "
                             "names), or --backward none to go on with numgpt's own")
+    train.add_argument("--precision", type=arguments.training_precision, metavar="{32-true,bf16-mixed}",
+                       help="32-true (float32, the default) or bf16-mixed: the matrix products take bf16 operands, "
+                            "weights, gradients and AdamW stay float32 (numgpt.autocast)")
     _add_threads(train)
     train.set_defaults(run=cmd_train, check=functools.partial(arguments.check_train, defaults=TRAIN_DEFAULTS))
 

@@ -13,6 +13,7 @@ from numgpt.autograd import Tensor
 from numgpt.device import device_of, is_host, like, parse_device, to_device
 from numgpt.errors import NumgptError
 from numgpt.ops.layer_norm import EPS as LAYER_NORM_EPS
+from numgpt.precision import clear_autocast_cache
 
 
 class Parameter(Tensor):
@@ -176,6 +177,7 @@ class Module:
             if key in given:                                   # one tensor at a time, to the parameter's device
                 value = given[key]
                 param.data[...] = like(value if not is_host(value) else numpy.asarray(value), param.data)
+        clear_autocast_cache()                                 # the weights' bf16 copies are stale now
         return IncompatibleKeys(missing, unexpected)
 
     def __repr__(self):

@@ -10,6 +10,7 @@ import numpy
 
 from numgpt.device import array_module, is_host, like
 from numgpt.errors import NumgptError
+from numgpt.precision import clear_autocast_cache
 from numgpt.registry import implementation
 
 HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay")
@@ -96,6 +97,7 @@ class AdamW:
                 state["step"] += 1
                 update(param.data, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
                        group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
+        clear_autocast_cache()                                    # the weights' bf16 copies are stale now
 
     def state_dict(self):
         """{"state": {index: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]}, PyTorch's layout."""

@@ -33,6 +33,7 @@ from numgpt.hf_weights import WeightsError       # defined there; still importab
 from numgpt.memory import check_model_fits
 from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
 from numgpt.nn import LayerNorm
+from numgpt.precision import clear_autocast_cache
 from numgpt.safe_io import UnsafeFileError, check_safetensors_header, read_json, stream_safetensors
 from numgpt.safe_write import atomic_write
 from numgpt.schema import MAX_CONTEXT, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
@@ -206,6 +207,7 @@ def _copy_in(f, key, entry, params):
         param = params[name]
         param.data[...] = value[start:start + param.shape[0]]       # copies and casts in place
         start += param.shape[0]
+    clear_autocast_cache()                                          # the weights' bf16 copies are stale now
     return None
 
 

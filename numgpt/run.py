@@ -30,6 +30,7 @@ from pathlib import Path
 from numgpt import safe_io, safe_write, schema
 from numgpt.errors import UsageError
 from numgpt.families import RUN_TOKENIZER_DIR
+from numgpt.precision import TRAINING_PRECISIONS
 from numgpt.train import LRSchedule
 
 SETTINGS_FILE = "settings.json"
@@ -240,6 +241,8 @@ TRAIN_FIELDS = {
     "allow_special": lambda train, name, where: schema.boolean(train, name, where, error=RunError),
     "lr_schedule": lambda train, name, where: schema.string(train, name, where, error=RunError,
                                                             choices=LRSchedule.KINDS),
+    "precision": lambda train, name, where: schema.string(train, name, where, error=RunError,
+                                                          choices=TRAINING_PRECISIONS),
 }
 
 

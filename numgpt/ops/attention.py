@@ -50,6 +50,14 @@ on the host (and moves it to the device of q), and keeps it for the backward;
 the numba twin regenerates each tile's part of it instead and keeps nothing,
 with the same bits.
 
+Under ``numgpt.autocast`` (numgpt/precision.py) the four products of
+steps 2 and 6 and their backward products take bf16-rounded operands with
+float32 sums (q, k, v, the weights after dropout, dy, and the score
+gradient); the mask, the softmax and its statistics stay float32. The
+forward decides, the cache keeps the decision for the backward. The scale c
+is applied after each product (not folded into an operand), as the flash
+twin does, so that both round the same values.
+
 The KV cache of generation keeps only the NKV heads (``LayerKVCache``) and
 groups the queries as the forward does: no copies are made there either.
 """
@@ -63,6 +71,7 @@ from numgpt.autograd import record
 from numgpt.device import array_module
 from numgpt.device import like as on_device_of
 from numgpt.ops.philox import AttentionDropout, keep_threshold
+from numgpt.precision import autocast_active, reference_matmul
 from numgpt.registry import resolve
 
 
@@ -73,6 +82,7 @@ class AttentionCache(NamedTuple):
     att: numpy.ndarray                  # (B, NKV, G, T, T) softmax weights, before dropout
     keep: Optional[numpy.ndarray]       # (B, NKV, G, T, T) bool keep mask, or None (no dropout)
     dropout: Optional[AttentionDropout]  # (p, key), or None
+    bf16: bool = False                  # the products take bf16 operands (decided at the forward, under autocast)
 
 
 def split_heads(x, n_heads):
@@ -109,12 +119,14 @@ def apply_keep(x, keep, dropout):
 
 
 def attention_forward(q, k, v, n_heads, dropout=None, n_kv_heads=None):
+    bf16 = autocast_active(q)
+    product = reference_matmul(bf16)                               # bf16 operands under autocast, else @
     xp, (B, T, _) = array_module(q), q.shape
     NKV = n_kv_heads or n_heads
     q = group_heads(q, NKV, n_heads)                               # 1. (B, NKV, G, T, HS)
     k, v = (split_heads(x, NKV)[:, :, None] for x in (k, v))       #    2 x (B, NKV, 1, T, HS)
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    scores = (q @ k.swapaxes(-1, -2)) * scale                      # 2. (B, NKV, G, T, T)
+    scores = product(q, k.swapaxes(-1, -2)) * scale                # 2. (B, NKV, G, T, T)
     future = xp.triu(xp.ones((T, T), dtype=bool), k=1)
     scores[..., future] = -math.inf                                # 3. causal mask
     scores -= scores.max(axis=-1, keepdims=True)                   # 4. softmax (shifted: exp never overflows)
@@ -124,29 +136,29 @@ def attention_forward(q, k, v, n_heads, dropout=None, n_kv_heads=None):
     if dropout is not None:
         keep = on_device_of(dropout.keep(B, n_heads, T), q).reshape(att.shape)   # (B, NH, T, T) -> groups
     att_dropped = apply_keep(att, keep, dropout)
-    y = att_dropped @ v                                            # 6. (B, NKV, G, T, T) @ (B, NKV, 1, T, HS)
-    return merge_groups(y), AttentionCache(q, k, v, att, keep, dropout)   # 7. -> (B, T, NH * HS)
+    y = product(att_dropped, v)                                    # 6. (B, NKV, G, T, T) @ (B, NKV, 1, T, HS)
+    return merge_groups(y), AttentionCache(q, k, v, att, keep, dropout, bf16)   # 7. -> (B, T, NH * HS)
 
 
 def attention_backward(dout, cache):
-    q, k, v, att, keep, dropout = cache
+    q, k, v, att, keep, dropout, bf16 = cache
+    product = reference_matmul(bf16)                               # the forward's choice
     _, NKV, G, _, HS = q.shape                                     # (B, NKV, G, T, HS)
     scale = q.dtype.type(1.0 / math.sqrt(HS))
     # 7. out = merge_groups(y)
     dy = group_heads(dout, NKV, NKV * G)                           # (B, NKV, G, T, HS)
     # 6. y = att_dropped @ v: v is shared by the G heads of a group, its gradient sums over them
     att_dropped = apply_keep(att, keep, dropout)
-    dv = (att_dropped.swapaxes(-1, -2) @ dy).sum(axis=2)           # (B, NKV, G, T, HS) -> (B, NKV, T, HS)
-    datt = dy @ v.swapaxes(-1, -2)                                 # (B, NKV, G, T, T)
+    dv = product(att_dropped.swapaxes(-1, -2), dy).sum(axis=2)     # (B, NKV, G, T, HS) -> (B, NKV, T, HS)
+    datt = product(dy, v.swapaxes(-1, -2))                         # (B, NKV, G, T, T)
     # 5. att_dropped = att * keep * scale
     datt = apply_keep(datt, keep, dropout)
     # 4. att = softmax(scores): dscores = att * (datt - rowsum(datt * att))
     dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     # 3. masked scores are constants: att is 0 there, so dscores is already 0
     # 2. scores = q @ k^T * scale: k, too, is shared by the G heads of a group
-    dscores *= scale
-    dq = dscores @ k                                               # (B, NKV, G, T, HS)
-    dk = (dscores.swapaxes(-1, -2) @ q).sum(axis=2)                # (B, NKV, G, T, HS) -> (B, NKV, T, HS)
+    dq = product(dscores, k) * scale                               # (B, NKV, G, T, HS)
+    dk = product(dscores.swapaxes(-1, -2), q).sum(axis=2) * scale  # (B, NKV, G, T, HS) -> (B, NKV, T, HS)
     # 1. split heads
     return merge_groups(dq), merge_heads(dk), merge_heads(dv)      # (B, T, NH * HS), 2 x (B, T, NKV * HS)
 

@@ -51,6 +51,7 @@ from numgpt.ops.elementwise import add_backward, add_forward
 from numgpt.ops.gelu import gelu, gelu_backward, gelu_forward
 from numgpt.ops.layer_norm import EPS, LayerNormCache, layer_norm, layer_norm_backward, layer_norm_forward
 from numgpt.ops.linear import LinearCache, linear, linear_backward, linear_forward
+from numgpt.precision import autocast_weight
 from numgpt.registry import fused
 
 
@@ -76,7 +77,7 @@ def linear_gelu(x, weight, bias=None):
     twins = fused(linear_gelu_forward, ("linear", "gelu"), x.data)
     if twins is None:
         return gelu(linear(x, weight, bias))                       # op by op
-    out, cache = twins.forward(x.data, weight.data, None if bias is None else bias.data)
+    out, cache = twins.forward(x.data, autocast_weight(weight), None if bias is None else bias.data)
     return record(out, (x, weight, bias), lambda dout: twins.backward(dout, cache), "linear_gelu")
 
 

@@ -33,6 +33,7 @@ import numpy
 
 from numgpt.autograd import record
 from numgpt.device import array_module
+from numgpt.precision import autocast_weight
 from numgpt.registry import resolve
 
 
@@ -83,20 +84,21 @@ class SwiGLULinearCache(NamedTuple):
     swiglu: SwiGLUCache      # gate, up (..., F)
     weight: numpy.ndarray    # (C, F)
     has_bias: bool
+    bf16: bool = False       # the down projection's products take bf16 operands (autocast)
 
 
 def swiglu_linear_forward(gate, up, weight, bias=None):
     from numgpt.ops.linear import linear_forward
     h, swiglu_cache = swiglu_forward(gate, up)                      # (..., F)
-    out, _ = linear_forward(h, weight, bias)                        # (..., C); h is not kept
-    return out, SwiGLULinearCache(swiglu_cache, weight, bias is not None)
+    out, linear_cache = linear_forward(h, weight, bias)             # (..., C); h is not kept
+    return out, SwiGLULinearCache(swiglu_cache, weight, bias is not None, linear_cache.bf16)
 
 
 def swiglu_linear_backward(dout, cache):
     from numgpt.ops.linear import LinearCache, linear_backward
     h, _ = swiglu_forward(*cache.swiglu)                            # recomputed (..., F)
     dh, dweight, dbias = linear_backward(dout, LinearCache(h.reshape(-1, h.shape[-1]), cache.weight,
-                                                           cache.has_bias))
+                                                           cache.has_bias, cache.bf16))
     dgate, dup = swiglu_backward(dh, cache.swiglu)
     return dgate, dup, dweight, dbias
 
@@ -106,6 +108,6 @@ def swiglu_linear(gate, up, weight, bias=None):
     if gate.shape != up.shape:
         raise ValueError(f"swiglu needs gate and up of one shape, got {gate.shape} and {up.shape}")
     forward, backward = resolve(swiglu_linear_forward, swiglu_linear_backward, gate.data)
-    out, cache = forward(gate.data, up.data, weight.data, None if bias is None else bias.data)
+    out, cache = forward(gate.data, up.data, autocast_weight(weight), None if bias is None else bias.data)
     parents = (gate, up, weight) if bias is None else (gate, up, weight, bias)
     return record(out, parents, lambda dout: backward(dout, cache)[:len(parents)], "swiglu_linear")
