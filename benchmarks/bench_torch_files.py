@@ -17,6 +17,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from common import machine_description, write_report
+
 PROBE = textwrap.dedent("""
     import sys, time
     import numgpt
@@ -89,13 +91,10 @@ def main():
         *(f"load_torch against {LABELS[kind]}: time ratio {time_of['pth'] / time_of[kind]:.2f} (target <= 1.2), "
           f"peak ratio {peak_of['pth'] / peak_of[kind]:.2f} (target <= 1.3)" for kind in runs if kind != "pth"),
         "",
-        f"{args.repeats} runs of each, alternating, each in a fresh process.",
+        f"{args.repeats} runs of each, alternating, each in a fresh process. Machine: {machine_description()}.",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        args.out.write_text("# numgpt.load_torch against numgpt's safetensors reader (GPT-2 124M, seed layout)\n\n"
-                            + report + "\n")
+    write_report("# numgpt.load_torch against numgpt's safetensors reader (GPT-2 124M, seed layout)\n\n"
+                 + "\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -176,15 +176,10 @@ def machine_description(torch_version=None):
 
 
 def bf16_path():
-    """The CPU's bf16 path, for the targets' lines: numgpt.kernels.bf16.bf16_path() where this numgpt has
-    it, else read from the CPU flags (AMX, AVX512_BF16, or emulated)."""
-    from numgpt.kernels import bf16                                 # the parent's: a torch child may lack numgpt
-    from numgpt.kernels.matmul_choice import cpu_model_and_flags
-    if hasattr(bf16, "bf16_path"):
-        return f"{bf16.bf16_path()} (numgpt.kernels.bf16.bf16_path())"
-    _, flags = cpu_model_and_flags(SIMD_FLAGS)
-    path = "AMX" if "amx_bf16" in flags else "AVX512_BF16" if "avx512_bf16" in flags else "emulated"
-    return f"{path} (from the CPU flags: this numgpt has no bf16_path())"
+    """The CPU's bf16 path and why, for the targets' lines (numgpt.kernels.bf16.bf16_path())."""
+    from numgpt.kernels.bf16 import bf16_path as detected          # the parent's: a torch child may lack numgpt
+    path = detected()
+    return f"{path.name} ({path.reason})"
 
 
 def target_line(text, ratio, measured, bound, at_most=True):

@@ -36,6 +36,7 @@ import weakref
 
 import numpy
 
+from numgpt import backend
 from numgpt.bf16 import matmul_bf16, round_to_bf16
 from numgpt.errors import UsageError
 
@@ -148,9 +149,13 @@ def weight_roundings():
 
 # ---------------------------------------------------------------- the bf16 path of this CPU
 def bf16_path():
-    """The bf16 product path of this machine: 'emulated' here until the hardware kernels'
-    detection (AMX, AVX512_BF16) is merged; the one place that asks."""
-    return "emulated"
+    """The bf16 product path this process runs: 'amx', 'avx512_bf16' or 'emulated'. The NumPy
+    kernel mode runs the reference products (emulated); kernel mode numba asks the kernels'
+    detection (numgpt.kernels.bf16_detect: the CPU's features, or NUMGPT_BF16)."""
+    if backend.get_kernel_mode() != "numba":
+        return "emulated"
+    from numgpt.kernels.bf16_detect import bf16_path as detected   # the kernels' module: kernel mode numba only
+    return detected().name
 
 
 def emulation_notice():
