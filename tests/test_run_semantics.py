@@ -20,12 +20,12 @@ import pytest
 
 import numgpt
 from numgpt import cli
-from numgpt.checkpoint import CheckpointManager, load_checkpoint
 from numgpt.errors import UsageError
-from numgpt.hf_weights import tensor_index
-from numgpt.model import PRESETS
-from numgpt.run import RunDirectory
-from numgpt.train import LRSchedule, train_model_simple
+from numgpt.io.checkpoint import CheckpointManager, load_checkpoint
+from numgpt.io.hf_weights import tensor_index
+from numgpt.models.gpt import PRESETS
+from numgpt.training.run import RunDirectory
+from numgpt.training.train import LRSchedule, train_model_simple
 
 FAST = ["--preset", "tiny", "--context-length", "16", "--batch-size", "2", "--eval-iter", "1"]
 # two rates computed by the same formula from the same floats: equal but for the last bit
@@ -110,7 +110,7 @@ def test_lr_schedule_reanchored_goes_on_from_the_last_rate():
 
 
 def test_a_malformed_reanchoring_record_is_named(tmp_path):
-    from numgpt.run import RunError
+    from numgpt.training.run import RunError
     schedule = LRSchedule(peak_lr=1e-3, total_steps=20, kind="cosine")
     saved = {"schedule": {"total_steps": 10, "reanchored": [{"step": "5", "lr": 1e-4, "total_steps": 10}]}}
     with pytest.raises(RunError, match=r"settings.json: schedule.reanchored must be a list"):
@@ -321,7 +321,7 @@ def test_export_shards_gpt2_as_transformers_does(gpt2_export):
 def test_export_writes_gpt2s_tokenizer_files_that_tokenizers_reads(gpt2_export, verdict_text, tokenizer):
     from tokenizers import Tokenizer
 
-    from numgpt.tokenizer import HF_TOKENIZER_FILES
+    from numgpt.io.tokenizer import HF_TOKENIZER_FILES
     _, root = gpt2_export
     out = root / "hf"
     assert {"vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"} <= set(HF_TOKENIZER_FILES)

@@ -24,7 +24,14 @@ import math
 import re
 from pathlib import Path
 
+from numgpt.data.token_files import holds_token_files
+from numgpt.data.token_store import MANIFEST
+from numgpt.device import parse_device
 from numgpt.errors import UsageError
+from numgpt.io.download import canonical_size
+from numgpt.io.hub import parse_repo_id
+from numgpt.registry import op_pairs
+from numgpt.training.plot import PLOT_FORMATS
 
 
 # ---------------------------------------------------------------- types
@@ -107,8 +114,6 @@ def existing_file(flag, path, wanted="a file"):
 def training_data(flag, path):
     """UsageError unless ``path`` is a non-empty text file, a token store (numgpt prepare) or a
     directory of other tools' token files (*train*.bin)."""
-    from numgpt.token_files import holds_token_files
-    from numgpt.token_store import MANIFEST
     wanted = "a UTF-8 text file, a token store (numgpt prepare) or a directory of *train*.bin token files"
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -179,11 +184,9 @@ def check_train(args, defaults):
 
 
 def model_name(flag, source, files=True):
-    """UsageError unless ``source`` could name a model, told apart as numgpt.families.locate tells
+    """UsageError unless ``source`` could name a model, told apart as numgpt.io.families.locate tells
     them, without asking the hub: an existing directory (or, with ``files``, a .safetensors file),
     a GPT-2 size or a hub id (owner/name[@revision])."""
-    from numgpt.download import canonical_size
-    from numgpt.hub import parse_repo_id
     path = Path(source).expanduser()
     wanted = ("a model or run directory, a GPT-2 .safetensors file, a GPT-2 size (124m, 355m, 774m, 1558m) or a "
               "hub id (owner/name)" if files else "a directory with tokenizer.json or a hub id (owner/name)")
@@ -196,7 +199,6 @@ def model_name(flag, source, files=True):
 def backward_spec(spec):
     """(op, "MODULE:FUNCTION") of a --backward OP=MODULE:FUNCTION flag; UsageError when it
     is not of that form, names no op, or names a .py file that is not there."""
-    from numgpt.registry import op_pairs
     op, _, function = spec.partition("=")
     module, _, name = function.rpartition(":")
     if not module or not name:
@@ -208,7 +210,6 @@ def backward_spec(spec):
 
 
 def _check_device(spec):
-    from numgpt.device import parse_device
     if spec is not None and spec != "auto":
         try:
             parse_device(spec)
@@ -254,7 +255,6 @@ def check_prepare(args):
 
 
 def check_plot(args):
-    from numgpt.plot import PLOT_FORMATS
     existing_directory(args.run_dir, "a run directory (numgpt train --out RUN)")
     if args.output is not None:
         file_to_write("--output", args.output, PLOT_FORMATS)

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy
 
 import numgpt
-from numgpt import backend
+from numgpt import backend, cuda
+from numgpt.cli import arguments
+from numgpt.io.download import default_cache_dir, hf_hub_cache
 
 
 def _blas():
     """'OpenBLAS 0.3.31, SkylakeX kernels (OpenBLAS's own choice), 2 threads' from threadpoolctl."""
-    from threadpoolctl import threadpool_info
-
+    from threadpoolctl import threadpool_info       # only numgpt info asks the BLAS pools
     pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
     if not pools:
         return "none found in this process"
@@ -28,7 +29,7 @@ def _blas():
 
 
 def _matmul_kernel():
-    from numgpt.kernels import matmul
+    from numgpt.kernels import matmul   # numba's kernels: heavy, and loaded only when numgpt info asks
     if not matmul.HAS_AVX512:
         return "not used: this CPU has no AVX-512 (matrix products go to the BLAS)"
     if backend.get_kernel_mode() != "numba":
@@ -37,9 +38,8 @@ def _matmul_kernel():
 
 
 def _cuda():
-    from numgpt import cuda
     try:
-        import cupy
+        import cupy                     # optional: the cuda12 extra
     except ImportError:
         return "CuPy not installed (pip install 'numgpt[cuda12]' for --device cuda)"
     if not cuda.is_available():
@@ -48,10 +48,9 @@ def _cuda():
 
 
 def _caches():
-    import numba
+    import numba                        # heavy: loaded by numgpt info, not by every command
 
-    from numgpt.download import default_cache_dir, hf_hub_cache
-    from numgpt import kernels
+    from numgpt import kernels          # numba's kernels: heavy, and loaded only when numgpt info asks
     numba_cache = numba.config.CACHE_DIR or str(Path(kernels.__file__).parent / "__pycache__")
     return [("numgpt cache", str(default_cache_dir())), ("Hugging Face hub cache", str(hf_hub_cache())),
             ("numba cache", numba_cache)]
@@ -59,7 +58,7 @@ def _caches():
 
 def describe():
     """[(label, value)] of the facts ``numgpt info`` prints."""
-    import llvmlite
+    import llvmlite                     # heavy (numba's compiler): reported by numgpt info only
     import numba
 
     from numgpt import kernels  # noqa: F401  (sets numba's threading layer, as a training run does)
@@ -79,3 +78,17 @@ def describe():
         ("CUDA", _cuda()),
         *_caches(),
     ]
+
+
+def cmd_info(args):
+    facts = describe()
+    width = max(len(label) for label, _ in facts)
+    for label, value in facts:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def add_parser(sub):
+    """The info subcommand's flags (none)."""
+    info = sub.add_parser("info", help="numgpt, its libraries, kernels, threads and caches on this machine")
+    info.set_defaults(run=cmd_info, check=arguments.check_nothing)

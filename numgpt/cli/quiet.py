@@ -10,11 +10,14 @@ an op, a checkpoint that could not be deleted).
 """
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
+
+import numgpt
 
 
 def debugging():
@@ -53,9 +56,6 @@ def third_parties_quiet():
 def _numgpt_folders():
     """The folders of numgpt's code: the package and its kernels (a folder of their own in a
     source checkout), found without importing the kernels."""
-    import importlib.util
-
-    import numgpt
     folders = [Path(numgpt.__file__).resolve().parent]
     spec = importlib.util.find_spec("numgpt.kernels")
     folders += [Path(folder).resolve() for folder in (spec.submodule_search_locations or ())] if spec else []

@@ -26,10 +26,11 @@
 
 import numpy
 
-from numgpt import backend, bundled, safe_io
+from numgpt import backend
+from numgpt.data.token_store import TokenSequence
 from numgpt.errors import NumgptError
-from numgpt.token_store import TokenSequence
-from numgpt.tokenizer import get_tokenizer
+from numgpt.io import bundled, safe_io
+from numgpt.io.tokenizer import get_tokenizer
 
 VERDICT_SHA256 = bundled.SHA256[bundled.VERDICT]
 

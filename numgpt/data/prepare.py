@@ -1,4 +1,4 @@
-"""``numgpt prepare``: tokenize a corpus once into a token store (numgpt.token_store).
+"""``numgpt prepare``: tokenize a corpus once into a token store (numgpt.data.token_store).
 
 Sources, in the order given (a directory's and a glob's files sorted by path):
 - a text file: one document (UTF-8; newlines normalised as ``read_text`` does);
@@ -14,7 +14,7 @@ Sources, in the order given (a directory's and a glob's files sorted by path):
 The validation split takes whole documents: the first ``--val-docs N``, or (``--val-fraction f``)
 document i whenever ``floor((i + 1) f) > floor(i f)``, spread evenly through the corpus. A corpus
 that is one text file is one document: it is split as the seed splits its text, the first
-``--train-ratio`` of its characters for training (``numgpt.data.split_text``).
+``--train-ratio`` of its characters for training (``numgpt.data.datasets.split_text``).
 
 Documents are encoded by ``--workers`` processes a chunk at a time, in order; at most two
 chunks per worker are in flight, so memory is bounded by the chunk size and the largest
@@ -41,10 +41,14 @@ from pathlib import Path
 
 import numpy
 
-from numgpt import safe_io, safe_write, token_store
-from numgpt.data import DataError, split_text
+from numgpt import safe_write
+from numgpt.data import token_store
+from numgpt.data.datasets import DataError, split_text
+from numgpt.data.token_store import MANIFEST, TOKENIZER_DIR
 from numgpt.errors import UsageError
-from numgpt.token_store import MANIFEST, TOKENIZER_DIR
+from numgpt.io import bundled, safe_io
+from numgpt.io.families import TOKENIZER_FILES, get_tokenizer, tokenizer_directory
+from numgpt.io.tokenizer import ENDOFTEXT, get_tokenizer as gpt2_tokenizer
 
 STATE_FILE = ".prepare-state.json"
 DIRECTORY_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
@@ -235,7 +239,6 @@ _worker = {}
 
 
 def _start_worker(tokenizer_source, allow_special, dtype):
-    from numgpt.families import get_tokenizer
     _worker.update(tokenizer=get_tokenizer(tokenizer_source), allow_special=allow_special, dtype=dtype)
 
 
@@ -387,11 +390,8 @@ class SplitWriter:
 def _tokenizer_identity(tokenizer_source, out):
     """(its tokenizer.json directory or None for GPT-2's, the manifest's record of the tokenizer); a
     tokenizer.json and its companions are copied into OUT/tokenizer/."""
-    from numgpt.families import TOKENIZER_FILES, get_tokenizer, tokenizer_directory
-    from numgpt.tokenizer import get_tokenizer as gpt2_tokenizer
     directory = None if tokenizer_source is None else tokenizer_directory(tokenizer_source)
     if directory is None:
-        from numgpt import bundled
         tokenizer = gpt2_tokenizer()
         files = {"encoder.json": bundled.SHA256[bundled.GPT2_ENCODER_JSON]}
     else:
@@ -413,8 +413,8 @@ def _tokenizer_identity(tokenizer_source, out):
 def train_tokenizer(files, options, out, vocab_size):
     """A byte-level BPE of ``vocab_size`` ids trained on the sources (tokenizers library), with
     <|endoftext|> as its special end-of-text token, saved in OUT/tokenizer/; returns that directory."""
+    # tokenizers' trainer: only for --tokenizer-train
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from numgpt.tokenizer import ENDOFTEXT
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -508,6 +508,7 @@ class ProgressBar:
 
     def __enter__(self):
         if self.show:
+            # tqdm: only when a terminal shows the progress
             from tqdm import tqdm
             self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc="prepare",
                             file=sys.stderr)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy
 
-from numgpt.safe_io import open_regular
-from numgpt.token_store import StoreError, TokenSequence, map_tokens, scan_ids
+from numgpt.data.token_store import StoreError, TokenSequence, map_tokens, scan_ids
+from numgpt.io.safe_io import open_regular
 
 LLMC_MAGIC = 20240520
 LLMC_HEADER_INTS = 256

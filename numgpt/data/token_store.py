@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy
 
-from numgpt import safe_io, safe_write
+from numgpt import safe_write
 from numgpt.errors import NumgptError
+from numgpt.io import safe_io
 
 FORMAT = "numgpt-token-store"
 VERSION = 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from numgpt.errors import NumgptError
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"   # numgpt/resources
 
 VERDICT = "the-verdict.txt"
 GPT2_ENCODER_JSON = "gpt2/encoder.json"

@@ -38,9 +38,13 @@ from typing import NamedTuple, Optional
 
 import numpy
 
-from numgpt import backend, safe_io, safe_write, schema
+from numgpt import backend, safe_write, schema
 from numgpt.errors import NumgptError
-from numgpt.memory import check_model_fits
+from numgpt.io import safe_io
+from numgpt.models import model_from_config
+from numgpt.models.gpt import check_config as check_gpt_config
+from numgpt.models.llama_config import check_config as check_llama_config, is_llama_config
+from numgpt.models.memory import check_model_fits
 
 FORMAT = "numgpt-checkpoint"
 FORMAT_VERSION = 1
@@ -369,10 +373,8 @@ def _check_param_group(group, where):
 
 
 def check_model_config(config, where):
-    """The family's validator of a model config read from a file: GPT-2's (numgpt.model.check_config)
-    or the Llama family's (numgpt.llama.check_config), naming ``where``."""
-    from numgpt.llama import check_config as check_llama_config, is_llama_config
-    from numgpt.model import check_config as check_gpt_config
+    """The family's validator of a model config read from a file: GPT-2's (numgpt.models.gpt.check_config)
+    or the Llama family's (numgpt.models.llama.check_config), naming ``where``."""
     if is_llama_config(config):
         check_llama_config(config, where)
     elif "model_type" in config:
@@ -386,13 +388,13 @@ def check_model_config(config, where):
 
 def check_config(checkpoint, cfg):
     """CheckpointError naming the first architecture field where ``cfg`` differs from the checkpoint's."""
-    from numgpt.llama import is_llama_config
     if is_llama_config(checkpoint.config) or is_llama_config(cfg):
         for key in sorted(set(checkpoint.config) | set(cfg)):
             if key != "drop_rate" and checkpoint.config.get(key) != cfg.get(key):
-                raise CheckpointError(f"checkpoint {checkpoint.path} was saved with {key}={checkpoint.config.get(key)!r} "
-                                      f"but the model has {key}={cfg.get(key)!r}: build the model from the "
-                                      f"checkpoint (numgpt.build_model)")
+                raise CheckpointError(f"checkpoint {checkpoint.path} was saved with "
+                                      f"{key}={checkpoint.config.get(key)!r} but the model has "
+                                      f"{key}={cfg.get(key)!r}: build the model from the checkpoint "
+                                      f"(numgpt.build_model)")
         return
     for key in ARCHITECTURE_KEYS:
         default = False if key == "tie_weights" else None
@@ -442,8 +444,6 @@ def restore(checkpoint, model, optimizer=None, require=()):
 def build_model(checkpoint):
     """The model (GPTModel or LlamaForCausalLM) of the checkpoint's config, with its weights;
     numgpt's RNG state is left as it was."""
-    from numgpt.families import model_from_config
-
     where = Path(checkpoint.path) / STATE_FILE
     check_model_config(checkpoint.config, f"{where}: config")
     check_model_fits(checkpoint.config, f"{where}: config")                 # before anything is allocated
@@ -502,7 +502,7 @@ class CheckpointManager:
                     try:
                         _remove_tree(old)
                     except OSError as exc:  # the new checkpoint is committed; an old one lingers
-                        warnings.warn(f"could not delete old checkpoint {old}: {_os_reason(exc)}")
+                        warnings.warn(f"could not delete old checkpoint {old}: {_os_reason(exc)}", stacklevel=2)
         return path
 
     def latest(self):

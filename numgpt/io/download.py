@@ -195,6 +195,7 @@ def download_gpt2(size, cache_dir=None, base_url=None, progress=True, retries=2,
 
 def _hub_download(size, base_url, by_hand_directory):
     """Both FILES through huggingface_hub into the Hugging Face cache; their snapshot directory."""
+    # optional: the hub extra
     from huggingface_hub import hf_hub_download
 
     repo_id, revision, path = hf_repo_ids(size)[0], None, None
@@ -212,6 +213,7 @@ def _hub_download(size, base_url, by_hand_directory):
 
 def _hub_error(error, size, repo_id, missing, base_url, by_hand_directory):
     """One DownloadError for a huggingface_hub error on ``missing[0]``: what happened and what to do."""
+    # optional: the hub extra
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     filename = missing[0]

@@ -11,14 +11,28 @@
   sharded model.safetensors.index.json, and tokenizer.json): its
   ``model_type`` decides the family, gpt2, llama, qwen2 or qwen3;
 - a Hugging Face hub id ('HuggingFaceTB/SmolLM2-135M'), fetched into the
-  Hugging Face cache through huggingface_hub (``numgpt.hub``), reused from it
+  Hugging Face cache through huggingface_hub (``numgpt.io.hub``), reused from it
   when transformers or an earlier run already downloaded it.
 """
 import json
 import re
 from pathlib import Path
 
+from numgpt import backend, schema
+from numgpt.device import to_host
 from numgpt.errors import NumgptError
+from numgpt.io import tokenizer
+from numgpt.io.checkpoint import CheckpointManager, build_model, is_committed, load_checkpoint
+from numgpt.io.download import canonical_size
+from numgpt.io.hf_tokenizer import HFTokenizer
+from numgpt.io.hf_weights import load_weights, save_weights
+from numgpt.io.hub import resolve_model_dir
+from numgpt.io.pretrained import WeightsError, export_hf, load_gpt2
+from numgpt.io.safe_io import read_json
+from numgpt.io.tokenizer import N_VOCAB, save_hf_tokenizer
+from numgpt.models.llama import LlamaForCausalLM
+from numgpt.models.llama_config import from_hf_config, is_llama_config, to_hf_config
+from numgpt.models.memory import check_model_fits
 from numgpt.safe_write import atomic_write, copy_file, own_directory
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -30,21 +44,13 @@ class SourceError(NumgptError, ValueError):
     """A model source that is none of the things ``load_pretrained`` takes."""
 
 
-def model_from_config(cfg):
-    """A freshly initialised model of ``cfg``'s family (a numgpt model config)."""
-    from numgpt.llama import LlamaForCausalLM, is_llama_config
-    from numgpt.model import GPTModel
-    return LlamaForCausalLM(cfg) if is_llama_config(cfg) else GPTModel(cfg)
-
-
 def is_run_or_checkpoint(path):
-    from numgpt.checkpoint import is_committed
     path = Path(path)
-    return path.is_dir() and (is_committed(path) or (path / "checkpoints").is_dir() or (path / "settings.json").is_file())
+    return path.is_dir() and (is_committed(path) or (path / "checkpoints").is_dir()
+                              or (path / "settings.json").is_file())
 
 
 def _checkpoint_of(path):
-    from numgpt.checkpoint import CheckpointManager, is_committed, load_checkpoint
     path = Path(path)
     if not is_committed(path):
         latest = CheckpointManager(path / "checkpoints").latest() or CheckpointManager(path).latest()
@@ -56,8 +62,6 @@ def _checkpoint_of(path):
 
 def _model_type(directory):
     """(model_type or None, the config.json dict or None) of a Hugging Face directory."""
-    from numgpt import schema
-    from numgpt.safe_io import read_json
     config_path = Path(directory) / "config.json"
     if not config_path.is_file():
         return None, None
@@ -69,7 +73,6 @@ def _model_type(directory):
 
 def locate(source, cache_dir=None):
     """(kind, where) for a source: ('gpt2', size or .safetensors file), ('run', path) or ('hf', directory)."""
-    from numgpt.download import canonical_size
     if isinstance(source, (str, Path)) and Path(source).expanduser().exists():
         path = Path(source).expanduser()
         if is_run_or_checkpoint(path):
@@ -84,7 +87,6 @@ def locate(source, cache_dir=None):
     if size is not None:
         return "gpt2", size
     if isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", source):
-        from numgpt.hub import resolve_model_dir
         return "hf", resolve_model_dir(source, cache_dir=cache_dir)
     raise SourceError(f"{source!r} is neither an existing directory, a GPT-2 size (124m, 355m, 774m, 1558m) nor "
                       f"a Hugging Face hub id (owner/name)")
@@ -92,8 +94,6 @@ def locate(source, cache_dir=None):
 
 def load_pretrained(source, cache_dir=None):
     """The model (eval mode) of ``source``, any supported family; see the module docstring."""
-    from numgpt.checkpoint import build_model
-    from numgpt.pretrained import load_gpt2
     kind, where = locate(source, cache_dir)
     if kind == "gpt2":
         return load_gpt2(where, cache_dir=cache_dir)
@@ -110,10 +110,6 @@ def load_llama(directory):
     config.json decides the shape, its safetensors files (one or sharded; bf16 and fp16
     widened to float32 one tensor at a time) the weights. Every missing, extra or
     misshapen tensor is reported in one WeightsError."""
-    from numgpt import backend
-    from numgpt.hf_weights import load_weights
-    from numgpt.llama import LlamaForCausalLM, from_hf_config
-    from numgpt.memory import check_model_fits
     directory = Path(directory)
     _, config = _model_type(directory)
     if config is None:
@@ -139,7 +135,6 @@ def tokenizer_directory(source, cache_dir=None):
     if kind == "gpt2":
         return None
     if kind == "run":
-        from numgpt.llama import is_llama_config
         checkpoint = _checkpoint_of(where)
         if not is_llama_config(checkpoint.config):
             return None
@@ -160,12 +155,10 @@ def tokenizer_directory(source, cache_dir=None):
 
 def get_tokenizer(source=None, cache_dir=None):
     """The tokenizer of ``source``: GPT-2's bundled tiktoken encoding for GPT-2 models (and for
-    ``source=None``), the model's own tokenizer.json (numgpt.hf_tokenizer) for the others."""
-    from numgpt import tokenizer
+    ``source=None``), the model's own tokenizer.json (numgpt.io.hf_tokenizer) for the others."""
     directory = None if source is None else tokenizer_directory(source, cache_dir)
     if directory is None:
         return tokenizer.get_tokenizer()
-    from numgpt.hf_tokenizer import HFTokenizer
     return HFTokenizer(directory)
 
 
@@ -184,19 +177,14 @@ def export_pretrained(model, directory, tokenizer_dir=None, max_shard_bytes=None
     config.json and model.safetensors (sharded with model.safetensors.index.json when
     larger than ``max_shard_bytes``, 5 GiB by default, as transformers), and the
     tokenizer files: those of ``tokenizer_dir`` when given; for GPT-2, GPT-2's own
-    (numgpt.tokenizer.save_hf_tokenizer) when its vocabulary fits the model's.
+    (numgpt.io.tokenizer.save_hf_tokenizer) when its vocabulary fits the model's.
     Returns the directory."""
-    from numgpt.device import to_host
-    from numgpt.llama import is_llama_config, to_hf_config
-    from numgpt.pretrained import WeightsError, export_hf
     options = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
     if not is_llama_config(model.cfg):
-        from numgpt.tokenizer import N_VOCAB, save_hf_tokenizer
         directory = export_hf(model, directory, **options)
         if model.cfg["vocab_size"] >= N_VOCAB:
             save_hf_tokenizer(directory, model.cfg["context_length"])
         return directory
-    from numgpt.hf_weights import save_weights
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,13 @@
 ``HFTokenizer(directory)`` reads ``directory/tokenizer.json`` (required) and, when present,
 ``tokenizer_config.json``, ``special_tokens_map.json``, ``config.json`` and
 ``generation_config.json``. It presents what numgpt uses of a tiktoken ``Encoding``
-(numgpt/tokenizer.py), so ``data.py``, ``train.py`` and generation take either:
+(numgpt/io/tokenizer.py), so ``data.py``, ``train.py`` and generation take either:
 
     encode(text, *, allowed_special=(), disallowed_special="all", add_special_tokens=True) -> list[int]
     decode(tokens) -> str
     eot_token, n_vocab, name, special_tokens_set      (and bos_token_id, eos_token_id)
 
-GPT-2 models keep numgpt's bundled tiktoken tokenizer (``numgpt.tokenizer.get_tokenizer()``).
+GPT-2 models keep numgpt's bundled tiktoken tokenizer (``numgpt.io.tokenizer.get_tokenizer()``).
 
 The ids are those of transformers' ``AutoTokenizer.from_pretrained(directory)(text)["input_ids"]``
 when transformers (5.x) runs tokenizer.json as it is, i.e. for tokenizer_config.json's generic
@@ -39,8 +39,8 @@ from pathlib import Path
 
 from tokenizers import Encoding, Tokenizer
 
-from numgpt import safe_io
 from numgpt.errors import NumgptError
+from numgpt.io import safe_io
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG_JSON = "tokenizer_config.json"
@@ -49,7 +49,7 @@ CONFIG_JSON = "config.json"
 GENERATION_CONFIG_JSON = "generation_config.json"
 MAX_TOKENIZER_BYTES = 64 * 2**20     # the largest published tokenizer.json files are about 35 MB
 MAX_CONFIG_BYTES = 16 * 2**20         # tokenizer_config.json may hold a long chat template
-GPT2_HINT = "GPT-2 models use numgpt's bundled tokenizer (numgpt.tokenizer.get_tokenizer())"
+GPT2_HINT = "GPT-2 models use numgpt's bundled tokenizer (numgpt.io.tokenizer.get_tokenizer())"
 # tokenizer_config.json's named special tokens, which transformers adds when the vocabulary lacks them
 NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 EXTRA_SPECIAL_TOKENS = ("additional_special_tokens", "extra_special_tokens")

@@ -40,10 +40,10 @@ import numpy
 from numgpt import schema
 from numgpt.device import like, to_host
 from numgpt.errors import NumgptError, UsageError
-from numgpt.safe_io import (MAX_JSON_BYTES, UnsafeFileError, check_safetensors_header, open_regular, parse_json,
-                            read_limited, write_header)
+from numgpt.io.safe_io import (MAX_JSON_BYTES, UnsafeFileError, check_safetensors_header, open_regular, parse_json,
+                               read_limited, write_header)
 from numgpt.safe_write import atomic_write
-from numgpt.schema import MAX_FILE_NAME, MAX_TENSOR_NAME, MAX_TENSORS
+from numgpt.schema import MAX_FILE_NAME, MAX_TENSORS, MAX_TENSOR_NAME
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

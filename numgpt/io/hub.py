@@ -16,7 +16,7 @@ where transformers keeps what it downloaded, so a model either of them fetched
 is not fetched again. huggingface_hub reads ``HF_ENDPOINT`` and
 ``HF_HUB_OFFLINE`` once, when it is imported; numgpt reads them at each call
 and passes the endpoint, the cache and the offline flag on, as
-``numgpt.download`` does: ``HF_HUB_OFFLINE`` set after the import still keeps
+``numgpt.io.download`` does: ``HF_HUB_OFFLINE`` set after the import still keeps
 numgpt off the network. (Unset after an import that saw it set, it leaves
 huggingface_hub offline: the cache is used, as below.) ``HF_TOKEN`` is read by
 huggingface_hub at each call.
@@ -31,9 +31,9 @@ import os
 import re
 from pathlib import Path
 
-from numgpt.download import HF_BASE_URL, DownloadError, hf_hub_cache, hf_offline
 from numgpt.errors import NumgptError
-from numgpt.hf_weights import INDEX_FILE, PICKLE_WEIGHTS, SINGLE_FILE, WeightsError, describe_contents
+from numgpt.io.download import HF_BASE_URL, DownloadError, hf_hub_cache, hf_offline
+from numgpt.io.hf_weights import INDEX_FILE, PICKLE_WEIGHTS, SINGLE_FILE, WeightsError, describe_contents
 
 MODEL_FILE_PATTERNS = (
     "config.json",
@@ -110,6 +110,7 @@ def download_model(repo_id, revision=None, cache_dir=None):
         raise ModelSourceError(f"two revisions for {repo_id}: {pinned!r} in the id and {revision!r}")
     revision = revision or pinned
     try:
+        # optional: the hub extra
         from huggingface_hub import snapshot_download
     except ImportError:
         raise DownloadError(f"downloading {repo_id} from the Hugging Face hub needs huggingface_hub: "
@@ -127,6 +128,7 @@ def download_model(repo_id, revision=None, cache_dir=None):
 
 def _hub_error(error, repo_id, revision, cache, endpoint):
     """One DownloadError for a huggingface_hub error: what happened and what to do."""
+    # optional: the hub extra
     from huggingface_hub.utils import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                        RevisionNotFoundError)
     try:
@@ -179,6 +181,7 @@ def _check_snapshot(snapshot, repo_id, revision, cache):
 def _listed_files(repo_id, revision, cache):
     """The repository's files as huggingface_hub last listed them (its tree cache, no network); [] when unknown."""
     try:
+        # optional: the hub extra
         from huggingface_hub import get_cached_repo_tree
         from huggingface_hub.errors import CachedRepoTreeNotFoundError
     except ImportError:                                     # huggingface_hub before its tree cache

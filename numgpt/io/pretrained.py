@@ -25,15 +25,15 @@ import numpy
 from safetensors import safe_open
 
 from numgpt import schema
-from numgpt.download import canonical_size, download_gpt2
+from numgpt.io.download import canonical_size, download_gpt2
 from numgpt.device import to_host
 from numgpt.errors import NumgptError
-from numgpt.hf_weights import INDEX_FILE, SHARD_PATTERN, SINGLE_FILE, save_weights, tensor_index
-from numgpt.hf_weights import WeightsError       # defined there; still importable from here
-from numgpt.memory import check_model_fits
-from numgpt.model import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
-from numgpt.nn import LayerNorm
-from numgpt.safe_io import UnsafeFileError, check_safetensors_header, read_json, stream_safetensors
+from numgpt.io.hf_weights import INDEX_FILE, SHARD_PATTERN, SINGLE_FILE, save_weights, tensor_index
+from numgpt.io.hf_weights import WeightsError       # defined there; still importable from here
+from numgpt.models.memory import check_model_fits
+from numgpt.models.gpt import GPT2_SIZES, GPT_CONFIG_124M, GPTModel
+from numgpt.nn.layers import LayerNorm
+from numgpt.io.safe_io import UnsafeFileError, check_safetensors_header, read_json, stream_safetensors
 from numgpt.safe_write import atomic_write
 from numgpt.schema import MAX_CONTEXT, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
 
@@ -107,7 +107,7 @@ def load_gpt2(source, cache_dir=None):
 
     ``source`` is a size name ('gpt2-124m', '355m', ... : found in the Hugging
     Face cache or numgpt's, downloaded first when in neither, see
-    ``numgpt.download``), a directory with model.safetensors or transformers'
+    ``numgpt.io.download``), a directory with model.safetensors or transformers'
     shards and model.safetensors.index.json (and config.json, when present) or
     a .safetensors file. A size name only says where to look:
     the config.json found there decides the shapes, as it does for a directory.

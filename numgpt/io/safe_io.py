@@ -58,7 +58,7 @@ from safetensors import SafetensorError, safe_open
 from numgpt.device import array_module, is_host, to_host
 from numgpt.errors import NumgptError
 from numgpt.safe_write import atomic_write
-from numgpt.schema import MAX_TENSOR_DIMS, MAX_TENSOR_NAME, MAX_TENSORS
+from numgpt.schema import MAX_TENSORS, MAX_TENSOR_DIMS, MAX_TENSOR_NAME
 
 MAX_HEADER_BYTES = 100_000_000      # the safetensors library's own limit; a caller may set a lower one
 MAX_JSON_BYTES = 100 * 2**20
@@ -83,7 +83,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".npy", ".
 CONVERT_HINT = ("numgpt does not load pickle-based formats (PyTorch .pt/.pth/.bin, .pkl, .npy/.npz with objects): "
                 "unpickling can run arbitrary code. Convert the weights to safetensors where you trust the file, "
                 "e.g. `safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')`, "
-                "or load them with numgpt.pretrained from Hugging Face's model.safetensors.")
+                "or load them with numgpt.io.pretrained from Hugging Face's model.safetensors.")
 
 
 class UnsafeFileError(NumgptError, ValueError):
@@ -479,7 +479,7 @@ def parse_safetensors(data, path, max_header_bytes=MAX_HEADER_BYTES, copy=True):
     """
     entries, metadata, data_start = _validate(path, data, len(data), max_header_bytes)
     arrays = {}
-    for name, (dtype, shape, begin, end) in entries.items():
+    for name, (dtype, shape, begin, _end) in entries.items():
         raw = numpy.frombuffer(data, dtype=SAFETENSORS_DTYPES[dtype], count=math.prod(shape),
                                offset=data_start + begin).reshape(shape)
         if dtype == "BOOL" and raw.view(numpy.uint8).max(initial=0) > 1:

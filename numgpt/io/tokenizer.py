@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy
 import tiktoken
 
-from numgpt import backend, bundled
+from numgpt import backend
 from numgpt.autograd import array_of
 from numgpt.device import to_host
+from numgpt.io import bundled
 from numgpt.safe_write import atomic_write
 
 ENCODING_NAME = "gpt2"
@@ -64,7 +65,8 @@ def get_tokenizer():
     """The GPT-2 ``tiktoken.Encoding``, built once from numgpt's bundled vocabulary."""
     encoder_json = bundled.read_bundled(bundled.GPT2_ENCODER_JSON)
     return tiktoken.Encoding(name=ENCODING_NAME, pat_str=GPT2_SPLIT_PATTERN,
-                             mergeable_ranks=mergeable_ranks(encoder_json), special_tokens={ENDOFTEXT: ENDOFTEXT_ID}, explicit_n_vocab=N_VOCAB)
+                             mergeable_ranks=mergeable_ranks(encoder_json), special_tokens={ENDOFTEXT: ENDOFTEXT_ID},
+                             explicit_n_vocab=N_VOCAB)
 
 
 def text_to_token_ids(text, tokenizer):

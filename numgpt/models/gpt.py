@@ -7,11 +7,11 @@ Dimensions: B batch, T tokens, C = emb_dim, NH = n_heads, HS = C / NH, V = vocab
 import numpy
 
 from numgpt import ops, schema
-from numgpt.device import array_module
 from numgpt.autograd import array_of
+from numgpt.device import array_module
+from numgpt.models.memory import check_model_fits
+from numgpt.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear, Module, Sequential
 from numgpt.ops.attention import LayerKVCache
-from numgpt.memory import check_model_fits
-from numgpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, Sequential
 from numgpt.schema import MAX_CONTEXT, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, SchemaError
 
 GPT_CONFIG_124M = {

@@ -14,7 +14,7 @@ and two processes with --grad-accum 1 take the same two micro-batches per
 step; scaling a gradient by 1/2 is exact in binary floating point and the
 sum of two float32 arrays does not depend on their order, so the two runs
 agree bit for bit (tests/test_distributed.py). Dropout draws from a stream
-keyed by the micro-batch's place in the run (numgpt.train), not by the rank.
+keyed by the micro-batch's place in the run (numgpt.training.train), not by the rank.
 
 The gradients travel in buckets: flat float32 buffers of about
 ``BUCKET_BYTES``, filled in the order the backward pass completes the
@@ -30,8 +30,11 @@ imported, and only then.
 import functools
 import os
 import sys
+import time
 
 import numpy
+
+from numgpt.errors import UsageError
 
 BUCKET_BYTES = 25 * 2 ** 20          # PyTorch DDP's default bucket size
 # set by mpiexec / srun in each rank's environment (Open MPI, MPICH/Hydra and PMIx launchers)
@@ -75,9 +78,9 @@ class MPIWorld(World):
 
     def __init__(self):
         try:
+            # optional: the mpi extra
             from mpi4py import MPI
         except ImportError as error:
-            from numgpt.errors import UsageError
             raise UsageError(f"this process was started by mpiexec but mpi4py cannot be imported ({error}): "
                              f"pip install 'numgpt[mpi]'") from None
         self.MPI = MPI
@@ -177,7 +180,8 @@ class GradientAverager:
         self.waiting[i] -= 1
         if self.waiting[i] == 0:               # the bucket's last gradient: send it while the backward goes on
             self._copy_in(i)
-            self.pending[i] = self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, self.buffers[i], op=self.world.MPI.SUM)
+            self.pending[i] = self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, self.buffers[i],
+                                                         op=self.world.MPI.SUM)
         # MPI moves a non-blocking collective on only while the process calls into MPI (no progress
         # thread by default): each gradient that completes gives the buckets in flight a turn
         in_flight = [request for request in self.pending if request is not None]
@@ -195,9 +199,8 @@ class GradientAverager:
     def finish(self):
         """Wait for every bucket (starting those a parameter without a gradient held back) and write
         the averages into ``.grad``. ``last_wait_s``: the seconds spent waiting for the network."""
-        import time
         scale = numpy.float32(1.0 / self.world.size)
-        for i, bucket in enumerate(self.buckets):
+        for i in range(len(self.buckets)):
             if self.pending[i] is None:        # a parameter got no gradient this step: send the bucket now
                 self._copy_in(i)
                 self.pending[i] = self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, self.buffers[i],

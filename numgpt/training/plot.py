@@ -15,6 +15,7 @@ PLOT_FORMATS = (".pdf", ".png", ".svg")
 def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path="loss-plot.pdf"):
     """Training and validation loss against epochs, with a second x-axis of tokens seen, written
     atomically (numgpt.safe_write: never through a symbolic link)."""
+    # matplotlib: heavy, only for drawing
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 

@@ -6,7 +6,7 @@ run is resumed from it with no flags.
       metrics.jsonl   one JSON line per evaluation, appended as the run goes
       losses.json     the seed's lists (train and validation losses, tokens seen) and their epochs
       loss-plot.pdf   the seed's loss plot, redrawn at each evaluation
-      checkpoints/    committed step-NNNNNNNN checkpoints (numgpt.checkpoint)
+      checkpoints/    committed step-NNNNNNNN checkpoints (numgpt.io.checkpoint)
       tokenizer/      a Llama-family model's tokenizer files, copied from --init
       .lock           held by the training process for the run's life
 
@@ -27,10 +27,13 @@ import os
 import re
 from pathlib import Path
 
-from numgpt import safe_io, safe_write, schema
+from numgpt import safe_write, schema
 from numgpt.errors import UsageError
-from numgpt.families import RUN_TOKENIZER_DIR
-from numgpt.train import LRSchedule
+from numgpt.io import safe_io
+from numgpt.io.checkpoint import check_model_config
+from numgpt.io.families import RUN_TOKENIZER_DIR
+from numgpt.training.plot import plot_losses
+from numgpt.training.train import LRSchedule
 
 SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.jsonl"
@@ -194,7 +197,6 @@ class RunDirectory:
 
     def draw_plot(self, records, path=None):
         """The seed's loss plot of ``records`` at ``path`` (default RUN/loss-plot.pdf)."""
-        from numgpt.plot import plot_losses
         nan = float("nan")
         train = [nan if r.get("train_loss") is None else r["train_loss"] for r in records]
         val = [nan if r.get("val_loss") is None else r["val_loss"] for r in records]
@@ -246,7 +248,6 @@ TRAIN_FIELDS = {
 def check_settings(document, path):
     """RunError naming ``path``, the field, its value and what was expected, for the first field of a
     settings.json document (format and version already checked) that a resumed run cannot use."""
-    from numgpt.checkpoint import check_model_config
     train = document["train"]
     for name, check in TRAIN_FIELDS.items():
         if name in train:

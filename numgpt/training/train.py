@@ -29,10 +29,11 @@ from numgpt import backend, schema
 from numgpt.autograd import no_grad
 from numgpt.device import to_host
 from numgpt.errors import UsageError
-from numgpt.generate import generate_text_simple
+from numgpt.io.tokenizer import text_to_token_ids, token_ids_to_text
+from numgpt.models.generate import generate_text_simple
 from numgpt.ops import cross_entropy
 from numgpt.optim import clip_grad_norm_, grad_norm
-from numgpt.tokenizer import text_to_token_ids, token_ids_to_text
+from numgpt.training.distributed import World
 
 
 def calc_loss_batch(input_batch, target_batch, model, device=None):
@@ -47,7 +48,7 @@ def calc_loss_batch(input_batch, target_batch, model, device=None):
 def calc_loss_loader(data_loader, model, device=None, num_batches=None, world=None):
     """Average batch loss over the first ``num_batches`` batches of any iterable
     of (inputs, targets) (all of them by default; nan when there are none).
-    With a ``world`` of N processes (numgpt.distributed), process r computes
+    With a ``world`` of N processes (numgpt.training.distributed), process r computes
     batches r, r + N, ... and the sums are reduced: every process returns the mean."""
     if num_batches is None and hasattr(data_loader, "__len__"):
         num_batches = len(data_loader)
@@ -229,51 +230,6 @@ class LRSchedule:
                                    anchor_lr=self(next_step - 1))
 
 
-def model_state_bytes(cfg, dtype_bytes=4):
-    """Bytes of the weights, their gradients and AdamW's two moments."""
-    from numgpt.llama import count_parameters, is_llama_config
-    if is_llama_config(cfg):
-        params = count_parameters(cfg)
-    else:
-        C, V, L = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"]
-        params = V * C * 2 + cfg["context_length"] * C + L * 12 * C * C
-    return dtype_bytes * 4 * params
-
-
-def estimate_training_bytes(cfg, batch_size, context_length, dtype_bytes=4, flash=None):
-    """A rough upper estimate of a training step's memory: weights, gradients
-    and two AdamW moments, plus the activations the backward pass keeps.
-
-    ``flash`` (default: kernel mode numba) is the flash attention twin, which
-    keeps per layer only the row log-sum-exp beside q, k, v and the output:
-    O(B T C) per layer. The NumPy reference keeps the (B, NH, T, T) weights
-    and their dropout mask per layer, and makes three more such arrays in the
-    layer it is working on. Measured GPT-2 124M peaks (reference attention,
-    before flash): 3.07 GB estimated 3.4 GB at 2 x 256; 6.4 GB estimated
-    7.1 GB at 2 x 1024."""
-    from numgpt.llama import is_llama_config
-    if flash is None:
-        flash = backend.get_kernel_mode() == "numba"
-    B, T, V = batch_size, context_length, cfg["vocab_size"]
-    if is_llama_config(cfg):
-        C, F, L, NH = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
-        Q, KV = NH * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
-        # per token: two norms' inputs and outputs, q/k/v before and after rotation, the context,
-        # the gate and up of the MLP (its product is recomputed)
-        per_layer = B * T * (4 * C + 2 * Q + 2 * KV + Q + KV + 2 * F)
-    else:
-        C, L, NH = cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"]
-        per_layer = B * T * C * 24                                # saved inputs, qkv, mlp
-    if flash:
-        per_layer += B * NH * T                                   # the row log-sum-exp
-        attention_scratch = 0
-    else:
-        per_layer += B * NH * T * T * 5 // 4                      # attention weights + byte mask
-        attention_scratch = B * NH * T * T * 3                    # scores and their gradients, one layer at a time
-    logits = B * T * V * 2                                        # logits, probabilities (turned into their gradient)
-    return model_state_bytes(cfg, dtype_bytes) + dtype_bytes * (L * per_layer + attention_scratch + logits)
-
-
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                        start_context, tokenizer, *, max_steps=None, grad_clip=None, grad_accum=1, lr_schedule=None,
                        progress=None, on_step=None, on_evaluate=None, on_epoch_end=None, state=None,
@@ -303,7 +259,7 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
       gradient norm, tokens/s, elapsed seconds), on_epoch_end(state) after each
       epoch's sample;
     - state resumes a run;
-    - world (numgpt.distributed.world()) trains data-parallel over its N
+    - world (numgpt.training.distributed.world()) trains data-parallel over its N
       processes: a step takes K x N consecutive batches, process r the K
       batches from r*K, and the gradients are averaged over the processes
       (overlapping the backward pass); losses and evaluations are reduced,
@@ -323,7 +279,6 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     if grad_clip is not None and not grad_clip >= 0:
         raise UsageError(f"grad_clip must be >= 0 (0: no clipping), got {grad_clip!r}")
     grad_clip = grad_clip or None                       # 0: no clipping
-    from numgpt.distributed import World
     world = world or World()
     group_size = grad_accum * world.size                # loader batches per optimizer step, all processes
     averager = world.gradient_averager(model.parameters())
