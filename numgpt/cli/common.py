@@ -5,6 +5,7 @@ line (load_function).
 """
 import argparse
 import importlib
+import importlib.util
 import os
 import signal
 import sys
@@ -45,9 +46,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-# the argparse types of the flags below (numgpt.cli.arguments): finite numbers only, each in its range
 
 
 def add_threads(p):

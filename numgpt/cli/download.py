@@ -1,5 +1,4 @@
-"""numgpt download: fetch a model into the Hugging Face cache (a hub id or a GPT-2 size).
-"""
+"""numgpt download: fetch a model into the Hugging Face cache (a hub id or a GPT-2 size)."""
 from numgpt.cli import arguments
 from numgpt.cli.arguments import non_empty
 from numgpt.io.download import canonical_size, download_gpt2

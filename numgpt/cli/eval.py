@@ -1,5 +1,4 @@
-"""numgpt eval: a model's loss and perplexity on a text file.
-"""
+"""numgpt eval: a model's loss and perplexity on a text file."""
 from numgpt.autograd import no_grad
 from numgpt.cli import arguments
 from numgpt.cli.arguments import integer

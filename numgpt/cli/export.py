@@ -1,5 +1,4 @@
-"""numgpt export: write a model in the Hugging Face layout of its family.
-"""
+"""numgpt export: write a model in the Hugging Face layout of its family."""
 from numgpt.cli import arguments
 from numgpt.cli.arguments import byte_size
 from numgpt.cli.common import add_model_source, load_model

@@ -1,5 +1,4 @@
-"""numgpt generate: continue a prompt with a model.
-"""
+"""numgpt generate: continue a prompt with a model."""
 from numgpt import backend
 from numgpt.cli import arguments
 from numgpt.cli.arguments import integer, non_empty, real

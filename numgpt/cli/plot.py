@@ -1,5 +1,4 @@
-"""numgpt plot: redraw a run's loss plot from its metrics.jsonl.
-"""
+"""numgpt plot: redraw a run's loss plot from its metrics.jsonl."""
 from numgpt.cli import arguments
 from numgpt.errors import UsageError
 from numgpt.training.run import RunDirectory

@@ -1,5 +1,4 @@
-"""numgpt prepare: tokenize a corpus once into a token store (numgpt.data.prepare).
-"""
+"""numgpt prepare: tokenize a corpus once into a token store (numgpt.data.prepare)."""
 import time
 
 from numgpt.cli import arguments
