@@ -187,27 +187,36 @@ def test_the_layers_order_core_below_io_models_training_cli(importer, module):
     assert layer_of(importer)[0] < layer_of(module)[0]
 
 
-def in_function_imports_without_a_reason():
-    """["file:line: statement"] of the imports inside functions that give no reason: a comment on the
-    statement, or on the line above it, or the statement directly below one that gives it (a block
-    of imports shares its reason)."""
-    missing = []
-    for path in MODULES.values():
-        text = path.read_text(encoding="utf-8")
-        lines = text.split("\n")
+def imports_without_a_reason(where, text):
+    """["where:line: statement"] of the imports inside functions of ``text`` that give no reason: a
+    comment on the statement, or on the line above it, or the statement directly below one that
+    gives it (a block of imports shares its reason)."""
+    lines, missing = text.split("\n"), []
 
-        def visit(node, in_function, path=path, lines=lines):
-            for child in ast.iter_child_nodes(node):
-                if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
-                    own = "#" in "\n".join(lines[child.lineno - 1:child.end_lineno])
-                    above = lines[child.lineno - 2].strip()
-                    if not (own or above.startswith("#") or above.startswith(("import ", "from "))):
-                        missing.append(f"{path.relative_to(ROOT)}:{child.lineno}: {lines[child.lineno - 1].strip()}")
-                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
-        visit(ast.parse(text), False)
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
+                own = "#" in "\n".join(lines[child.lineno - 1:child.end_lineno])
+                above = lines[child.lineno - 2].strip()
+                if not (own or above.startswith("#") or above.startswith(("import ", "from "))):
+                    missing.append(f"{where}:{child.lineno}: {lines[child.lineno - 1].strip()}")
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    visit(ast.parse(text), False)
     return missing
 
 
 def test_every_import_inside_a_function_gives_its_reason():
-    missing = in_function_imports_without_a_reason()
+    missing = [line for path in MODULES.values()
+               for line in imports_without_a_reason(path.relative_to(ROOT), path.read_text(encoding="utf-8"))]
     assert not missing, "imports inside a function without a one-line reason:\n" + "\n".join(missing)
+
+
+def test_the_reason_check_finds_an_import_without_one():
+    text = ("import os\n"
+            "def plot():\n"
+            "    import matplotlib                 # heavy: only for drawing\n"
+            "    import matplotlib.pyplot\n"
+            "def draw():\n"
+            "    x = 1\n"
+            "    import matplotlib\n")
+    assert imports_without_a_reason("m.py", text) == ["m.py:7: import matplotlib"]
