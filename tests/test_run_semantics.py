@@ -20,6 +20,7 @@ import pytest
 
 import numgpt
 from numgpt import cli
+from numgpt.cli import parser as cli_parser, train as cli_train
 from numgpt.errors import UsageError
 from numgpt.io.checkpoint import CheckpointManager, load_checkpoint
 from numgpt.io.hf_weights import tensor_index
@@ -84,7 +85,7 @@ def test_grad_clip_zero_means_no_clipping_as_in_nanogpt_and_the_trainer():
     assert moved > 1e-4                                     # the step did train
     with pytest.raises(UsageError, match="grad_clip must be >= 0"):
         _one_step(-1.0)
-    help_text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    help_text = cli_parser.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "0: no clipping" in " ".join(help_text.split())
 
 
@@ -114,7 +115,7 @@ def test_a_malformed_reanchoring_record_is_named(tmp_path):
     schedule = LRSchedule(peak_lr=1e-3, total_steps=20, kind="cosine")
     saved = {"schedule": {"total_steps": 10, "reanchored": [{"step": "5", "lr": 1e-4, "total_steps": 10}]}}
     with pytest.raises(RunError, match=r"settings.json: schedule.reanchored must be a list"):
-        cli._resumed_schedule(saved, tmp_path / "settings.json", schedule, 8, say=False)
+        cli_train._resumed_schedule(saved, tmp_path / "settings.json", schedule, 8, say=False)
 
 
 def test_a_resume_that_lengthens_a_cosine_run_keeps_the_rate_continuous(tmp_path, train, no_plot):
