@@ -374,7 +374,7 @@ def _check_param_group(group, where):
 
 def check_model_config(config, where):
     """The family's validator of a model config read from a file: GPT-2's (numgpt.models.gpt.check_config)
-    or the Llama family's (numgpt.models.llama.check_config), naming ``where``."""
+    or the Llama family's (numgpt.models.llama_config.check_config), naming ``where``."""
     if is_llama_config(config):
         check_llama_config(config, where)
     elif "model_type" in config:
