@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy
-
 from common import write_report
 
 
@@ -106,7 +105,8 @@ def tiktoken_rate(documents, batch=256):
 def make_big_store(directory, n_tokens, seed=0):
     """A store of ``n_tokens`` tokens: the-verdict's token documents (paragraphs) repeated and shuffled."""
     import numgpt
-    from numgpt import prepare, token_store
+    from numgpt.data import prepare
+    from numgpt.data import token_store
     encoding = numgpt.get_tokenizer()
     paragraphs = [numpy.asarray(encoding.encode_ordinary(p), dtype=numpy.uint16)
                   for p in numgpt.load_the_verdict().split("\n\n") if p.strip()]
@@ -125,7 +125,7 @@ def make_big_store(directory, n_tokens, seed=0):
         writer.commit()
         writer.close()
     record = {"name": "gpt2", "n_vocab": encoding.n_vocab, "eot_id": encoding.eot_token,
-              "files": {"encoder.json": numgpt.bundled.SHA256[numgpt.bundled.GPT2_ENCODER_JSON]}}
+              "files": {"encoder.json": numgpt.io.bundled.SHA256[numgpt.io.bundled.GPT2_ENCODER_JSON]}}
     manifest = {"format": token_store.FORMAT, "version": token_store.VERSION, "tokenizer": record,
                 "dtype": "uint16", "documents": sum(w.documents for w in writers.values()),
                 "splits": {s: {"shards": w.shards} for s, w in writers.items()},
@@ -162,8 +162,8 @@ def main():
                                            "--out", str(scratch / "corpus-store"), "--workers", "2"])
         prepare_rate = text_bytes / seconds / 1e6
         import numgpt
-        subprocess.run([sys.executable, "-m", "numgpt", "prepare", str(numgpt.bundled.bundled_path(
-            numgpt.bundled.VERDICT)), "--out", str(scratch / "verdict-store"), "--workers", "1"], check=True,
+        subprocess.run([sys.executable, "-m", "numgpt", "prepare", str(numgpt.io.bundled.bundled_path(
+            numgpt.io.bundled.VERDICT)), "--out", str(scratch / "verdict-store"), "--workers", "1"], check=True,
             capture_output=True)
         big_tokens = make_big_store(scratch / "big-store", int(args.store_tokens))
         runs = {name: train_measured(data, scratch / f"run-{name}", args.preset, args.steps)

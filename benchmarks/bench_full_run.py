@@ -61,7 +61,7 @@ train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs
 
 def tiktoken_cache(directory):
     """A TIKTOKEN_CACHE_DIR holding GPT-2's files under the names tiktoken looks for (sha1 of the URL)."""
-    from numgpt.bundled import bundled_path
+    from numgpt.io.bundled import bundled_path
     for name, url in TIKTOKEN_URLS.items():
         shutil.copyfile(bundled_path(f"gpt2/{name}"), Path(directory) / hashlib.sha1(url.encode()).hexdigest())
     return directory
@@ -88,7 +88,7 @@ def main():
     add_torch_python(parser)
     args = parser.parse_args()
 
-    from numgpt.bundled import VERDICT, bundled_path
+    from numgpt.io.bundled import VERDICT, bundled_path
     data = args.data or bundled_path(VERDICT)
     with tempfile.TemporaryDirectory() as tmp:
         numgpt_seconds, numgpt_out = timed([sys.executable, "-m", "numgpt", "train", "--data", str(data),
@@ -113,7 +113,8 @@ def main():
     if torch_missing:
         lines += ["", torch_missing]
     if torch_seconds is not None:
-        lines += ["", f"**numgpt / PyTorch wall time: {numgpt_seconds / torch_seconds:.2f}** (issue 15 target: <= 0.40)."]
+        ratio = numgpt_seconds / torch_seconds
+        lines += ["", f"**numgpt / PyTorch wall time: {ratio:.2f}** (issue 15 target: <= 0.40)."]
     lines += ["", f"numgpt's losses: train {losses['train_losses'][0]:.3f} -> {losses['train_losses'][-1]:.3f}, "
                   f"val {losses['val_losses'][0]:.3f} -> {losses['val_losses'][-1]:.3f} over "
                   f"{losses['total_tokens']:,} tokens.", "",

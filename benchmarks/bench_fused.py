@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy
-
 from common import machine_description, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the checkout's numgpt, when run from a clone
@@ -33,9 +32,9 @@ import numgpt  # noqa: E402
 from numgpt import ops, registry  # noqa: E402
 from numgpt.autograd import Tensor  # noqa: E402
 from numgpt.gradcheck import kernel_mode  # noqa: E402
-from numgpt.model import GPT_CONFIG_124M, GPTModel  # noqa: E402
+from numgpt.models.gpt import GPT_CONFIG_124M, GPTModel  # noqa: E402
 from numgpt.optim import AdamW  # noqa: E402
-from numgpt.train import calc_loss_batch  # noqa: E402
+from numgpt.training.train import calc_loss_batch  # noqa: E402
 
 B, T, C, F, P = 2, 256, 768, 3072, 0.1
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_step.py --model smollm2-135m --out benchmarks/results-smollm2.md
 
 (bench_step.py hands ``--model`` here.) The step: SmolLM2-135M's shape
-(numgpt.llama.PRESETS: 30 layers, hidden 576, 9 heads with 3 key/value heads,
+(numgpt.models.llama.PRESETS: 30 layers, hidden 576, 9 heads with 3 key/value heads,
 vocab 49152, tied head), batch 2 x 256 random tokens, float32, zero_grad,
 forward, mean cross-entropy, backward, AdamW(lr 4e-4, weight_decay 0.1).
 
@@ -43,12 +43,12 @@ AUTOCAST = "transformers, bf16 autocast"
 def preset(name):
     """The preset's config, from numgpt (in the parent: the transformers child gets it as JSON and never has
     the repository on sys.path, where transformers' ``import kernels`` would find numgpt's kernels/)."""
-    from numgpt.llama import PRESETS
+    from numgpt.models.llama_config import PRESETS
     return PRESETS[name]
 
 
 def step_flops(cfg, batch, seq):
-    from numgpt.llama import count_parameters
+    from numgpt.models.llama_config import count_parameters
     C, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     norms = L * 2 * C + C + L * 2 * cfg["head_dim"] * cfg["qk_norm"]
     lookup_only = 0 if cfg["tie_word_embeddings"] else cfg["vocab_size"] * C    # an untied table is only looked up
@@ -177,8 +177,9 @@ def run(args):
     median = {name: statistics.median(values) for name, values in times.items()}
     lines = [f"# numgpt vs transformers: {args.model} training step and generation", "",
              machine_description(torch_version), "",
-             f"Step: {args.model} shape (numgpt.llama.PRESETS), batch {BATCH} x {SEQ}, float32 (and transformers "
-             f"under torch.autocast(\"cpu\", dtype=torch.bfloat16)), AdamW; {flops / 1e9:.0f} GFLOP per step "
+             f"Step: {args.model} shape (numgpt.models.llama.PRESETS), batch {BATCH} x {SEQ}, float32 "
+             f"(and transformers under torch.autocast(\"cpu\", dtype=torch.bfloat16)), AdamW; "
+             f"{flops / 1e9:.0f} GFLOP per step "
              f"(matrix products). {args.steps} timed steps per side after one warm-up, alternating.", "",
              "| side | median step | GFLOP/s | peak memory | generation (tokens/s) |", "|---|---|---|---|---|"]
     for name in sides:

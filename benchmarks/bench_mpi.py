@@ -58,7 +58,7 @@ def allreduce_child():
 def step_child():
     import numpy
     import numgpt
-    world = numgpt.distributed.world()
+    world = numgpt.training.distributed.world()
     numgpt.manual_seed(123)
     model = numgpt.GPTModel(numgpt.GPT_CONFIG_124M).train()
     optimizer = numgpt.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)

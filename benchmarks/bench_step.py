@@ -57,7 +57,7 @@ How it measures:
 - ``--scale``: numgpt and PyTorch eager, one process per side and shape, at
   context 256/512/1024 x batch 1..8, in float32 (numgpt 32-true, PyTorch
   eager) and in bf16 (numgpt bf16-mixed, PyTorch under autocast); a shape whose estimated memory exceeds
-  ``--scale-budget-gib`` is skipped (numgpt.train.estimate_training_bytes for
+  ``--scale-budget-gib`` is skipped (numgpt.training.train.estimate_training_bytes for
   numgpt, torch_eager_training_bytes below for PyTorch).
 - The report ends with issue 24's targets, the CPU's bf16 path beside them,
   and this run's figure for each it measures (met or MISSED).
@@ -142,7 +142,7 @@ def causal_step_flops(cfg, batch, seq):
 
 def torch_eager_training_bytes(cfg, batch, seq):
     """A rough estimate of PyTorch eager's memory for the seed's step (float32), counted as
-    numgpt.train.estimate_training_bytes counts numgpt's, from what the seed's autograd graph keeps:
+    numgpt.training.train.estimate_training_bytes counts numgpt's, from what the seed's autograd graph keeps:
 
     - weights, gradients and two AdamW moments: 16 bytes per parameter;
     - per block and token, in floats: LayerNorm (x - mean, normalised x, output) twice, 6 C;
@@ -176,7 +176,7 @@ class NumgptSide:
         import contextlib
 
         import numgpt
-        from numgpt.model import GPTModel
+        from numgpt.models.gpt import GPTModel
         if precision == "bf16-mixed" and not hasattr(numgpt, "autocast"):
             raise NotImplementedError("bf16-mixed is not available in this numgpt (it has no numgpt.autocast)")
         self.autocast = ((lambda: numgpt.autocast("cpu", dtype="bfloat16")) if precision == "bf16-mixed"
@@ -205,7 +205,7 @@ class NumgptSide:
 
     def generate(self):
         import numpy
-        from numgpt.generate import generate_text_simple
+        from numgpt.models.generate import generate_text_simple
         self.model.eval()
         idx = numpy.array([GEN_PROMPT])
         generate_text_simple(self.model, idx, 5, self.cfg["context_length"])          # warm-up
@@ -386,7 +386,7 @@ def scale_child(side_name, setup, context, batch, steps, budget_bytes, precision
     parent does it for PyTorch (whose interpreter has no numgpt)."""
     cfg = dict(setup.cfg, context_length=context)
     if side_name == "numgpt":
-        from numgpt.train import estimate_training_bytes
+        from numgpt.models.memory import estimate_training_bytes
         estimate = estimate_training_bytes(cfg, batch, context)
         if estimate > budget_bytes:
             print(json.dumps({"batch": batch, "skipped": f"estimated {estimate / 2**30:.1f} GiB"}), flush=True)
@@ -740,8 +740,9 @@ def render_scale(scale_rows):
     lines = ["", "## Scale (one timed step after a warm-up, one process per side and shape; report only)", "",
              "Precision 32-true: numgpt float32 against PyTorch eager float32; bf16-mixed: numgpt under "
              "numgpt.autocast against PyTorch eager under torch.autocast(\"cpu\", dtype=torch.bfloat16).", "",
-             ("| context | batch | precision | numgpt ms/step | numgpt tokens/s | numgpt peak (estimate_training_bytes) "
-              "| PyTorch ms/step | PyTorch tokens/s | PyTorch peak | numgpt time / PyTorch |"),
+             ("| context | batch | precision | numgpt ms/step | numgpt tokens/s "
+              "| numgpt peak (estimate_training_bytes) | PyTorch ms/step | PyTorch tokens/s | PyTorch peak "
+              "| numgpt time / PyTorch |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in scale_rows:
         ours, theirs = row["numgpt"], row.get("torch")

@@ -1,5 +1,5 @@
 """Issue 25's targets: loading a 124M model's .pth with numgpt.load_torch against loading the same
-weights from safetensors in numgpt (numgpt.safe_io.read_safetensors, as loaders use it: each tensor
+weights from safetensors in numgpt (numgpt.io.safe_io.read_safetensors, as loaders use it: each tensor
 an array of its own; and with copy=False, views of one buffer): time <= 1.2x, peak memory <= 1.3x.
 
     python benchmarks/bench_torch_files.py --out benchmarks/torch_files.md
@@ -22,7 +22,7 @@ from common import machine_description, write_report
 PROBE = textwrap.dedent("""
     import sys, time
     import numgpt
-    from numgpt.safe_io import read_safetensors
+    from numgpt.io.safe_io import read_safetensors
     def peak():
         return int([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]) * 1024
     kind, path = sys.argv[1:]
@@ -45,7 +45,7 @@ def write_files(directory):
     import torch
 
     import numgpt
-    from numgpt.safe_io import write_safetensors
+    from numgpt.io.safe_io import write_safetensors
     torch.manual_seed(123)
     try:
         from llms_from_scratch.ch04 import GPTModel

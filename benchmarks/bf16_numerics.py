@@ -5,7 +5,7 @@
 (a) the seed's full run: ``numgpt train`` with its defaults (GPT_CONFIG_124M on the bundled
     the-verdict.txt, 10 epochs) once with ``--precision 32-true`` and once with
     ``--precision bf16-mixed``; the final train and val losses must be within FULL_RUN_ATOL.
-(b) SmolLM2-135M's shape (numgpt.llama.PRESETS["smollm2-135m"], random init, seed SEED),
+(b) SmolLM2-135M's shape (numgpt.models.llama.PRESETS["smollm2-135m"], random init, seed SEED),
     STEPS AdamW steps on 2 x 128 windows of the-verdict (GPT-2 token ids folded into SmolLM2's
     vocabulary: the text still gives the model something to learn), in both precisions: every
     step's loss within SMOLLM2_RTOL of float32's.
@@ -46,10 +46,10 @@ def smollm2_losses(precision):
     import numpy
 
     import numgpt
-    from numgpt.bundled import VERDICT, bundled_path
-    from numgpt.llama import PRESETS
+    from numgpt.io.bundled import VERDICT, bundled_path
+    from numgpt.models.llama_config import PRESETS
     from numgpt.precision import precision_context
-    from numgpt.tokenizer import get_tokenizer
+    from numgpt.io.tokenizer import get_tokenizer
 
     cfg = PRESETS["smollm2-135m"]
     text = bundled_path(VERDICT).read_text(encoding="utf-8")

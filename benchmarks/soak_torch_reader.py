@@ -17,10 +17,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-import numgpt
-from numgpt import torch_format
-from torch_file_writers import (MARK, PROTO2, STOP, TUPLE, get, integer, ordered_dict, put, storage,
-                                tensor, text, torch_zip)
+import numgpt  # noqa: E402  (the tests folder first on sys.path, for torch_file_writers)
+from numgpt.io import torch_format  # noqa: E402
+from torch_file_writers import (  # noqa: E402
+    MARK, PROTO2, STOP, TUPLE, get, integer, ordered_dict, put, storage, tensor, text, torch_zip)
 
 FIXTURES = REPO / "tests" / "reference" / "torch_files"
 SEEDS = [path.read_bytes() for path in sorted(FIXTURES.rglob("*.pth")) + sorted(FIXTURES.rglob("*.bin"))]

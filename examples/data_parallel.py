@@ -3,7 +3,7 @@
     mpiexec -n 2 python examples/data_parallel.py
 
 (or plain ``python examples/data_parallel.py``: one process, the same code).
-The only changes from the seed's script: ``world=numgpt.distributed.world()``
+The only changes from the seed's script: ``world=numgpt.training.distributed.world()``
 passed to train_model_simple, and printing on rank 0 only. Every process
 builds the same model and loader from the same seed; each takes its share of
 every global batch, and the gradients are averaged after each backward pass.
@@ -16,7 +16,7 @@ the backward pass that completes a step, finish it after.
 """
 import numgpt
 
-world = numgpt.distributed.world()
+world = numgpt.training.distributed.world()
 numgpt.manual_seed(123)
 cfg = dict(numgpt.GPT_CONFIG_124M, emb_dim=64, n_heads=4, n_layers=2, context_length=64)
 model = numgpt.GPTModel(cfg)

@@ -33,7 +33,7 @@ if os.environ.get("SEED_PORT_SMOKE"):   # not in the seed: numgpt's test suite r
 
 numgpt.manual_seed(123)                                       # torch.manual_seed
 model = GPTModel(GPT_CONFIG_124M)
-model.eval();  # Disable dropout during inference
+model.eval()  # Disable dropout during inference
 
 file_path = "the-verdict.txt"
 url = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt"
@@ -89,16 +89,17 @@ for x, y in val_loader:
     print(x.shape, y.shape)
 
 train_tokens = 0
-for input_batch, target_batch in train_loader:
+for input_batch, _target_batch in train_loader:
     train_tokens += input_batch.size                          # .numel() -> .size
 val_tokens = 0
-for input_batch, target_batch in val_loader:
+for input_batch, _target_batch in val_loader:
     val_tokens += input_batch.size
 print("Training tokens:", train_tokens)
 print("Validation tokens:", val_tokens)
 print("All tokens:", train_tokens + val_tokens)
 
-device = "cuda" if numgpt.cuda.is_available() else "cpu"     # torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# torch.device("cuda" if torch.cuda.is_available() else "cpu")
+device = "cuda" if numgpt.cuda.is_available() else "cpu"
 model.to(device)
 numgpt.manual_seed(123)
 with numgpt.no_grad():                                        # torch.no_grad

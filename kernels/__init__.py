@@ -31,6 +31,7 @@ def _step_aside(name):
     """Imported as ``name``, not as numgpt.kernels: load the next module called
     ``name`` on ``sys.path``, skipping this folder, into ``sys.modules[name]``,
     which is what the import statement then returns."""
+    # imported here: this function runs only when the folder is imported under another name
     import importlib.machinery
     import importlib.util
     import os

@@ -55,3 +55,9 @@ def matmul_bf16(a, b, out=None):
     if path == "emulated":
         return matmul(rounded(a), rounded(b), out=out)
     return bf16_units.packed_product(bf16_units.compiled_kernel(path), a, b, out=out)
+
+
+def product_of(bf16):
+    """The product the numba twins run: this module's bf16 product under autocast (decided at the
+    op's forward, numgpt.precision.autocast_active), else numgpt's float32 matmul."""
+    return matmul_bf16 if bf16 else matmul

@@ -113,6 +113,9 @@ def amx_kernel_ir():
               f"  %cfg.row{t} = getelementptr i8, ptr %cfg, i64 {48 + t}\n"
               f"  store i8 16, ptr %cfg.row{t}\n" for t in range(8)]      # rows of tile t
     c_tiles = [(0, "c00"), (1, "c01"), (2, "c10"), (3, "c11")]
+    load_c = "".join(f"  call void @llvm.x86.tileloadd64(i8 {t}, ptr %{name}, i64 %c_stride)\n" for t, name in c_tiles)
+    store_c = "".join(f"  call void @llvm.x86.tilestored64(i8 {t}, ptr %{name}, i64 %c_stride)\n"
+                      for t, name in c_tiles)
     return f"""
 declare void @llvm.memset.p0.i64(ptr, i8, i64, i1 immarg)
 declare void @llvm.x86.ldtilecfg(ptr)
@@ -162,7 +165,7 @@ cols:
   %b1 = getelementptr i8, ptr %b, i64 %b1.off
   br i1 %accumulating, label %load_c, label %zero_c
 load_c:
-{"".join(f"  call void @llvm.x86.tileloadd64(i8 {t}, ptr %{name}, i64 %c_stride)" + chr(10) for t, name in c_tiles)}  br label %steps
+{load_c}  br label %steps
 zero_c:
 {"".join(f"  call void @llvm.x86.tilezero(i8 {t})" + chr(10) for t, _ in c_tiles)}  br label %steps
 steps:                                              ; one step of 32 along K
@@ -187,7 +190,7 @@ steps:                                              ; one step of 32 along K
   %s.more = icmp ult i64 %s.next, %s_hi
   br i1 %s.more, label %steps, label %store_c
 store_c:
-{"".join(f"  call void @llvm.x86.tilestored64(i8 {t}, ptr %{name}, i64 %c_stride)" + chr(10) for t, name in c_tiles)}  br label %cols.end
+{store_c}  br label %cols.end
 cols.end:
   %j.next = add i64 %j, 2
   %j.more = icmp ult i64 %j.next, %panel_hi

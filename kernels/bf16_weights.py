@@ -1,4 +1,4 @@
-"""numba twin of numgpt.inference_bf16.linear_bf16_reference: ``x @ W^T + b``
+"""numba twin of numgpt.nn.inference_bf16.linear_bf16_reference: ``x @ W^T + b``
 with W kept as bf16 bits (uint16, PyTorch's (OUT, IN) layout), for
 ``--precision bf16-true`` inference.
 
@@ -22,6 +22,7 @@ Two regimes, by the number of rows M of x:
 """
 import numpy
 from numba import njit, prange
+
 from numgpt.kernels.bf16_units import bf16_value
 
 DECODE_ROWS = 4                 # rows of x up to which the fused decode loop runs

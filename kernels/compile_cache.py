@@ -4,8 +4,8 @@ another file.
 numba stamps a cached function with a hash of the one source file that
 defines it. A kernel whose compiled code also contains another file's code
 (``vexp``'s overload is inlined into the softmax, GELU and cross-entropy
-loops; the fused epilogues call GELU's and LayerNorm's row functions) therefore keeps loading the old machine code after that other file
-changes: nothing in its own file moved. ``refresh`` closes that gap. It hashes
+loops; the fused epilogues call GELU's and LayerNorm's row functions) therefore keeps loading the
+old machine code after that other file changes: nothing in its own file moved. ``refresh`` closes that gap. It hashes
 each kernel module's dependency files (``DEPENDENCIES``), compares the hashes
 with a stamp kept in numba's cache directory for this folder, and for every
 kernel module whose hash moved removes that module's cache files (``*.nbi``

@@ -25,15 +25,16 @@ Shapes: rows of the activations, (..., C) or (..., F) seen as (N, C) or (N, F).
 """
 import numpy
 from numba import njit, prange
-
+from numgpt.kernels.bf16 import product_of
 from numgpt.kernels.gelu import gelu_span_backward, gelu_span_forward
 from numgpt.kernels.layer_norm import ROWS_PER_CHUNK, _sum_rows_in_order, layer_norm_row, layer_norm_row_backward
 from numgpt.kernels.linear import linear_backward_products
+
 from numgpt.ops.fused import DropoutAddLayerNormCache, LinearGELUCache
 from numgpt.ops.gelu import CUBIC, SQRT_2_OVER_PI
 from numgpt.ops.layer_norm import EPS, LayerNormCache
 from numgpt.ops.linear import LinearCache
-from numgpt.precision import autocast_active, kernel_matmul
+from numgpt.precision import autocast_active
 
 
 # ---------------------------------------------------------------- bias + GELU
@@ -51,7 +52,7 @@ def linear_gelu_forward(x, weight, bias=None):
     bf16 = autocast_active(x)                                          # bf16 product under autocast
     lead, F = x.shape[:-1], weight.shape[0]
     x2d = x.reshape(-1, x.shape[-1])                                   # (..., IN) -> (N, IN)
-    h = kernel_matmul(bf16)(x2d, weight.T)                             # (N, IN) @ (IN, F) -> (N, F)
+    h = product_of(bf16)(x2d, weight.T)                             # (N, IN) @ (IN, F) -> (N, F)
     out = numpy.empty_like(h)
     has_bias = bias is not None
     _bias_gelu_forward(h, bias.astype(h.dtype, copy=False) if has_bias else numpy.empty(F, h.dtype), has_bias,

@@ -8,17 +8,18 @@ three products run on numgpt.kernels.bf16's matmul (bf16 operands, float32
 sums), decided at the forward as in the reference.
 """
 import numpy
-
+from numgpt.kernels.bf16 import product_of
 from numgpt.kernels.scratch import reusable
+
 from numgpt.ops.linear import LinearCache
-from numgpt.precision import autocast_active, kernel_matmul
+from numgpt.precision import autocast_active
 
 
 def linear_forward(x, weight, bias=None):
     bf16 = autocast_active(x)
     lead = x.shape[:-1]
     x2d = x.reshape(-1, x.shape[-1])                         # 1. (..., IN) -> (N, IN)
-    out = kernel_matmul(bf16)(x2d, weight.T)                 # 2. (N, IN) @ (IN, OUT) -> (N, OUT)
+    out = product_of(bf16)(x2d, weight.T)                 # 2. (N, IN) @ (IN, OUT) -> (N, OUT)
     if bias is not None:
         out += bias                                          # 3. (N, OUT) + (OUT,)
     return out.reshape(lead + (weight.shape[0],)), LinearCache(x2d, weight, bias is not None, bf16)
@@ -35,7 +36,7 @@ def linear_backward(dout, cache):
 def linear_backward_products(dout2d, cache):
     """Step 2's gradients, dx (N, IN) and dweight (OUT, IN), from dout2d (N, OUT)."""
     x2d, weight, _, bf16 = cache
-    product = kernel_matmul(bf16)                            # the forward's choice
+    product = product_of(bf16)                            # the forward's choice
     dx = product(dout2d, weight)                             # 2. (N, OUT) @ (OUT, IN)
     dweight = product(dout2d.T, x2d, out=reusable("linear.dweight", weight.shape,
                                                  numpy.result_type(dout2d, x2d)))  # 2. (OUT, N) @ (N, IN)

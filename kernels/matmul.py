@@ -228,8 +228,8 @@ def _tile_product(typingctx, a, a_offset, a_row_stride, a_col_stride, packed_b, 
             for value in row:
                 value.add_incoming(zero, entry)
         b_row = builder.mul(p, ir.Constant(_I64, NR))
-        b_vectors = [builder.load(builder.bitcast(builder.gep(b_base, [builder.add(b_row, ir.Constant(_I64, v * LANES))]),
-                                                  _VEC.as_pointer()), align=4) for v in range(NV)]
+        b_addresses = [builder.gep(b_base, [builder.add(b_row, ir.Constant(_I64, v * LANES))]) for v in range(NV)]
+        b_vectors = [builder.load(builder.bitcast(address, _VEC.as_pointer()), align=4) for address in b_addresses]
         a_column = builder.mul(p, a_cs_)
         updated = []
         for i in range(MR):

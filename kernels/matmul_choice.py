@@ -37,6 +37,7 @@ so a choice moves results within float32 accumulation error, never more.
 import hashlib
 import json
 import math
+import importlib.metadata
 import os
 import platform
 import stat
@@ -46,8 +47,7 @@ from pathlib import Path
 
 import numpy
 
-from numgpt import __version__
-from numgpt.download import default_cache_dir
+from numgpt.cache import default_cache_dir
 from numgpt.safe_write import atomic_write
 
 KERNEL, BLAS = "kernel", "blas"
@@ -98,8 +98,8 @@ def blas_description():
 def machine_fingerprint(kernel_threads, blas=None):
     """What the choices depend on: {cpu, flags, numgpt, blas, kernel_threads}."""
     model, flags = cpu_model_and_flags()
-    return {"cpu": model, "flags": list(flags), "numgpt": __version__, "blas": blas or blas_description(),
-            "kernel_threads": kernel_threads}
+    return {"cpu": model, "flags": list(flags), "numgpt": importlib.metadata.version("numgpt"),
+            "blas": blas or blas_description(), "kernel_threads": kernel_threads}
 
 
 def cache_path(machine, directory=None):
@@ -133,7 +133,8 @@ def read_cache(path, machine):
         content = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         return {}, f"not JSON ({error})"
-    if not isinstance(content, dict) or content.get("format") != CACHE_FORMAT or content.get("version") != CACHE_VERSION:
+    if (not isinstance(content, dict) or content.get("format") != CACHE_FORMAT
+            or content.get("version") != CACHE_VERSION):
         return {}, f"not a {CACHE_FORMAT!r} file of version {CACHE_VERSION}"
     if content.get("machine") != machine:
         return {}, "written for another machine"

@@ -74,7 +74,8 @@ def warm_up(dtype=numpy.float32):
     adamw.adamw_update(x.copy(), x, x * 0, x * 0, 1, 1e-3, 0.9, 0.999, 1e-8, 0.01)
     out, cache = embedding_forward(targets, rng.standard_normal((V, C)).astype(dtype))
     embedding.embedding_backward(out, cache)
-    square = rng.standard_normal((matmul.MIN_DIM, matmul.MIN_DIM)).astype(dtype)   # the smallest product the kernel takes
+    # the smallest product the kernel takes
+    square = rng.standard_normal((matmul.MIN_DIM, matmul.MIN_DIM)).astype(dtype)
     matmul.matmul(square, square.T)
     adamw.sum_of_squares(square)
     return time.perf_counter() - start

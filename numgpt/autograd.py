@@ -27,7 +27,7 @@ them).
        as in PyTorch, as soon as the walk reaches them (every use of a leaf
        comes later in the order, so its gradient is complete then); hooks
        registered with ``register_post_accumulate_grad_hook`` run right
-       after, while the walk goes on (numgpt.distributed starts averaging
+       after, while the walk goes on (numgpt.training.distributed starts averaging
        gradients there). Gradients of intermediate tensors live only while
        the walk needs them.
 
@@ -163,12 +163,14 @@ class Tensor:
 
     # ------------------------------------------------------------ ops as methods
     def __add__(self, other):
+        # the documented cycle: Tensor's operators are ops, and the ops make Tensors
         from numgpt.ops.elementwise import add
         return add(self, other)
 
     __radd__ = __add__
 
     def __mul__(self, other):
+        # the documented cycle: Tensor's operators are ops
         from numgpt.ops.elementwise import mul
         return mul(self, other)
 
@@ -189,21 +191,25 @@ class Tensor:
         return self * (1.0 / other)
 
     def __getitem__(self, index):
+        # the documented cycle: Tensor's operators are ops
         from numgpt.ops.shape import getitem
         return getitem(self, index)
 
     def reshape(self, *shape):
+        # the documented cycle: Tensor's operators are ops
         from numgpt.ops.shape import reshape
         return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape)
 
     view = reshape
 
     def transpose(self, dim0, dim1):
+        # the documented cycle: Tensor's operators are ops
         from numgpt.ops.shape import transpose
         return transpose(self, dim0, dim1)
 
     def flatten(self, start_dim=0, end_dim=-1):
         """Merge dims start_dim..end_dim, as ``torch.flatten``."""
+        # the documented cycle: Tensor's operators are ops
         from numgpt.ops.shape import reshape
         shape = self.shape
         start, end = start_dim % len(shape), end_dim % len(shape)
@@ -211,6 +217,7 @@ class Tensor:
         return reshape(self, shape[:start] + (merged,) + shape[end + 1:])
 
     def sum(self):
+        # the documented cycle: Tensor's operators are ops
         from numgpt.ops.elementwise import sum_all
         return sum_all(self)
 
@@ -226,7 +233,8 @@ class Tensor:
         module docstring for the steps).
         """
         if not self.requires_grad:
-            raise RuntimeError("backward() on a tensor that does not require grad (made under no_grad, or from constants)")
+            raise RuntimeError("backward() on a tensor that does not require grad (made under no_grad, or from "
+                               "constants)")
         if gradient is None:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar, this tensor has shape {self.shape}")

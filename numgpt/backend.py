@@ -17,11 +17,14 @@ generator and its kernel mode.
   references alone; numgpt/registry.py says which function runs for which.
 """
 import contextlib
+import ctypes
+import ctypes.util
 import importlib.util
 import os
 
 import numpy
 
+from numgpt.device import is_host
 from numgpt.errors import UsageError
 
 xp = numpy
@@ -50,7 +53,6 @@ def asarray(data, dtype=None):
     """``data`` as an array, as ``torch.tensor`` does: an array keeps its dtype
     and its device (a CuPy array stays one), Python floats (scalars, lists) get
     the default dtype, unless ``dtype`` is given."""
-    from numgpt.device import is_host
     if not is_host(data):
         return data if dtype is None else data.astype(dtype, copy=False)
     if dtype is not None:
@@ -127,6 +129,7 @@ def choose_threading_layer():
     workqueue where OpenMP is missing, or already loaded by another library in this
     process (its wait policy was fixed when it loaded)."""
     global _threading_layer_chosen
+    # numba: heavy to import, asked only when threads are read or set
     import numba
     from threadpoolctl import threadpool_info
 
@@ -145,9 +148,6 @@ def _load_openmp_passive():
     libgomp reads it once, when it loads (numba's OpenMP pool then uses this copy). The
     variable is not left in the environment, where subprocesses (PyTorch in the benchmarks)
     would inherit it. False when there is no libgomp to load."""
-    import ctypes
-    import ctypes.util
-
     path = ctypes.util.find_library("gomp")
     if path is None:
         return False
@@ -167,6 +167,7 @@ def _load_openmp_passive():
 def set_num_threads(n):
     """Run the numba kernels and the BLAS on ``n`` threads (1 .. the cores numba saw at start)."""
     global _blas_thread_limit
+    # numba: heavy to import, asked only when threads are read or set
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -182,6 +183,7 @@ def set_num_threads(n):
 
 def get_num_threads():
     """(numba kernel threads, BLAS threads) as they are now."""
+    # numba: heavy to import, asked only when threads are read or set
     import numba
     from threadpoolctl import threadpool_info
 

@@ -6,6 +6,7 @@ or a request for a "cuda" device)."""
 def is_available():
     """Whether a "cuda" device can be used."""
     try:
+        # optional: the cuda12 extra
         import cupy
     except ImportError:
         return False
@@ -19,5 +20,6 @@ def device_count():
     """How many CUDA devices CuPy sees (0 without CuPy)."""
     if not is_available():
         return 0
+    # optional: the cuda12 extra
     import cupy
     return int(cupy.cuda.runtime.getDeviceCount())

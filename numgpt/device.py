@@ -59,6 +59,7 @@ def array_module(*arrays):
 def cupy_module():
     """CuPy, imported now; UsageError when it is not installed or no CUDA device is present."""
     try:
+        # optional: the cuda12 extra
         import cupy
     except ImportError:
         raise UsageError("a CUDA device was asked for but CuPy is not installed: pip install 'numgpt[cuda12]' "

@@ -46,9 +46,12 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy
 
-from numgpt import backend, registry
+from numgpt import backend, ops, registry
 from numgpt.autograd import Tensor, no_grad
 from numgpt.errors import UsageError
+from numgpt.models.gpt import GPTModel
+from numgpt.ops import fused
+from numgpt.ops.rope import rope_frequencies, rope_tables
 
 # float64 central differences: the measured noise (above) with a margin
 FLOAT64_ATOL = 1e-6
@@ -255,7 +258,6 @@ _TARGETS = numpy.array([1, 0, -100, 4, 2, 2])             # one ignored target
 
 def _rope_tables(T, D):
     """cos, sin (T, D/2) of positions 3 .. 3 + T - 1 with Llama 3's scaling (all three bands at D = 8)."""
-    from numgpt.ops.rope import rope_frequencies, rope_tables
     scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16}
     return rope_tables(rope_frequencies(D, 500000.0, scaling), 3, T, numpy.float64)
@@ -282,8 +284,6 @@ def _seeded(fn):
 
 def op_cases():
     """case name -> Case: one case per op numgpt differentiates (and the autograd's own ops)."""
-    from numgpt import ops
-    from numgpt.ops import fused
     return {
         "linear": Case("linear", lambda x, w, b: ops.linear(x, w, b), ("x", "weight", "bias"),
                        ((2, 3, 4), (5, 4), (5,))),
@@ -409,7 +409,6 @@ TINY_MODEL = {"vocab_size": 7, "context_length": 4, "emb_dim": 4, "n_heads": 2, 
 
 def check_model(cfg=None, **tolerance):
     """Every parameter of a tiny GPTModel (float64, dropout off) against central differences."""
-    from numgpt.model import GPTModel
     backend.manual_seed(3)
     cfg = dict(TINY_MODEL if cfg is None else cfg)
     model = GPTModel(cfg).to(dtype=numpy.float64).eval()

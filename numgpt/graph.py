@@ -162,6 +162,7 @@ def draw_graph(root, path, model=None):
         text = _dot(nodes, summary).encode("utf-8")
         atomic_write(path, lambda fh: fh.write(text))
         return path
+    # matplotlib: heavy, only for drawing
     from matplotlib.figure import Figure
 
     boxes = _boxes(nodes, first_block, summary)

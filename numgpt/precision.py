@@ -95,13 +95,6 @@ def reference_matmul(bf16):
     return matmul_bf16 if bf16 else operator.matmul
 
 
-def kernel_matmul(bf16):
-    """The product of the numba twins: numgpt.kernels.bf16's or numgpt's float32 matmul."""
-    from numgpt.kernels import bf16 as bf16_kernels   # numba mode only: importing kernels compiles nothing,
-    from numgpt.kernels import matmul                  # but loads numba
-    return bf16_kernels.matmul_bf16 if bf16 else matmul.matmul
-
-
 def precision_context(precision):
     """The autocast block a run in ``precision`` trains in (on for bf16-mixed, else off)."""
     return autocast(enabled=precision == "bf16-mixed")

@@ -59,6 +59,7 @@ class OpPair(NamedTuple):
 @functools.lru_cache(maxsize=None)
 def op_pairs():
     """op name -> its reference (forward, backward)."""
+    # the documented cycle: the ops ask the registry, which lists their reference pairs
     from numgpt.ops.attention import attention_backward, attention_forward
     from numgpt.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
     from numgpt.ops.dropout import dropout_backward, dropout_forward
@@ -91,6 +92,7 @@ def op_pairs():
 @functools.lru_cache(maxsize=None)
 def numba_twins():
     """reference function -> its numba twin (imported, not compiled, on the first call)."""
+    # numba's kernels: heavy, and loaded only in kernel mode numba; AdamW's update: optim asks the registry
     from numgpt import kernels
     from numgpt.kernels import swiglu as swiglu_twins
     from numgpt.optim import adamw_update, sum_of_squares
@@ -117,6 +119,7 @@ def numba_twins():
 @functools.lru_cache(maxsize=None)
 def fused_twins():
     """fused op's reference forward -> its numba twins, as an OpPair (forward, backward)."""
+    # numba's kernels (heavy, kernel mode numba only) and the fused references (the documented cycle)
     from numgpt.kernels import fused as twins
     from numgpt.ops import fused as references
     return {

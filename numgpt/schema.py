@@ -12,7 +12,7 @@ The limits bound what a file can ask numgpt to build before any memory is
 taken. They are far above the largest published models (Llama 3.1 405B: 126
 layers, 128 heads, hidden 16384, MLP 53248; Gemma: a 256000-token
 vocabulary; DeepSeek-V3: about 92 thousand tensors in its index), and the
-memory check (numgpt.memory) refuses what passes them but does not fit.
+memory check (numgpt.models.memory) refuses what passes them but does not fit.
 """
 import math
 

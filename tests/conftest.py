@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from numgpt.bundled import VERDICT, bundled_path, read_bundled
-from numgpt.tokenizer import get_tokenizer
+from numgpt.io.bundled import VERDICT, bundled_path, read_bundled
+from numgpt.io.tokenizer import get_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The command line's argument layer (numgpt/arguments.py) and its one-line errors:
+"""The command line's argument layer (numgpt/cli/arguments.py) and its one-line errors:
 every subcommand's numeric and path flags walked with bad values, in-process
 (numgpt.cli.main) in an empty working directory, each refused with exit 2 and one
 line naming the flag and the value, before anything is created, read from the
@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_process import ENV, assert_usage_error
+
 from numgpt import cli
-from numgpt.arguments import byte_size
-from numgpt.checkpoint import CheckpointManager
-from numgpt.model import GPTModel, PRESETS
+from numgpt.cli import common as cli_common, parser as cli_parser, train as cli_train
+from numgpt.cli.arguments import byte_size
+from numgpt.io.checkpoint import CheckpointManager
+from numgpt.models.gpt import PRESETS, GPTModel
 
 FILE, DIR, EMPTY, MISSING = "a-file.txt", "a-directory", "empty.txt", "missing.txt"    # in the fixtures folder
 
@@ -204,13 +205,13 @@ def test_plot_names_the_users_path(tmp_path, capsys):
 def test_help_shows_every_default():
     """`generate --help` showed none. Train's flags default to None on the command line (a resume tells
     typed flags from defaults), so their help names TRAIN_DEFAULTS' value in its text."""
-    parser = cli.build_parser()
+    parser = cli_parser.build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    formatter = cli.DefaultsFormatter("numgpt")
+    formatter = cli_common.DefaultsFormatter("numgpt")
     checked = 0
     for command, sub in subparsers.items():
         for action in sub._actions:
-            default = cli.TRAIN_DEFAULTS.get(action.dest) if command == "train" else action.default
+            default = cli_train.TRAIN_DEFAULTS.get(action.dest) if command == "train" else action.default
             if not action.option_strings or default in (None, [], argparse.SUPPRESS) or default is False:
                 continue
             checked += 1
@@ -280,8 +281,8 @@ def test_hub_progress_bars_stay_off_stderr_off_a_terminal(tmp_path):
 THREE_WARNINGS = """
 import warnings
 import numba
-import numgpt.checkpoint
-from numgpt.quiet import third_parties_quiet
+import numgpt.io.checkpoint
+from numgpt.cli.quiet import third_parties_quiet
 
 @numba.njit(parallel=True)
 def nothing_parallel(x):
@@ -290,7 +291,7 @@ def nothing_parallel(x):
 with third_parties_quiet():
     nothing_parallel(1)
     warnings.warn_explicit("a library's warning", UserWarning, numba.__file__, 1)
-    warnings.warn_explicit("numgpt's own warning", UserWarning, numgpt.checkpoint.__file__, 1)
+    warnings.warn_explicit("numgpt's own warning", UserWarning, numgpt.io.checkpoint.__file__, 1)
 """
 
 

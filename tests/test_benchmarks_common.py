@@ -91,7 +91,8 @@ def test_the_machine_description_names_the_cpu_and_the_flags_that_matter():
 
 
 def test_target_lines_say_met_missed_or_why_not_measured():
-    assert common.target_line("step <= 0.60", 0.55, "550 / 1000 ms", 0.60) == "- step <= 0.60: **0.55** (550 / 1000 ms), met"
+    line = common.target_line("step <= 0.60", 0.55, "550 / 1000 ms", 0.60)
+    assert line == "- step <= 0.60: **0.55** (550 / 1000 ms), met"
     assert common.target_line("step <= 0.60", 0.85, "x", 0.60).endswith("MISSED")
     assert common.target_line("rate >= 0.8", 0.85, "x", 0.8, at_most=False).endswith("met")
     assert common.target_line("rate >= 0.8", 0.75, "x", 0.8, at_most=False).endswith("MISSED")
@@ -150,8 +151,10 @@ def test_the_step_benchmark_prints_each_target_with_the_bf16_path_and_its_figure
     print(text)
     assert "this CPU's bf16 path: " in lines[1]
     assert "numgpt 32-true / PyTorch eager float32 <= 0.60 (every CPU): **0.50** (1000 / 2000 ms), met" in text
-    assert "numgpt bf16-mixed / PyTorch eager float32 <= 0.20 (a CPU with AMX): **0.25** (500 / 2000 ms), MISSED" in text
-    assert "numgpt bf16-mixed / PyTorch under bf16 autocast <= 0.50 (a CPU with AMX): **0.33** (500 / 1500 ms), met" in text
+    assert ("numgpt bf16-mixed / PyTorch eager float32 <= 0.20 (a CPU with AMX): **0.25** (500 / 2000 ms), "
+            "MISSED") in text
+    assert ("numgpt bf16-mixed / PyTorch under bf16 autocast <= 0.50 (a CPU with AMX): **0.33** (500 / 1500 ms), "
+            "met") in text
     missing = "\n".join(bench_step.render_targets({"numgpt": 1.0}))
     assert "0.60 (every CPU): not measured in this run (needs the sides numgpt and torch)" in missing
 

@@ -47,7 +47,8 @@ def _assert_within_accumulation_error(got, a, b, what):
     K = a.shape[-1]
     bound = ACCUMULATION_ULPS * K * 2.0 ** -24 * np.matmul(np.abs(round_to_bf16(a)), np.abs(round_to_bf16(b)))
     worst = np.abs(got.astype(np.float64) - reference)
-    print(f"{what}: worst |error| {worst.max():.3g}, worst error / bound {(worst / np.maximum(bound, 1e-30)).max():.3g}")
+    ratio = (worst / np.maximum(bound, 1e-30)).max()
+    print(f"{what}: worst |error| {worst.max():.3g}, worst error / bound {ratio:.3g}")
     assert got.dtype == np.float32 and got.shape == reference.shape
     assert np.all(worst <= bound), what
 
@@ -115,7 +116,7 @@ def test_this_hosts_path_and_forcing_on_it():
 
 
 def test_info_names_the_bf16_path_and_why():
-    from numgpt import info
+    from numgpt.cli import info
     facts = dict(info.describe())
     path = bf16_detect.bf16_path()
     print(facts["bf16 path"])

@@ -1,4 +1,4 @@
-"""numgpt.checkpoint: exact round trips, bit-exact resume, atomic saves that survive kill -9 and
+"""numgpt.io.checkpoint: exact round trips, bit-exact resume, atomic saves that survive kill -9 and
 full disks, and checkpoints that can never run code or hold NaN."""
 import ast
 import errno
@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 import numgpt
-from numgpt import backend, safe_io
-from numgpt.checkpoint import (MARKER_FILE, MODEL_FILE, CheckpointError, CheckpointManager, build_model,
-                               load_checkpoint, restore, save_checkpoint)
+from numgpt import backend
+from numgpt.io import safe_io
+from numgpt.io.checkpoint import (MARKER_FILE, MODEL_FILE, CheckpointError, CheckpointManager, build_model,
+                                  load_checkpoint, restore, save_checkpoint)
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = {"vocab_size": 37, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 2, "drop_rate": 0.1,
@@ -358,7 +359,7 @@ def test_real_full_disk_keeps_the_previous_checkpoint(tiny_disk):
 KILL_SCRIPT = r"""
 import sys
 import numgpt
-from numgpt.checkpoint import CheckpointManager, restore
+from numgpt.io.checkpoint import CheckpointManager, restore
 
 cfg = {"vocab_size": 300, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "drop_rate": 0.1,
        "qkv_bias": False}
@@ -504,7 +505,7 @@ def test_the_source_scan_catches_what_it_looks_for(tmp_path):
 DYNAMIC_CODE = {"import_module", "spec_from_file_location", "module_from_spec", "exec_module", "__import__",
                 "runpy", "run_path", "run_module"}
 CODE_LOADERS = {"load_function", "_load_learner_backwards"}
-LOADER_HOME = ("numgpt/cli.py", "load_function")
+LOADER_HOME = ("numgpt/cli/common.py", "load_function")
 # kernels/ imported as a top-level ``kernels`` loads, in its place, the package Python would have found
 # without it (tests/test_import_shadowing.py): the name comes from the import statement, never from a file
 STEP_ASIDE = ("kernels/__init__.py", "_step_aside")

@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
-
 from cli_process import ENV, assert_usage_error, numgpt_cli, start_numgpt, wait_for_line
-from numgpt.checkpoint import CheckpointManager, load_checkpoint
+
 from numgpt.gradcheck import op_cases
+from numgpt.io.checkpoint import CheckpointManager, load_checkpoint
 
 # The tiny preset on the seed's corpus in windows of 64 tokens, batches of 8: 9 steps per epoch.
 TINY_RUN = ["--preset", "tiny", "--context-length", "64", "--batch-size", "8", "--eval-freq", "4", "--eval-iter", "1"]

@@ -8,15 +8,15 @@ import shutil
 
 import numpy as np
 import pytest
+from token_file_writers import write_llmc, write_nanogpt
 
 import numgpt
-from numgpt.checkpoint import CheckpointManager, load_checkpoint
 from numgpt.cli import main
-from numgpt.families import SourceError
-from numgpt.hf_tokenizer import HFTokenizer
-from numgpt.prepare import prepare
-from numgpt.token_store import TokenStore
-from token_file_writers import write_llmc, write_nanogpt
+from numgpt.data.prepare import prepare
+from numgpt.data.token_store import TokenStore
+from numgpt.io.checkpoint import CheckpointManager, load_checkpoint
+from numgpt.io.families import SourceError
+from numgpt.io.hf_tokenizer import HFTokenizer
 
 # the tiny preset on 32-token windows in batches of 8: the-verdict's 4,612 training tokens give 18 steps an
 # epoch, so every run here stops mid-epoch
@@ -41,7 +41,7 @@ def assert_same_run(a, b):
 @pytest.fixture(autouse=True)
 def no_loss_plot(monkeypatch):
     """The loss plot (matplotlib, seconds a run) is not what these tests check: left out."""
-    monkeypatch.setattr("numgpt.run.RunDirectory.draw_plot", lambda self, records: None)
+    monkeypatch.setattr("numgpt.training.run.RunDirectory.draw_plot", lambda self, records: None)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import numpy
 import pytest
 
 from numgpt import backend
-from numgpt.data import (VERDICT_SHA256, DataError, DataLoader, GPTDatasetV1, Subset,
-                         create_dataloader_v1, default_collate, load_the_verdict, read_text,
-                         split_text)
+from numgpt.data.datasets import (VERDICT_SHA256, DataError, DataLoader, GPTDatasetV1, Subset, create_dataloader_v1,
+                                  default_collate, load_the_verdict, read_text, split_text)
 
 VERDICT_N_CHARS = 20479
 CONTEXT_LENGTH = 256  # the seed's GPT_CONFIG_124M["context_length"]

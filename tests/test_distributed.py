@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from cli_process import numgpt_cli
+from safetensors.numpy import load_file
 
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
@@ -77,7 +76,8 @@ def test_resume_on_one_process_equals_the_uninterrupted_run(runs, tmp_path):
     run = tmp_path / "run"
     first = mpiexec(2, "train", *TINY, "--max-steps", 3, "--out", run)
     assert first.returncode == 0, first.stderr
-    second = numgpt_cli("train", "--resume", "--out", run, "--max-steps", 6, "--threads", 1, env=ENV)   # grad_accum 1 -> 2
+    # grad_accum 1 -> 2
+    second = numgpt_cli("train", "--resume", "--out", run, "--max-steps", 6, "--threads", 1, env=ENV)
     assert second.returncode == 0, second.stderr
     assert "Resuming from" in second.stdout
     assert_bit_identical(checkpoint(run, 5), checkpoint(runs["accum"][0], 5))
@@ -105,9 +105,11 @@ AUDIT = textwrap.dedent("""
     def hook(event, hook_args):
         if event == "open" and inside(hook_args[0]) and any(m in str(hook_args[1]) for m in "wax+"):
             touched.append(("open", hook_args[0]))
-        elif event == "open" and inside(hook_args[0]) and isinstance(hook_args[2], int) and hook_args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        elif (event == "open" and inside(hook_args[0]) and isinstance(hook_args[2], int)
+              and hook_args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
             touched.append(("open", hook_args[0]))
-        elif event in ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.replace", "shutil.rmtree") and inside(hook_args[0]):
+        elif (event in ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.replace", "shutil.rmtree")
+              and inside(hook_args[0])):
             touched.append((event, hook_args[0]))
     sys.addaudithook(hook)
     from numgpt.cli import main
@@ -181,7 +183,7 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path):
 
 
 def test_without_mpi_nothing_of_it_is_imported():
-    code = ("import sys, numgpt.cli, numgpt.train, numgpt.distributed as d; "
+    code = ("import sys, numgpt.cli, numgpt.training.train, numgpt.training.distributed as d; "
             "assert d.world().size == 1 and 'mpi4py' not in sys.modules, sorted(m for m in sys.modules if 'mpi' in m)")
     env = {k: v for k, v in ENV.items() if not k.startswith(("OMPI_COMM_WORLD", "PMI", "PMIX"))}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hub_cache import place_in_hf_cache
 from hub_server import COMMIT, HubServer
-from numgpt import download
-from numgpt.download import DownloadError, canonical_size, default_cache_dir, download_gpt2, find_in_hf_cache
+
+from numgpt.io import download
+from numgpt.io.download import DownloadError, canonical_size, default_cache_dir, download_gpt2, find_in_hf_cache
 
 TINY_GPT2 = Path(__file__).parent / "reference" / "hf_gpt2_tiny"       # a transformers-written GPT-2 directory
 
@@ -251,7 +251,7 @@ def test_size_names_and_cache_dir(monkeypatch, tmp_path):
 WORKER = """
 import sys, time
 from pathlib import Path
-from numgpt.download import download_gpt2
+from numgpt.io.download import download_gpt2
 cache, url, me, other = sys.argv[1:]
 Path(me).touch()                                    # ready; start together with the other process
 while not Path(other).exists():
@@ -409,6 +409,6 @@ def test_without_huggingface_hub_the_urllib_path_downloads(hub, tmp_path, monkey
 
 
 def test_importing_numgpt_does_not_import_huggingface_hub():
-    code = "import sys, numgpt, numgpt.download, numgpt.pretrained; print('huggingface_hub' in sys.modules)"
+    code = "import sys, numgpt, numgpt.io.download, numgpt.io.pretrained; print('huggingface_hub' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"

@@ -16,7 +16,7 @@ from numgpt import backend, ops, registry  # noqa: E402
 from numgpt.autograd import Tensor, record_outputs  # noqa: E402
 from numgpt.gradcheck import kernel_mode  # noqa: E402
 from numgpt.kernels import fused as k_fused  # noqa: E402
-from numgpt.model import GPTModel  # noqa: E402
+from numgpt.models.gpt import GPTModel  # noqa: E402
 from numgpt.ops import fused as f_ref  # noqa: E402
 from numgpt.ops.dropout import dropout_mask  # noqa: E402
 

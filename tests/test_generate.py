@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import numgpt
-from numgpt.generate import generate, generate_text_simple, next_token_logits, sample_next
+from numgpt.models.generate import generate, generate_text_simple, next_token_logits, sample_next
 
 CFG = {"vocab_size": 30, "context_length": 8, "emb_dim": 16, "n_heads": 4, "n_layers": 2,
        "drop_rate": 0.1, "qkv_bias": True}
@@ -34,7 +34,7 @@ def test_cached_logits_equal_full_recomputation_including_past_the_window(model,
     full = next_token_logits(model, idx, 8, use_cache=False)
     a, b = next(cached), next(full)
     worst = np.abs(a - b).max()
-    for step in range(12):  # runs past context_length: the window slides
+    for _ in range(12):  # runs past context_length: the window slides
         ids = a.argmax(axis=-1)[:, None]
         a, b = cached.send(ids), full.send(ids)
         worst = max(worst, np.abs(a - b).max())

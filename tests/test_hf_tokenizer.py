@@ -1,4 +1,4 @@
-"""numgpt.hf_tokenizer against Hugging Face transformers' own tokenizer.
+"""numgpt.io.hf_tokenizer against Hugging Face transformers' own tokenizer.
 
 tests/reference/hf_llama/{llama_tiny,smollm2_tiny}/tokenizer_reference.json holds what
 transformers' AutoTokenizer gave for a set of texts (ids with and without the post-processor's
@@ -16,10 +16,10 @@ import numpy
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from numgpt.data import create_dataloader_v1
+from numgpt.data.datasets import create_dataloader_v1
 from numgpt.errors import NumgptError
-from numgpt.hf_tokenizer import HFTokenizer, TokenizerError, TokenizerNotFoundError
-from numgpt.tokenizer import text_to_token_ids, token_ids_to_text
+from numgpt.io.hf_tokenizer import HFTokenizer, TokenizerError, TokenizerNotFoundError
+from numgpt.io.tokenizer import text_to_token_ids, token_ids_to_text
 
 FIXTURE_VERSION = 1
 FIXTURE_ROOT = Path(__file__).resolve().parent / "reference" / "hf_llama"
@@ -99,7 +99,8 @@ def test_decode_equals_transformers(name):
 def test_special_text_not_allowed_is_ordinary_text_as_transformers_split_special_tokens(name):
     tok = hf_tokenizer(name)
     for c in reference(name)["cases"]:
-        assert tok.encode(c["text"], disallowed_special=(), add_special_tokens=False) == c["ids_split_special"], c["text"]
+        ids = tok.encode(c["text"], disallowed_special=(), add_special_tokens=False)
+        assert ids == c["ids_split_special"], c["text"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -154,7 +155,8 @@ def test_allowed_and_ordinary_special_text_in_one_string():
     llama = hf_tokenizer("llama_tiny")
     a = "<|begin_of_text|> and <|endoftext|> as text"
     got = llama.encode(a + "<|end_of_text|>" + b, allowed_special={"<|end_of_text|>"}, disallowed_special=())
-    assert got == [298] + case("llama_tiny", a)["ids_split_special"] + [299] + case("llama_tiny", b)["ids_split_special"]
+    first, second = case("llama_tiny", a)["ids_split_special"], case("llama_tiny", b)["ids_split_special"]
+    assert got == [298] + first + [299] + second
 
 
 def test_allowed_names_the_tokenizer_lacks_are_ignored_as_tiktoken_does():

@@ -1,4 +1,4 @@
-"""numgpt.hf_weights: Hugging Face weight directories (one model.safetensors, or shards
+"""numgpt.io.hf_weights: Hugging Face weight directories (one model.safetensors, or shards
 and model.safetensors.index.json) read and written one tensor at a time.
 
 The files the reader is tested on are written here by hand (``write_raw``: the
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from numgpt.hf_weights import (INDEX_FILE, SINGLE_FILE, TensorInfo, WeightsError, bfloat16_bits, load_weights,
-                               save_weights, tensor_index, weight_files)
-from numgpt.nn import Parameter
+from numgpt.io.hf_weights import (INDEX_FILE, SINGLE_FILE, TensorInfo, WeightsError, bfloat16_bits, load_weights,
+                                  save_weights, tensor_index, weight_files)
+from numgpt.nn.layers import Parameter
 
 QWEN2_TINY = Path(__file__).parent / "reference" / "hf_llama" / "qwen2_tiny"   # sharded BF16, by transformers
 
@@ -337,8 +337,8 @@ def test_a_directory_without_safetensors_says_what_it_holds(tmp_path):
 MEASURE = """
 import json, sys
 import numpy as np
-from numgpt.hf_weights import load_weights
-from numgpt.nn import Parameter
+from numgpt.io.hf_weights import load_weights
+from numgpt.nn.layers import Parameter
 
 def high_water_mark():
     # the peak resident set of this process's memory, in bytes: Linux's VmHWM. ru_maxrss is the same

@@ -17,21 +17,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_process import ENV, assert_usage_error, numgpt_cli
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import numgpt
 from numgpt import cli, schema
-from numgpt.checkpoint import CheckpointManager, build_model, load_checkpoint, restore
+from numgpt.cli import common as cli_common, train as cli_train
 from numgpt.errors import NumgptError
-from numgpt.llama import from_hf_config
-from numgpt.memory import MemoryCheckError, check_model_fits
+from numgpt.io.checkpoint import CheckpointManager, build_model, load_checkpoint, restore
+from numgpt.io.pretrained import gpt2_dims
+from numgpt.models.llama_config import from_hf_config
+from numgpt.models.memory import MemoryCheckError, check_model_fits
 from numgpt.optim import AdamW
-from numgpt.pretrained import gpt2_dims
-from numgpt.run import RunDirectory, resolve_settings
-from numgpt.train import TrainState
+from numgpt.training.run import RunDirectory, resolve_settings
+from numgpt.training.train import TrainState
 
 REFERENCE = Path(__file__).parent / "reference"
 GPT2_TINY = REFERENCE / "hf_gpt2_tiny"                  # vocab 50, n_embd 16, 2 layers
@@ -89,12 +89,12 @@ def raw_safetensors(path, header):
 
 def valid_settings():
     """A settings.json document as numgpt train writes it, for the tiny preset on the bundled text."""
-    from numgpt import bundled
-    train = dict(cli.TRAIN_DEFAULTS, preset="tiny", context_length=64, drop_rate=0.1)
+    from numgpt.io import bundled
+    train = dict(cli_train.TRAIN_DEFAULTS, preset="tiny", context_length=64, drop_rate=0.1)
     return {"format": "numgpt-run", "version": 1, "train": train,
             "data_sha256": hashlib.sha256(bundled.read_bundled(bundled.VERDICT)).hexdigest(),
             "model": dict(numgpt.PRESETS["tiny"]), "optimizer": {"name": "AdamW"}, "schedule": {},
-            "environment": cli._environment(), "processes": 1}
+            "environment": cli_train._environment(), "processes": 1}
 
 
 def run_dir(path, settings_changes=None, train_changes=None):
@@ -233,7 +233,8 @@ CASES = {   # id: (builder of the hostile input -> argv, fragments the one line 
                                                     "--context-length", "2", "--gpt2", GPT2_TINY],
                                          ["--data", "text.txt holds token id", "outside the model's vocab_size 50"]),
     "config.json not UTF-8": (lambda t: GPT2_GENERATE + [with_file(copy_dir(GPT2_TINY, t / "m"), "config.json",
-                                                                   b'{"n_embd": "\xff"}')], ["config.json", "not UTF-8"]),
+                                                                   b'{"n_embd": "\xff"}')],
+                              ["config.json", "not UTF-8"]),
     "config.json nested deep": (lambda t: GPT2_GENERATE + [with_file(copy_dir(GPT2_TINY, t / "m"), "config.json",
                                                                      b'{"a":' * 100 + b"1" + b"}" * 100)],
                                 ["config.json", "nested more than 64"]),
@@ -258,9 +259,10 @@ CASES = {   # id: (builder of the hostile input -> argv, fragments the one line 
         save_tiny_checkpoint(t / "ck"), with_betas("ab"))], ["checkpoint.json", "betas is 'ab'", "two numbers"]),
     "checkpoint.json vocab 1e12": (lambda t: ["generate", "--prompt", "x", "--checkpoint", rewrite_checkpoint_json(
         save_tiny_checkpoint(t / "ck"), with_config(vocab_size=10**12))],
-                                   ["checkpoint.json: config", "vocab_size is 1000000000000", f"<= {schema.MAX_VOCAB}"]),
-    "metrics record without epoch": (lambda t: ["plot", with_file(run_dir(t / "run"), "metrics.jsonl",
-                                                                  b'{"step": 0, "tokens_seen": 8, "train_loss": 1.0}\n')],
+                                   ["checkpoint.json: config", "vocab_size is 1000000000000",
+                                    f"<= {schema.MAX_VOCAB}"]),
+    "metrics record without epoch": (lambda t: ["plot", with_file(
+        run_dir(t / "run"), "metrics.jsonl", b'{"step": 0, "tokens_seen": 8, "train_loss": 1.0}\n')],
                                      ["metrics.jsonl:1", "epoch is missing"]),
     "a 300-character shard name": (lambda t: LLAMA_GENERATE + [sharded_with_shard_name(
         t / "m", "a" * 288 + ".safetensors")], ["model.safetensors.index.json", "not a plain file name",
@@ -278,7 +280,7 @@ def test_each_hostile_value_is_one_line_naming_the_file_the_field_and_the_value(
     code = cli.main(argv)
     err = capsys.readouterr().err
     print(err)
-    assert code == cli.EXIT_USAGE
+    assert code == cli_common.EXIT_USAGE
     lines = [line for line in err.strip().splitlines() if line != COMPILE_NOTE]   # numba's first run says so
     assert len(lines) == 1 and "Traceback" not in err
     for fragment in fragments:
@@ -330,7 +332,7 @@ def test_a_fifo_config_json_is_refused_not_read(tmp_path):
 
 SWAP_PROBE = textwrap.dedent("""
     import os, stat, sys
-    from numgpt import safe_io
+    from numgpt.io import safe_io
     real_stat = os.stat
     def stat_before_the_swap(path, *args, **kwargs):      # the path was a regular file when it was checked
         result = real_stat(path, *args, **kwargs)
@@ -361,7 +363,8 @@ MEMORY_PROBE = textwrap.dedent("""
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
     import numgpt
-    from numgpt import hf_weights, safe_io
+    from numgpt.io import hf_weights
+    from numgpt.io import safe_io
     before = status("VmRSS:")
     try:
         if sys.argv[1] == "header":
@@ -491,7 +494,7 @@ def test_fuzzed_gpt2_config_json_values_raise_only_numgpt_errors(field, value):
         pass
 
 
-SETTINGS_FIELDS = [("top", name) for name in valid_settings()] + [("train", name) for name in cli.TRAIN_DEFAULTS]
+SETTINGS_FIELDS = [("top", name) for name in valid_settings()] + [("train", name) for name in cli_train.TRAIN_DEFAULTS]
 
 
 @FUZZ
@@ -506,7 +509,7 @@ def test_fuzzed_settings_json_values_raise_only_numgpt_errors(tmp_path, where, v
     (tmp_path / "settings.json").write_text(json.dumps(document))
     try:
         read = RunDirectory(tmp_path).read_settings()
-        resolve_settings({}, cli.TRAIN_DEFAULTS, read["train"])
+        resolve_settings({}, cli_train.TRAIN_DEFAULTS, read["train"])
     except NumgptError:
         pass
 

@@ -18,15 +18,16 @@ import sys
 
 import numpy as np
 import pytest
+from cli_process import ENV, assert_usage_error
 
 import numgpt
-from cli_process import ENV, assert_usage_error
-from numgpt import cli, safe_io
-from numgpt.checkpoint import CheckpointManager, save_checkpoint
-from numgpt.families import copy_tokenizer, export_pretrained
-from numgpt.hf_weights import save_weights
-from numgpt.run import RunDirectory
+from numgpt import cli
+from numgpt.io import safe_io
+from numgpt.io.checkpoint import CheckpointManager, save_checkpoint
+from numgpt.io.families import copy_tokenizer, export_pretrained
+from numgpt.io.hf_weights import save_weights
 from numgpt.safe_write import LinkRefused, atomic_write, open_existing_or_new, own_directory
+from numgpt.training.run import RunDirectory
 
 TINY = ["--preset", "tiny", "--context-length", "32", "--batch-size", "8", "--eval-freq", "1", "--eval-iter", "1"]
 TRAINED_STEPS = 2
@@ -313,7 +314,7 @@ def test_numgpt_export_refuses_a_link_in_its_output(run, tmp_path, victim, capsy
 
 
 def test_a_download_takes_no_lock_or_partial_file_through_a_link(tmp_path, victim):
-    from numgpt.download import fetch
+    from numgpt.io.download import fetch
     dest = tmp_path / "model.safetensors"
     for planted in (dest.with_name(dest.name + ".lock"), dest.with_name(dest.name + ".part")):
         link(planted, victim.file)

@@ -1,4 +1,4 @@
-"""numgpt.hub against a stand-in for the Hugging Face hub on 127.0.0.1 (tests/hub_server.py).
+"""numgpt.io.hub against a stand-in for the Hugging Face hub on 127.0.0.1 (tests/hub_server.py).
 
 ``snapshot_download`` meets the routes the hub answers: the revision API, the
 tree listing, then HEAD and GET on resolve/ for each file. Every test runs with
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from hub_cache import place_in_hf_cache
 from hub_server import COMMIT, HubServer
-from numgpt.download import DownloadError
-from numgpt.hf_weights import WeightsError, save_weights, tensor_index, weight_files
-from numgpt.hub import MODEL_FILE_PATTERNS, ModelSourceError, download_model, parse_repo_id, resolve_model_dir
+
+from numgpt.io.download import DownloadError
+from numgpt.io.hf_weights import WeightsError, save_weights, tensor_index, weight_files
+from numgpt.io.hub import MODEL_FILE_PATTERNS, ModelSourceError, download_model, parse_repo_id, resolve_model_dir
 
 REPO = "numgpt-test/tiny-llama"
 TINY_GPT2 = Path(__file__).parent / "reference" / "hf_gpt2_tiny"
@@ -294,7 +294,7 @@ def test_the_patterns_fetch_weights_config_and_tokenizer_never_pickles():
 
 
 def test_importing_numgpt_hub_does_not_import_huggingface_hub():
-    code = "import sys, numgpt.hub, numgpt.hf_weights; print('huggingface_hub' in sys.modules)"
+    code = "import sys, numgpt.io.hub, numgpt.io.hf_weights; print('huggingface_hub' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 

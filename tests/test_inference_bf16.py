@@ -1,4 +1,4 @@
-"""bf16-true inference (numgpt/inference_bf16.py, kernels/bf16_weights.py):
+"""bf16-true inference (numgpt/nn/inference_bf16.py, kernels/bf16_weights.py):
 the weights stored as bf16 bits give the logits and the greedy tokens of the
 float32 model whose weights were rounded to bf16, in both kernel modes, with
 half the weights' bytes."""
@@ -8,19 +8,13 @@ import pytest
 import numgpt
 from numgpt import backend, cli
 from numgpt.bf16 import from_bf16_bits, round_to_bf16, to_bf16_bits
-from numgpt.generate import generate, next_token_logits
-from numgpt.inference_bf16 import (
-    BF16Embedding,
-    BF16Linear,
-    bf16_weight_arrays,
-    linear_bf16,
-    linear_bf16_reference,
-    to_bf16_true,
-    weight_nbytes,
-)
-from numgpt.llama import LlamaForCausalLM, from_hf_config
-from numgpt.nn import Embedding, Linear
-from numgpt.pretrained import export_hf
+from numgpt.io.pretrained import export_hf
+from numgpt.models.generate import generate, next_token_logits
+from numgpt.models.llama import LlamaForCausalLM
+from numgpt.models.llama_config import from_hf_config
+from numgpt.nn.inference_bf16 import (BF16Embedding, BF16Linear, bf16_weight_arrays, linear_bf16, linear_bf16_reference,
+                                      to_bf16_true, weight_nbytes)
+from numgpt.nn.layers import Embedding, Linear
 
 CFG = {"vocab_size": 97, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2,
        "drop_rate": 0.0, "qkv_bias": True}
@@ -155,8 +149,8 @@ def test_a_bf16_llama_directory_loads_as_bf16_bits_without_widening(tmp_path, mo
     """A Qwen3-shaped model saved in bf16 (as Hugging Face ships SmolLM2 and Qwen3): bf16-true
     receives the files' bits (the widening function is not called), equal to the saved weights'
     rounding, and computes the logits of the 32-true load (which widens the same bits)."""
-    from numgpt import hf_weights
-    from numgpt.families import export_pretrained, load_pretrained
+    from numgpt.io import hf_weights
+    from numgpt.io.families import export_pretrained, load_pretrained
     model = _model("qwen3")
     export_pretrained(model, tmp_path / "qwen3")
     state = {name: param.data for name, param in model.named_parameters()}

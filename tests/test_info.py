@@ -10,11 +10,12 @@ import sys
 import numba
 import numpy
 import pytest
+from cli_process import ENV, numgpt_cli
 from threadpoolctl import threadpool_info
 
 import numgpt
-from cli_process import ENV, numgpt_cli
-from numgpt import backend, cli
+from numgpt import backend
+from numgpt.cli import train as cli_train
 from numgpt.errors import NumgptError, UsageError
 
 def test_version_is_declared_once_and_installed_with_it():
@@ -72,25 +73,25 @@ def test_threads_flag_on_the_commands(tmp_path):
 
 
 def test_the_memory_check_falls_back_and_says_when_it_is_skipped(tmp_path, monkeypatch, capsys):
-    available = cli._memory_available(tmp_path / "no-meminfo")          # as on a machine without /proc
+    available = cli_train._memory_available(tmp_path / "no-meminfo")    # as on a machine without /proc
     assert available is not None and available > 0                      # sysconf's free pages
     monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
-    assert cli._memory_available(tmp_path / "no-meminfo") is None
-    cli._check_memory(numgpt.PRESETS["tiny"], 2, 64, None)
+    assert cli_train._memory_available(tmp_path / "no-meminfo") is None
+    cli_train._check_memory(numgpt.PRESETS["tiny"], 2, 64, None)
     assert "memory check skipped" in capsys.readouterr().err
     with pytest.raises(UsageError, match="GiB"):
-        cli._check_memory(numgpt.GPT_CONFIG_124M, 100000, 256, 2**30)
+        cli_train._check_memory(numgpt.GPT_CONFIG_124M, 100000, 256, 2**30)
 
 
 def test_every_numgpt_error_is_a_numgpt_error_and_a_builtin_one():
-    from numgpt.checkpoint import CheckpointError
-    from numgpt.data import DataError
-    from numgpt.download import DownloadError
-    from numgpt.nn import StateDictError
-    from numgpt.pretrained import WeightsError, WeightsNotFoundError
-    from numgpt.run import RunError
-    from numgpt.safe_io import UnsafeFileError
-    from numgpt.bundled import BundledFileError
+    from numgpt.io.checkpoint import CheckpointError
+    from numgpt.data.datasets import DataError
+    from numgpt.io.download import DownloadError
+    from numgpt.nn.layers import StateDictError
+    from numgpt.io.pretrained import WeightsError, WeightsNotFoundError
+    from numgpt.training.run import RunError
+    from numgpt.io.safe_io import UnsafeFileError
+    from numgpt.io.bundled import BundledFileError
     for error in (CheckpointError, DataError, DownloadError, StateDictError, WeightsError, WeightsNotFoundError,
                   RunError, UnsafeFileError, UsageError, BundledFileError):
         assert issubclass(error, NumgptError), error
@@ -99,15 +100,17 @@ def test_every_numgpt_error_is_a_numgpt_error_and_a_builtin_one():
 BUG = """
 import sys
 from numgpt import cli
+from numgpt.cli import info
 def broken(args):
     raise {error}("an internal mistake")
-cli.cmd_info = broken
+info.cmd_info = broken
 sys.exit(cli.main(["info"]))
 """
 
 
 def test_a_bug_shows_its_traceback_and_exits_1():
-    for error in ("KeyError", "ValueError", "OSError"):   # built-in errors are bugs unless numgpt raised them as input errors
+    # built-in errors are bugs unless numgpt raised them as input errors
+    for error in ("KeyError", "ValueError", "OSError"):
         result = subprocess.run([sys.executable, "-c", BUG.format(error=error)], capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 1, (error, result.stderr)

@@ -32,7 +32,7 @@ from numgpt.kernels import gelu as k_gelu  # noqa: E402
 from numgpt.kernels import layer_norm as k_layer_norm  # noqa: E402
 from numgpt.kernels import linear as k_linear  # noqa: E402
 from numgpt.kernels import matmul as k_matmul  # noqa: E402
-from numgpt.model import PRESETS, GPTModel  # noqa: E402
+from numgpt.models.gpt import PRESETS, GPTModel  # noqa: E402
 from numgpt.ops.attention import attention_backward, attention_forward  # noqa: E402
 from numgpt.ops.cross_entropy import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from numgpt.ops.embedding import embedding_backward, embedding_forward  # noqa: E402
@@ -390,7 +390,8 @@ def test_tile_product_scalar_twin_is_a_fused_float32_sum(a_transposed, accumulat
         # a float32 sum of kc products, then one addition into c: |error| <= (kc + 1) u (|A| |B| + |c|)
         bound = (kc + 1) * FLOAT32_EPS * (np.abs(A).astype(np.float64) @ np.abs(B) + np.abs(old))
         worst = float(np.max(np.abs(args.c[rows] - exact) / np.maximum(bound, 1e-300)))
-        print(f"scalar twin, kc {kc}, a.T {a_transposed}, accumulate {accumulate}: worst error {worst:.2f} of its bound")
+        print(f"scalar twin, kc {kc}, a.T {a_transposed}, accumulate {accumulate}: worst error {worst:.2f} "
+              f"of its bound")
         assert worst <= 1.0
         if kc >= 2 and not accumulate:
             assert args.c[rows][0, 0] == np.float32(X_TIE), "the planted sum was rounded twice"

@@ -31,9 +31,10 @@ def learner_copy(directory, broken):
 
 def test_a_broken_backward_fails_naming_input_and_index_then_passes_fixed(tmp_path):
     learner_copy(tmp_path, broken=True)
-    run = lambda: subprocess.run([sys.executable, "-m", "numgpt", "gradcheck", "layer_norm", "--backward",
-                                  "my_layer_norm:layer_norm_backward"], capture_output=True, text=True,
-                                 cwd=tmp_path, timeout=300)
+    def run():
+        return subprocess.run([sys.executable, "-m", "numgpt", "gradcheck", "layer_norm", "--backward",
+                               "my_layer_norm:layer_norm_backward"], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
     broken = run()
     print(broken.stdout, broken.stderr)
     assert broken.returncode == 1 and broken.stdout.strip().endswith("FAILED")
@@ -119,7 +120,8 @@ def test_what_runs_is_decided_by_the_registry_alone():
     with kernel_mode("numba"):
         assert registry.which("layer_norm") == ("numba twin", "numba twin")
         assert registry.which("dropout") == ("reference", "reference")       # no twin registered
-        mine = lambda dout, cache: pair.backward(dout, cache)
+        def mine(dout, cache):
+            return pair.backward(dout, cache)
         with numgpt.use_backward("layer_norm", mine):
             assert registry.resolve(*pair) == (pair.forward, mine)           # the reference forward beside it
             assert registry.which("layer_norm") == ("reference", "yours")
@@ -130,7 +132,8 @@ def test_what_runs_is_decided_by_the_registry_alone():
 
 def test_gradcheck_checks_the_reference_by_default_even_in_numba_mode():
     """The issue's first complaint: gradcheck in numba mode checked the kernel, not the file a learner reads."""
-    broken = lambda dout, cache: tuple(2 * g for g in registry.op_pair("layer_norm").backward(dout, cache))
+    def broken(dout, cache):
+        return tuple(2 * g for g in registry.op_pair("layer_norm").backward(dout, cache))
     numba_twin = registry.numba_twins()[registry.op_pair("layer_norm").backward]
     with kernel_mode("numba"):
         registry.numba_twins()[registry.op_pair("layer_norm").backward] = broken    # a broken twin...

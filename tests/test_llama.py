@@ -1,4 +1,4 @@
-"""The Llama family model (numgpt/llama.py) on its own: every parameter's gradient
+"""The Llama family model (numgpt/models/llama.py) on its own: every parameter's gradient
 against float64 central differences for each family's features, the KV cache
 against recomputation, config.json reading, and the published parameter counts.
 The comparison with transformers itself is tests/test_llama_reference.py."""
@@ -8,7 +8,8 @@ import pytest
 from numgpt import backend
 from numgpt.autograd import no_grad
 from numgpt.gradcheck import gradcheck
-from numgpt.llama import PRESETS, ConfigError, LlamaForCausalLM, count_parameters, from_hf_config, to_hf_config
+from numgpt.models.llama import LlamaForCausalLM
+from numgpt.models.llama_config import PRESETS, ConfigError, count_parameters, from_hf_config, to_hf_config
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 16}

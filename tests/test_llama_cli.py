@@ -333,7 +333,7 @@ def test_a_model_too_large_for_the_memory_is_refused_before_it_is_built(tmp_path
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16777216 kB\nMemFree:         1048576 kB\nMemAvailable:    8388608 kB\n")
     available = 8388608 * 1024
-    from numgpt.cli import _memory_available
+    from numgpt.cli.train import _memory_available
     assert _memory_available(meminfo) == available
     # Llama-3.2-1B: vocab 128256, hidden 2048, 16 layers, 32 heads and 8 kv heads of 64, MLP 8192, tied head
     V, C, L, HS, F = 128256, 2048, 16, 64, 8192
@@ -343,8 +343,8 @@ def test_a_model_too_large_for_the_memory_is_refused_before_it_is_built(tmp_path
     state = parameters * 4 * 4                          # float32 weights, gradients, AdamW's two moments
     run = tmp_path / "run"
     result = cli("train", "--preset", "llama-3.2-1b", "--tokenizer", LLAMA, "--out", run,
-                 prelude=f"import functools, numgpt.cli\nnumgpt.cli._memory_available = "
-                         f"functools.partial(numgpt.cli._memory_available, {str(meminfo)!r})")
+                 prelude=f"import functools, numgpt.cli.train\nnumgpt.cli.train._memory_available = "
+                         f"functools.partial(numgpt.cli.train._memory_available, {str(meminfo)!r})")
     assert_usage_error(result, f"{state:,} bytes", f"{available:,} bytes", "SmolLM2")
     assert not (run / "tokenizer").exists() and not (run / "settings.json").exists()
 

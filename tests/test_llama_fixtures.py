@@ -111,12 +111,14 @@ def test_reference_keys_dtypes_and_shapes(name):
         assert numpy.all(numpy.isfinite(tensors[f"grad.{key}"])) and numpy.any(tensors[f"grad.{key}"] != 0), key
     others = {"input_ids": ((B, T), numpy.int64), "target_ids": ((B, T), numpy.int64),
               "logits": ((B, T, V), numpy.float32), "loss": ((), numpy.float32),
-              "generate_prompt": ((1, PROMPT_T), numpy.int64), "generate_ids": ((1, PROMPT_T + NEW_TOKENS), numpy.int64),
+              "generate_prompt": ((1, PROMPT_T), numpy.int64),
+              "generate_ids": ((1, PROMPT_T + NEW_TOKENS), numpy.int64),
               "generate_prompt_batch": ((B, PROMPT_T), numpy.int64),
               "generate_ids_batch": ((B, PROMPT_T + NEW_TOKENS), numpy.int64)}
     assert set(tensors) == set(others) | {f"grad.{g}" for g in grads}
     for key, (shape, dtype) in others.items():
-        assert tensors[key].dtype == dtype and tensors[key].shape == shape, (key, tensors[key].dtype, tensors[key].shape)
+        got = tensors[key]
+        assert got.dtype == dtype and got.shape == shape, (key, got.dtype, got.shape)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -15,8 +15,8 @@ from numgpt.kernels import matmul as k_matmul
 from numgpt.kernels import matmul_choice
 from numgpt.kernels.matmul_choice import BLAS, KERNEL, MatmulChooser
 
-MACHINE = {"cpu": "a test CPU", "flags": ["avx2", "avx512f"], "numgpt": "0.0", "blas": "openblas 0.3 Haswell, 2 threads",
-           "kernel_threads": 2}
+MACHINE = {"cpu": "a test CPU", "flags": ["avx2", "avx512f"], "numgpt": "0.0",
+           "blas": "openblas 0.3 Haswell, 2 threads", "kernel_threads": 2}
 FLOAT32_PRODUCT_RTOL = 1e-5        # K = 64 float32 products summed in two orders, against float64
 
 

@@ -121,7 +121,8 @@ def test_checker_rejects_a_softmax_backward_that_a_sum_would_hide():
 
 def test_checker_rejects_a_bad_step_size():
     # float64 central differences with h = 1e-14 are swamped by rounding
-    gelu_like = lambda x: ops.gelu(x) * 1e3
+    def gelu_like(x):
+        return ops.gelu(x) * 1e3
     result = numgpt.gradcheck(gelu_like, [rand((4,), 0)], eps=1e-14, raise_exception=False)
     assert not result.ok
 

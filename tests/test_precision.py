@@ -173,7 +173,8 @@ def test_the_tape_runs_linear_and_its_fused_forms_in_bf16():
     r = rng(3)
     x, w, gate = (Tensor(r.standard_normal(shape).astype(np.float32), requires_grad=True)
                   for shape in ((2, 3, 6), (5, 6), (2, 3, 6)))
-    bf16 = lambda t: Tensor(round_to_bf16(t.data))
+    def bf16(t):
+        return Tensor(round_to_bf16(t.data))
     cases = {"linear": (lambda: ops.linear(x, w), lambda: ops.linear(bf16(x), bf16(w))),
              "linear_gelu": (lambda: ops.linear_gelu(x, w), lambda: ops.gelu(ops.linear(bf16(x), bf16(w)))),
              "swiglu_linear": (lambda: ops.swiglu_linear(gate, x, w),
@@ -206,7 +207,8 @@ def attention64(q, k, v, dout, NH):
     y = att @ vh
     datt = dy @ vh.swapaxes(-1, -2)
     ds = att * (datt - (datt * att).sum(-1, keepdims=True)) / np.sqrt(HS)
-    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, T, C)
+    def merge(a):
+        return a.transpose(0, 2, 1, 3).reshape(B, T, C)
     return {"out": merge(y), "dq": merge(ds @ kh), "dk": merge(ds.swapaxes(-1, -2) @ qh),
             "dv": merge(att.swapaxes(-1, -2) @ dy)}
 

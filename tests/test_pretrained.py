@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_cache import place_in_hf_cache
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import numgpt
-from hub_cache import place_in_hf_cache
-from numgpt import pretrained
-from numgpt.nn import Parameter
-from numgpt.pretrained import WeightsError, export_hf, load_gpt2
+from numgpt.io import pretrained
+from numgpt.io.pretrained import WeightsError, export_hf, load_gpt2
+from numgpt.nn.layers import Parameter
 
 GPT2_VOCAB = 50257
 LOGITS_ATOL, LOGITS_RTOL = 1e-4, 1e-4     # float32 model vs float64 reference
@@ -423,7 +423,7 @@ def _bytes_file(content):
     (_bytes_file(b"\x80\x04junk-junk-junk"), "pickle"),
 ])
 def test_hostile_weight_files_are_refused_before_any_tensor_is_read(tmp_path, make, reason):
-    from numgpt.safe_io import UnsafeFileError
+    from numgpt.io.safe_io import UnsafeFileError
     path = make(tmp_path / "model.safetensors")
     with pytest.raises(UnsafeFileError) as err:
         load_gpt2(path)

@@ -23,7 +23,8 @@ def test_the_readme_example_runs():
 
 def test_ci_runs_the_readme_commands_in_a_fresh_clone_with_nothing_beside_it():
     readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
-    test_command = re.search(r"^(pip install -e '\.\[test\]' && python -m pytest.*)$", readme, flags=re.M).group(1)
+    test_command = re.search(r"^(pip install -e '\.\[test\]' && ruff check \. && python -m pytest.*)$", readme,
+                             flags=re.M).group(1)
     assert test_command.strip() in ci
     assert "mktemp -d" in ci and "git clone" in ci             # an empty directory: no ../shared beside it
     run_command = re.search(r"^(pip install -e \. && numgpt train.*)$", readme, flags=re.M).group(1)

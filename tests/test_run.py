@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 import pytest
-
 from cli_process import assert_usage_error, numgpt_cli, start_numgpt, wait_for_line
-from numgpt.checkpoint import CheckpointManager, load_checkpoint
-from numgpt.run import SAFE_TO_CHANGE, RunDirectory, RunError, resolve_settings
+
+from numgpt.io.checkpoint import CheckpointManager, load_checkpoint
+from numgpt.training.run import SAFE_TO_CHANGE, RunDirectory, RunError, resolve_settings
 
 # The tiny preset, 32-token windows of the bundled corpus in batches of 8: 4,612 training tokens give
 # 144 windows, 18 steps per epoch.

@@ -20,12 +20,13 @@ import pytest
 
 import numgpt
 from numgpt import cli
-from numgpt.checkpoint import CheckpointManager, load_checkpoint
+from numgpt.cli import parser as cli_parser, train as cli_train
 from numgpt.errors import UsageError
-from numgpt.hf_weights import tensor_index
-from numgpt.model import PRESETS
-from numgpt.run import RunDirectory
-from numgpt.train import LRSchedule, train_model_simple
+from numgpt.io.checkpoint import CheckpointManager, load_checkpoint
+from numgpt.io.hf_weights import tensor_index
+from numgpt.models.gpt import PRESETS
+from numgpt.training.run import RunDirectory
+from numgpt.training.train import LRSchedule, train_model_simple
 
 FAST = ["--preset", "tiny", "--context-length", "16", "--batch-size", "2", "--eval-iter", "1"]
 # two rates computed by the same formula from the same floats: equal but for the last bit
@@ -84,7 +85,7 @@ def test_grad_clip_zero_means_no_clipping_as_in_nanogpt_and_the_trainer():
     assert moved > 1e-4                                     # the step did train
     with pytest.raises(UsageError, match="grad_clip must be >= 0"):
         _one_step(-1.0)
-    help_text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    help_text = cli_parser.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "0: no clipping" in " ".join(help_text.split())
 
 
@@ -110,11 +111,11 @@ def test_lr_schedule_reanchored_goes_on_from_the_last_rate():
 
 
 def test_a_malformed_reanchoring_record_is_named(tmp_path):
-    from numgpt.run import RunError
+    from numgpt.training.run import RunError
     schedule = LRSchedule(peak_lr=1e-3, total_steps=20, kind="cosine")
     saved = {"schedule": {"total_steps": 10, "reanchored": [{"step": "5", "lr": 1e-4, "total_steps": 10}]}}
     with pytest.raises(RunError, match=r"settings.json: schedule.reanchored must be a list"):
-        cli._resumed_schedule(saved, tmp_path / "settings.json", schedule, 8, say=False)
+        cli_train._resumed_schedule(saved, tmp_path / "settings.json", schedule, 8, say=False)
 
 
 def test_a_resume_that_lengthens_a_cosine_run_keeps_the_rate_continuous(tmp_path, train, no_plot):
@@ -321,7 +322,7 @@ def test_export_shards_gpt2_as_transformers_does(gpt2_export):
 def test_export_writes_gpt2s_tokenizer_files_that_tokenizers_reads(gpt2_export, verdict_text, tokenizer):
     from tokenizers import Tokenizer
 
-    from numgpt.tokenizer import HF_TOKENIZER_FILES
+    from numgpt.io.tokenizer import HF_TOKENIZER_FILES
     _, root = gpt2_export
     out = root / "hf"
     assert {"vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"} <= set(HF_TOKENIZER_FILES)

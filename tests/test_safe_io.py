@@ -1,4 +1,4 @@
-"""numgpt.safe_io: hostile safetensors and JSON files each get their own error, pickle-based
+"""numgpt.io.safe_io: hostile safetensors and JSON files each get their own error, pickle-based
 files are refused without being unpickled, and valid files round-trip exactly.
 
 The hostile files are built byte by byte here, so each test shows exactly what it feeds in.
@@ -15,8 +15,8 @@ import pytest
 from safetensors import SafetensorError, deserialize
 from safetensors.numpy import load_file
 
-from numgpt import safe_io
-from numgpt.safe_io import NonFiniteError, PickleFormatError, UnsafeFileError
+from numgpt.io import safe_io
+from numgpt.io.safe_io import NonFiniteError, PickleFormatError, UnsafeFileError
 
 
 def safetensors_bytes(header, data=b"", length=None):

@@ -1,5 +1,5 @@
-"""Token stores (numgpt prepare, numgpt.token_store) and other tools' token files
-(numgpt.token_files): what is written, that it reads back as the tokenizer's ids,
+"""Token stores (numgpt prepare, numgpt.data.token_store) and other tools' token files
+(numgpt.data.token_files): what is written, that it reads back as the tokenizer's ids,
 that hostile files give one clear StoreError naming the file and the offset, and
 that a prepare killed mid-way resumes to the same bytes."""
 import gzip
@@ -13,16 +13,15 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from cli_process import ENV, assert_usage_error, numgpt_cli
-import numgpt.data as numgpt_data
-from numgpt.data import DataError, KeyedPermutation, RandomWindowLoader, TokenWindows
-from numgpt.prepare import PrepareError, in_validation, prepare
-from numgpt.token_files import open_token_file, open_token_files, read_llmc_header, read_megatron_index
-from numgpt.token_store import MANIFEST, StoreError, TokenSequence, TokenStore, check_manifest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from token_file_writers import write_llmc, write_megatron, write_nanogpt
+
+import numgpt.data.datasets as numgpt_data
+from numgpt.data.datasets import DataError, KeyedPermutation, RandomWindowLoader, TokenWindows
+from numgpt.data.prepare import PrepareError, in_validation, prepare
+from numgpt.data.token_files import open_token_file, open_token_files, read_llmc_header, read_megatron_index
+from numgpt.data.token_store import MANIFEST, StoreError, TokenSequence, TokenStore, check_manifest
 
 GPT2_VOCAB = 50257
 EOT = 50256
@@ -128,12 +127,12 @@ def test_a_saved_hugging_face_dataset_is_a_source(tmp_path, tokenizer):
 
 def test_a_long_document_encoded_in_pieces_gives_the_ids_of_the_whole(tmp_path, verdict_text, tokenizer,
                                                                      monkeypatch):
-    import numgpt.prepare
+    import numgpt.data.prepare
     text = verdict_text + " 1½ x  y\n\nit's   done " + verdict_text[::-1]
-    cut = list(numgpt.prepare.pieces(text, 300))
+    cut = list(numgpt.data.prepare.pieces(text, 300))
     assert len(cut) > 100 and "".join(cut) == text
     assert sum((ordinary(tokenizer, piece) for piece in cut), []) == ordinary(tokenizer, text)
-    monkeypatch.setattr(numgpt.prepare, "CHUNK_CHARS", 300)
+    monkeypatch.setattr(numgpt.data.prepare, "CHUNK_CHARS", 300)
     (tmp_path / "a.txt").write_text(text)
     (tmp_path / "b.txt").write_text(verdict_text[:5000])
     prepare([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "store", workers=1, val_docs=0, shard_tokens=100)

@@ -10,11 +10,10 @@ import pytest
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from numgpt import bundled
-from numgpt import tokenizer as tokenizer_module
 from numgpt.autograd import Tensor
-from numgpt.bundled import GPT2_ENCODER_JSON, GPT2_VOCAB_BPE, BundledFileError, bundled_path
-from numgpt.tokenizer import GPT2_SPLIT_PATTERN, get_tokenizer, text_to_token_ids, token_ids_to_text
+from numgpt.io import bundled, tokenizer as tokenizer_module
+from numgpt.io.bundled import GPT2_ENCODER_JSON, GPT2_VOCAB_BPE, BundledFileError, bundled_path
+from numgpt.io.tokenizer import GPT2_SPLIT_PATTERN, get_tokenizer, text_to_token_ids, token_ids_to_text
 
 VERDICT_N_TOKENS = 5145  # the seed: "a training corpus of only 5,145 tokens"
 

@@ -1,4 +1,4 @@
-"""PyTorch's own files read by numgpt.torch_format (no PyTorch, no unpickler): the fixtures that
+"""PyTorch's own files read by numgpt.io.torch_format (no PyTorch, no unpickler): the fixtures that
 PyTorch 2.13 wrote (tests/reference/torch_files/make_torch_files.py) equal what torch.load returned,
 tensor for tensor; the seed's checkpoint continues in numgpt as it would in PyTorch; convert, --init
 and pytorch_model.bin directories."""
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from versioned_fixture import load_versioned
 
 import numgpt
 from numgpt import cli
 from numgpt.bf16 import from_bf16_bits
+from numgpt.io.safe_io import read_safetensors
+from numgpt.io.torch_format import TorchWeights
+from numgpt.io.torch_weights import seed_model
 from numgpt.optim import OptimizerStateError
-from numgpt.safe_io import read_safetensors
-from numgpt.torch_format import TorchWeights
-from numgpt.torch_weights import seed_model
-from versioned_fixture import load_versioned
 
 FIXTURE_VERSION = 1
 FIXTURES = Path(__file__).resolve().parent / "reference" / "torch_files"
@@ -213,7 +213,7 @@ def test_a_directory_with_pytorch_model_bin_loads(tmp_path, directory):
     safetensors_dir = tmp_path / "st"
     safetensors_dir.mkdir()
     shutil.copy(FIXTURES / directory / "config.json", safetensors_dir / "config.json")
-    numgpt.safe_io.write_safetensors(safetensors_dir / "model.safetensors", want)
+    numgpt.io.safe_io.write_safetensors(safetensors_dir / "model.safetensors", want)
     from_bin, from_safetensors = numgpt.load_pretrained(FIXTURES / directory), numgpt.load_pretrained(safetensors_dir)
     for (key, value), (_, other) in zip(from_bin.state_dict().items(), from_safetensors.state_dict().items()):
         np.testing.assert_array_equal(value, other, err_msg=key)

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
+from torch_file_writers import (APPEND, BUILD, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, MARK, PROTO2, REDUCE, SETITEM, STOP,
+                                TUPLE, TUPLE1, get, integer, name, ordered_dict, put, state_dict, storage, tensor, text,
+                                torch_zip, tuple_of)
 
 import numgpt
-from numgpt import cli, torch_format
-from numgpt.torch_format import TorchFileError
-from torch_file_writers import (APPEND, BUILD, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, MARK, PROTO2, REDUCE, SETITEM,
-                                STOP, TUPLE, TUPLE1, get, integer, name, ordered_dict, put, state_dict, storage,
-                                tensor, text, torch_zip, tuple_of)
+from numgpt import cli
+from numgpt.io import torch_format
+from numgpt.io.torch_format import TorchFileError
 
 FIXTURES = Path(__file__).resolve().parent / "reference" / "torch_files"
 FLOATS = np.arange(6, dtype=np.float32).tobytes()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import numgpt
-from numgpt.train import TrainState, estimate_training_bytes
+from numgpt.models.memory import estimate_training_bytes
+from numgpt.training.train import TrainState
 
 SMALL = dict(numgpt.GPT_CONFIG_124M, emb_dim=32, n_heads=2, n_layers=2, context_length=128, drop_rate=0.1)
 LOG_LINE = re.compile(r"^Ep \d+ \(Step \d{6}\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}$")
@@ -155,7 +156,7 @@ def test_non_finite_steps_update_nothing_and_stop_the_run(verdict_text, tokenize
     model.final_norm.scale.data[0] = np.inf              # every later forward gives a non-finite loss
     before["final_norm.scale"][0] = np.inf
     state = TrainState()
-    with pytest.raises(numgpt.train.NonFiniteTraining, match="3 consecutive steps"):
+    with pytest.raises(numgpt.training.train.NonFiniteTraining, match="3 consecutive steps"):
         numgpt.train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=1, eval_freq=100,
                                   eval_iter=1, start_context="Every", tokenizer=tokenizer, state=state,
                                   max_skipped_steps=3, file=out)
@@ -205,7 +206,7 @@ def test_grad_accumulation_equals_one_batch_k_times_larger(verdict_text, tokeniz
         optimizer = numgpt.AdamW(model.parameters(), lr=4e-3, weight_decay=0.1)
         grads = {}
 
-        def keep_first_gradients(state):
+        def keep_first_gradients(state, grads=grads, model=model):
             if state.global_step == 0:
                 grads.update({name: p.grad.copy() for name, p in model.named_parameters()})
 

@@ -20,5 +20,5 @@ from numgpt.ops.swiglu import swiglu, swiglu_linear
 from numgpt.registry import use_backward
 
 __all__ = ["add", "cached_attention", "causal_attention", "concat", "cross_entropy", "dropout", "dropout_add",
-           "dropout_add_layer_norm", "embedding", "gelu", "getitem", "layer_norm", "linear", "linear_gelu", "mul", "reshape", "rms_norm", "rope", "sum_all", "swiglu",
-           "swiglu_linear", "transpose", "use_backward"]
+           "dropout_add_layer_norm", "embedding", "gelu", "getitem", "layer_norm", "linear", "linear_gelu", "mul",
+           "reshape", "rms_norm", "rope", "sum_all", "swiglu", "swiglu_linear", "transpose", "use_backward"]

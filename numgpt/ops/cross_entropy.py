@@ -84,7 +84,8 @@ def cross_entropy(logits, targets, ignore_index=IGNORE_INDEX):
     logits = as_tensor(logits)
     targets = array_of(targets)
     if logits.ndim != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"cross_entropy expects logits (N, V) and targets (N,), got {logits.shape} and {targets.shape}")
+        raise ValueError(f"cross_entropy expects logits (N, V) and targets (N,), got {logits.shape} and "
+                         f"{targets.shape}")
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
     vocab = logits.shape[1]

@@ -33,6 +33,7 @@ import numpy
 
 from numgpt.autograd import record
 from numgpt.device import array_module
+from numgpt.ops.linear import LinearCache, linear_backward, linear_forward
 from numgpt.precision import autocast_weight
 from numgpt.registry import resolve
 
@@ -88,14 +89,12 @@ class SwiGLULinearCache(NamedTuple):
 
 
 def swiglu_linear_forward(gate, up, weight, bias=None):
-    from numgpt.ops.linear import linear_forward
     h, swiglu_cache = swiglu_forward(gate, up)                      # (..., F)
     out, linear_cache = linear_forward(h, weight, bias)             # (..., C); h is not kept
     return out, SwiGLULinearCache(swiglu_cache, weight, bias is not None, linear_cache.bf16)
 
 
 def swiglu_linear_backward(dout, cache):
-    from numgpt.ops.linear import LinearCache, linear_backward
     h, _ = swiglu_forward(*cache.swiglu)                            # recomputed (..., F)
     dh, dweight, dbias = linear_backward(dout, LinearCache(h.reshape(-1, h.shape[-1]), cache.weight,
                                                            cache.has_bias, cache.bf16))

@@ -350,7 +350,8 @@ def write_fixture(spec, text):
     model = make_model(spec, vocab_size, token_ids)
     if spec.config["rope_parameters"]["rope_type"] == "llama3":
         check_llama3_bands(model.config)
-    model.to(spec.save_dtype).save_pretrained(directory, safe_serialization=True, max_shard_size=spec.max_shard_size or "5GB")
+    model.to(spec.save_dtype).save_pretrained(directory, safe_serialization=True,
+                                              max_shard_size=spec.max_shard_size or "5GB")
     shards = sorted(p.name for p in directory.glob("model*.safetensors"))
     assert len(shards) >= spec.min_shards, f"{spec.name}: {len(shards)} shards, want >= {spec.min_shards}"
     if spec.min_shards > 1:
@@ -392,7 +393,8 @@ def write_fixture(spec, text):
             json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
     worst = max(floors, key=floors.get)
-    print(f"  vocab {vocab_size}, loss {float(tensors['loss']):.4f}, max |logit| {numpy.abs(tensors['logits']).max():.2f}, "
+    print(f"  vocab {vocab_size}, loss {float(tensors['loss']):.4f}, "
+          f"max |logit| {numpy.abs(tensors['logits']).max():.2f}, "
           f"{sum(k.startswith('grad.') for k in tensors)} gradients; worst float32 floor {floors[worst]:.1e} ({worst})")
     print(f"  files: {', '.join(f'{p.name} {p.stat().st_size / 1024:.1f} KiB' for p in sorted(directory.iterdir()))}")
 
@@ -419,7 +421,8 @@ def write_all():
     for p in files:
         digest.update(p.relative_to(OUT_DIR).as_posix().encode() + b"\0" + content_bytes(p))
     print(f"fixture_version {FIXTURE_VERSION}, transformers {transformers.__version__}, torch {torch.__version__}, "
-          f"tokenizers {tokenizers.__version__}: {len(files)} files, {size / 1024:.1f} KiB, sha256 {digest.hexdigest()[:16]}")
+          f"tokenizers {tokenizers.__version__}: {len(files)} files, {size / 1024:.1f} KiB, "
+          f"sha256 {digest.hexdigest()[:16]}")
     if size > MAX_FIXTURE_BYTES:
         raise SystemExit(f"fixtures are {size} bytes, more than {MAX_FIXTURE_BYTES}")
 
