@@ -33,6 +33,7 @@ from numba.core.caching import FunctionCache
 # kernel module -> the modules of this folder whose code is compiled into it
 DEPENDENCIES = {
     "attention": ("philox", "vexp"),
+    "bf16_weights": ("bf16_units",),
     "cross_entropy": ("vexp",),
     "fused": ("gelu", "layer_norm", "vexp"),
     "gelu": ("vexp",),
