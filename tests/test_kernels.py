@@ -684,7 +684,8 @@ def test_compile_cache_recompiles_the_kernels_that_inline_vexp_after_it_changes(
     stale = run(refresh=False)
     assert stale["compiled"] == [] and stale["gelu"] == first["gelu"], "numba noticed the edit by itself"
     fresh = run()
-    assert fresh["removed"] == sorted(compile_cache.DEPENDENCIES)
+    assert fresh["removed"] == sorted(module for module, sources in compile_cache.DEPENDENCIES.items()
+                                      if "vexp" in sources)
     assert fresh["compiled"] == ["_gelu_forward", "vexp_float32"]
     assert fresh["gelu"] != first["gelu"]
     assert run()["compiled"] == []
