@@ -206,3 +206,27 @@ def test_a_gpt2_layout_directory_generates_and_continues_pretraining(verdict_pat
     checkpoint = final_checkpoint(tmp_path / "run")
     assert checkpoint.config["tie_weights"] is True and checkpoint.config["emb_dim"] == 8
     assert checkpoint.state["train_state"]["global_step"] == 2
+
+
+def test_train_init_refuses_data_whose_ids_the_models_vocabulary_lacks(verdict_path, tmp_path):
+    """A model of 300 ids with GPT-2's tokenizer: the-verdict's text, and nanoGPT token files holding id
+    300, are refused in one line before a run directory exists; token files inside 300 ids train."""
+    from test_pretrained import hf_config, hf_tensors, write_model_dir
+    dims = dict(V=300, C=8, L=1, ctx=16)
+    weights = write_model_dir(tmp_path / "small", hf_tensors(**dims), hf_config(**dims), prefix="transformer.")
+    flags = ("--context-length", "8", "--batch-size", "2", "--max-steps", "1", "--eval-iter", "1")
+    text = numgpt_cli("train", "--init", weights, "--data", verdict_path, "--out", tmp_path / "run", *flags)
+    assert_usage_error(text, str(verdict_path), "gives token id", "outside the model's vocab_size 300")
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    ids = np.random.default_rng(0).integers(0, 300, 400).astype(np.uint16)
+    ids.tofile(tokens / "val.bin")
+    np.concatenate([ids, [300]]).astype(np.uint16).tofile(tokens / "train.bin")
+    files = numgpt_cli("train", "--init", weights, "--data", tokens, "--out", tmp_path / "run", *flags)
+    assert_usage_error(files, "train.bin", "300")
+    numgpt_cli("prepare", verdict_path, "--out", tmp_path / "store", check=0)
+    store = numgpt_cli("train", "--init", weights, "--data", tmp_path / "store", "--out", tmp_path / "run", *flags)
+    assert_usage_error(store, "manifest", "50257 ids", "more than the model's vocab_size 300")
+    assert not (tmp_path / "run").exists()
+    ids.tofile(tokens / "train.bin")
+    numgpt_cli("train", "--init", weights, "--data", tokens, "--out", tmp_path / "run", *flags, check=0)

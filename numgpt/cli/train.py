@@ -262,7 +262,8 @@ def cmd_train(args):
     _check_memory(cfg, flags["batch_size"], context, _memory_available())
 
     tokenizer, special = _run_tokenizer(flags, cfg, tokenizer_dir)
-    train_loader, val_loader, data_sha256 = training_data(flags, saved, run, tokenizer, special, context)
+    train_loader, val_loader, data_sha256 = training_data(flags, saved, run, tokenizer, special, context,
+                                                          cfg["vocab_size"])
     total_steps = _total_steps(flags, len(train_loader), world, context)
 
     created = None if existed else _claim(run, world)      # every check passed: the run directory now

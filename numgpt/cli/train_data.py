@@ -43,9 +43,10 @@ def _data_name(data):
     return data or "the bundled the-verdict.txt"
 
 
-def training_data(flags, saved, run, tokenizer, special, context):
+def training_data(flags, saved, run, tokenizer, special, context, vocab_size):
     """(train loader, validation loader, data sha256) of --data, checked before training starts;
-    a resumed run's (``saved``) must be the data it trained on.
+    a resumed run's (``saved``) must be the data it trained on, and every id must be one of the
+    model's ``vocab_size`` (a small model from --init may have fewer than its tokenizer).
 
     --data is a text file (default the bundled the-verdict.txt; split at --train-ratio of its
     characters), a token store directory (numgpt prepare; its manifest's sha256 names it) or a
@@ -59,9 +60,13 @@ def training_data(flags, saved, run, tokenizer, special, context):
         if (path / MANIFEST).is_file():
             store = TokenStore(path)
             _check_store_tokenizer(store, tokenizer)
+            if store.n_vocab > vocab_size:
+                raise UsageError(f"{store.manifest_path}: its ids come from {store.manifest['tokenizer']['name']} "
+                                 f"({store.n_vocab} ids), more than the model's vocab_size {vocab_size}: train a "
+                                 f"model of at least {store.n_vocab} ids on it")
             splits, data_sha256 = {split: store.split(split) for split in ("train", "val")}, store.manifest_sha256
         elif holds_token_files(path):
-            splits, data_sha256 = open_token_files(path, tokenizer.n_vocab)
+            splits, data_sha256 = open_token_files(path, min(tokenizer.n_vocab, vocab_size))
         else:
             raise UsageError(f"--data {path}: a directory with neither a token store ({MANIFEST}) nor *train*.bin "
                              f"token files; make a store with numgpt prepare SOURCE... --out DIR")
@@ -78,12 +83,23 @@ def training_data(flags, saved, run, tokenizer, special, context):
             train_set = GPTDatasetV1(train_text, tokenizer, context, context, special)
         with _naming_the_split("validation", flags, context):
             val_set = GPTDatasetV1(val_text, tokenizer, context, context, special)
+        _ids_in_vocabulary(flags, tokenizer, (train_set, val_set), vocab_size)
     if flags["sampling"] == "random":
         train_loader = RandomWindowLoader(train_set.tokens, context, flags["batch_size"])
     else:
         train_loader = DataLoader(train_set, batch_size=flags["batch_size"], shuffle=True, drop_last=True)
     val_loader = DataLoader(val_set, batch_size=flags["batch_size"], shuffle=False, drop_last=False)
     return train_loader, val_loader, data_sha256
+
+
+def _ids_in_vocabulary(flags, tokenizer, datasets, vocab_size):
+    """UsageError when the tokenized text holds an id the model's embedding has no row for."""
+    largest = max(int(part.max()) for dataset in datasets for part in dataset.tokens.parts)
+    if largest >= vocab_size:
+        raise UsageError(f"{_data_name(flags['data'])}: {tokenizer.name} gives token id {largest} "
+                         f"({tokenizer.decode([largest])!r}), outside the model's vocab_size {vocab_size} "
+                         f"(expected ids in [0, {vocab_size})): train it on token files or a store in its own "
+                         f"vocabulary")
 
 
 def store_vocabulary(flags, cfg, tokenizer_dir):
