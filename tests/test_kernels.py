@@ -680,7 +680,7 @@ def test_compile_cache_recompiles_the_kernels_that_inline_vexp_after_it_changes(
     assert again["removed"] == [] and again["compiled"] == [] and again["gelu"] == first["gelu"]
 
     with open(folder / "vexp.py", "a", encoding="utf-8") as f:
-        f.write("\nHALF_POW2 *= 2   # the table vexp's compiled code reads: every exp doubled\n")
+        f.write("\nEXP_MAX = 1.0   # a constant vexp's compiled code holds: exp above 1 becomes inf\n")
     stale = run(refresh=False)
     assert stale["compiled"] == [] and stale["gelu"] == first["gelu"], "numba noticed the edit by itself"
     fresh = run()
