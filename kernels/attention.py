@@ -99,7 +99,7 @@ from typing import NamedTuple, Optional
 import numpy
 from numba import njit, prange
 
-from numgpt.bf16 import round_to_bf16
+from numgpt.kernels.bf16 import rounded
 from numgpt.kernels.philox import philox_block
 from numgpt.kernels.vexp import vexp
 from numgpt.ops.philox import AttentionDropout, key_words, keep_threshold
@@ -431,7 +431,7 @@ def attention_forward(q, k, v, n_heads, dropout=None, n_kv_heads=None):
     NKV = n_kv_heads or n_heads
     q, k, v = (numpy.ascontiguousarray(x) for x in (q, k, v))        # in place when they are (the usual case)
     if bf16:
-        q, k, v = (round_to_bf16(x) for x in (q, k, v))              # the products' operands, rounded once
+        q, k, v = (rounded(x) for x in (q, k, v))                    # the products' operands, rounded once
     B, T, C = q.shape
     scale = q.dtype.type(1.0 / math.sqrt(C // n_heads))
     out = numpy.empty_like(q)                                         # (B, T, NH * HS)
@@ -444,7 +444,7 @@ def attention_backward(dout, cache):
     q, k, v, out, lse, NH, NKV, dropout, bf16 = cache
     dout = numpy.ascontiguousarray(dout, dtype=q.dtype)
     if bf16:
-        dout = round_to_bf16(dout)                                    # the products' operand, rounded once
+        dout = rounded(dout)                                          # the products' operand, rounded once
     B, T, C = q.shape
     scale = q.dtype.type(1.0 / math.sqrt(C // NH))
     D = numpy.empty((B, NH, T), dtype=q.dtype)

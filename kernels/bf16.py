@@ -21,9 +21,17 @@ from numgpt.kernels.matmul import matmul
 from numgpt.bf16 import matmul_bf16 as reference_matmul_bf16
 
 
-def rounded(x):
+def rounded(x, out=None):
     """float32 ``x`` rounded to bf16, as a new float32 array of the same shape and strides'
-    order (a transposed view stays a transposed view, so the product's kernel sees it as such)."""
+    order (a transposed view stays a transposed view, so the product's kernel sees it as such);
+    into ``out`` instead (a C-contiguous float32 array of ``x``'s shape, ``x`` C-contiguous too)."""
+    if out is not None:
+        if not (x.flags.c_contiguous and out.flags.c_contiguous and out.shape == x.shape
+                and out.dtype == numpy.float32):
+            raise ValueError(f"rounded(x, out): expected C-contiguous x and float32 out of its shape {x.shape}, "
+                             f"got out {out.dtype} {out.shape}")
+        bf16_units.round_flat(x.reshape(-1), out.reshape(-1))
+        return out
     if x.flags.c_contiguous:
         storage, flip = x, False
     elif x.ndim >= 2 and x.swapaxes(-1, -2).flags.c_contiguous:

@@ -35,17 +35,24 @@ zero products and the padded rows and columns of C are dropped):
                                   register takes, so one packing serves both units
   C  (G, M_pad, N_pad)            float32, row-major
 
-The loop nest (one call of the micro-kernel: rows [row_lo, row_hi), column
-panels [panel_lo, panel_hi), pairs of K [k_lo, k_hi)); the driver
-(``_drive``) cuts K into blocks of KC = 256 (C accumulates across them) and
-gives each thread a range of rows or of panels:
+The loop nest. The driver (``_drive``) gives each thread a range of rows or
+of panels, cuts it into blocks of C of ROWS_BLOCK x PANELS_BLOCK panels
+(256 x 256 floats, 256 KiB: in L2 while all of K adds into it) and calls the
+micro-kernel once per block and per KC = 256 of K (rows [row_lo, row_hi),
+column panels [panel_lo, panel_hi), pairs of K [k_lo, k_hi)):
 
-  for kc in K, step KC = 256          driver   B's K block: KC x N_pad x 2 bytes
-                                               (1.2 MiB for N = 2304), from L2/L3
-   for r in rows, step 32 (AMX) / 8   kernel   A's sliver 32 x KC x 2 = 16 KiB, L1
-    for j in panels, step 2           kernel   C's block: 2 x 2 tiles / 8 x 2 zmm
-     for k in KC, step 32 (AMX) / 2   kernel   the dot products, accumulators in
-                                               tiles / zmm registers
+  for rows, step ROWS_BLOCK           driver   C's block in L2
+   for panels, step PANELS_BLOCK      driver
+    for kc in K, step KC = 256        driver   A's block 256 x KC x 2 = 128 KiB, B's
+                                               block KC x 256 x 2 = 128 KiB: L2
+     AVX512_BF16 kernel:
+     for j in panels, step 2          kernel   B's sliver KC x 32 x 2 = 16 KiB: L1
+      for r in rows, step 8           kernel   C's micro-tile: 8 x 2 zmm
+       for k in KC, step 2            kernel   the dot products, in zmm registers
+     AMX kernel:
+     for r in rows, step 32           kernel   A's sliver 32 x KC x 2 = 16 KiB, L1
+      for j in panels, step 2         kernel   C's block: 2 x 2 tiles
+       for k in KC, step 32           kernel   the dot products, in tiles
 
 AMX (``amx_kernel_ir``; palette 1: 8 tiles of at most 16 rows x 64 bytes):
 tiles 0-3 hold a 2 x 2 block of C (four 16 x 16 float32 accumulators),
@@ -66,14 +73,21 @@ and 16 VDPBF16PS. Registers: 16 accumulators + 2 B + 1 broadcast = 19 of 32;
 16 independent chains cover VDPBF16PS's latency (~5 cycles) at 2 per cycle
 (Sapphire Rapids) or 1 (Zen 4).
 
-Not measured: this module was written on a CPU with neither unit (AMD Zen 3);
-the IR is checked to compile to TDPBF16PS/TILELOADD/LDTILECFG and VDPBF16PS
-for a Sapphire Rapids target, and the driver with the twin in its place
-against the reference. The block sizes follow the float32 kernel's reasoning
-(kernels/matmul.py), not a measurement.
+Measured on Zen 4 (AMD EPYC, AVX512_BF16, no AMX; 2 cores), one run each
+(benchmarks/bf16_gemm.md has the side-by-side table): the AVX512_BF16 kernel
+runs the seed's products at 380-430 GFLOP/s (its peak: one 512-bit VDPBF16PS,
+64 FLOPs, per cycle per core), twice the float32 kernel's rate there. Two
+changes came from measuring: the kernel first ran rows outer, so B's whole K
+block (1.2 MiB for N = 2304, 25 MiB for the 50257-wide head) streamed from
+L3 or memory once per 8 rows (200-370 GFLOP/s); and without the driver's
+blocks of C the head's products ran at 285-340. The AMX kernel is not
+measured (no AMX CPU has run it yet): its IR is checked to compile to
+TDPBF16PS/TILELOADD/LDTILECFG for a Sapphire Rapids target, and the driver
+with the twin in its place against the reference.
 """
 import ctypes
 import functools
+import threading
 
 import llvmlite.binding as llvm
 import numba
@@ -85,7 +99,10 @@ from numba.extending import intrinsic
 TILE = 16                     # rows of an AMX tile; float32 columns of a C tile; columns of a B panel
 PAD = 32                      # M, N and K are padded to multiples of this (one AMX step of K, a 2 x 2 tile block)
 KC = 256                      # K block of one kernel call (a multiple of PAD)
+ROWS_BLOCK = 256              # MC: rows of C per kernel call (a multiple of PAD)
+PANELS_BLOCK = 16             # NC: panels of C per kernel call (even): C's block 256 x 256 floats, 256 KiB
 AVX512_MR, AVX512_NV = 8, 2   # the AVX512_BF16 micro-tile: 8 rows x 2 panels (32 columns)
+PACK_PANELS = 8               # panels packed together from a B whose rows are contiguous: 512 bytes of a row
 
 AMX_FUNCTION, AVX512_FUNCTION = "numgpt_amx_bf16", "numgpt_avx512_bf16"
 AMX_TARGET_FEATURES = "+amx-tile,+amx-bf16,+avx512f,+avx512bw,+avx512vl,+avx512bf16"
@@ -224,32 +241,32 @@ def avx512_kernel_ir():
     emit("%p_lo = lshr i64 %k_lo, 1")
     emit("%p_hi = lshr i64 %k_hi, 1")
     emit("%accumulating = icmp ne i64 %accumulate, 0")
-    emit("br label %rows")
-    lines.append("rows:")
-    emit("%r = phi i64 [%row_lo, %entry], [%r.next, %rows.end]")
-    for i in rows:
-        emit(f"%r{i} = add i64 %r, {i}")
-        emit(f"%a.row{i} = mul i64 %r{i}, %a_stride")
-        emit(f"%c.row{i} = mul i64 %r{i}, %c_stride")
     emit("br label %cols")
-    lines.append("cols:")
-    emit("%j = phi i64 [%panel_lo, %rows], [%j.next, %cols.end]")
+    lines.append("cols:                                             ; panels outer: B's sliver stays in L1")
+    emit("%j = phi i64 [%panel_lo, %entry], [%j.next, %cols.end]")
     for v in panels:
         emit(f"%j{v} = add i64 %j, {v}")
         emit(f"%b{v}.off = mul i64 %j{v}, %b_panel")
         emit(f"%b{v} = getelementptr i8, ptr %b, i64 %b{v}.off")
         emit(f"%c.col{v} = shl i64 %j{v}, 6")
-        for i in rows:
+    emit("br label %rows")
+    lines.append("rows:                                             ; rows inner: A's block streams from L2")
+    emit("%r = phi i64 [%row_lo, %cols], [%r.next, %rows.end]")
+    for i in rows:
+        emit(f"%r{i} = add i64 %r, {i}")
+        emit(f"%a.row{i} = mul i64 %r{i}, %a_stride")
+        emit(f"%c.row{i} = mul i64 %r{i}, %c_stride")
+        for v in panels:
             emit(f"%c{i}{v}.off = add i64 %c.row{i}, %c.col{v}")
             emit(f"%c{i}{v} = getelementptr i8, ptr %c, i64 %c{i}{v}.off")
             emit(f"%c{i}{v}.old = load <16 x float>, ptr %c{i}{v}, align 4")   # C is allocated whole: safe to read
             emit(f"%c{i}{v}.init = select i1 %accumulating, <16 x float> %c{i}{v}.old, <16 x float> zeroinitializer")
     emit("br label %pairs")
     lines.append("pairs:                                            ; one pair of K")
-    emit("%p = phi i64 [%p_lo, %cols], [%p.next, %pairs]")
+    emit("%p = phi i64 [%p_lo, %rows], [%p.next, %pairs]")
     for i in rows:
         for v in panels:
-            emit(f"%acc{i}{v} = phi <16 x float> [%c{i}{v}.init, %cols], [%new{i}{v}, %pairs]")
+            emit(f"%acc{i}{v} = phi <16 x float> [%c{i}{v}.init, %rows], [%new{i}{v}, %pairs]")
     emit("%b.k = shl i64 %p, 6")                                       # 64 bytes per pair row of a panel
     emit("%a.k = shl i64 %p, 2")                                       # 2 bf16 per pair
     for v in panels:
@@ -272,15 +289,15 @@ def avx512_kernel_ir():
     for i in rows:
         for v in panels:
             emit(f"store <16 x float> %new{i}{v}, ptr %c{i}{v}, align 4")
-    emit("br label %cols.end")
-    lines.append("cols.end:")
-    emit(f"%j.next = add i64 %j, {AVX512_NV}")
-    emit("%j.more = icmp ult i64 %j.next, %panel_hi")
-    emit("br i1 %j.more, label %cols, label %rows.end")
+    emit("br label %rows.end")
     lines.append("rows.end:")
     emit(f"%r.next = add i64 %r, {AVX512_MR}")
     emit("%r.more = icmp ult i64 %r.next, %row_hi")
-    emit("br i1 %r.more, label %rows, label %exit")
+    emit("br i1 %r.more, label %rows, label %cols.end")
+    lines.append("cols.end:")
+    emit(f"%j.next = add i64 %j, {AVX512_NV}")
+    emit("%j.more = icmp ult i64 %j.next, %panel_hi")
+    emit("br i1 %j.more, label %cols, label %exit")
     lines.append("exit:")
     emit("ret void")
     body = "\n".join(lines)
@@ -406,20 +423,68 @@ def pack_a(a, packed):
             packed[g, i, k] = bf16_bits(a[g, i, k]) if i < M and k < K else 0
 
 
-@njit(parallel=True, cache=True)
+@njit(inline="always")
+def _pair_word(b, g, k2, column, K, N):
+    """The VNNI pair (B[g, 2 k2, column], B[g, 2 k2 + 1, column]) as bf16 bits in one uint32, the
+    even k in the low half (little-endian: uint16 2n and 2n + 1 of a packed row); 0 in the padding."""
+    k = 2 * k2
+    low = bf16_bits(b[g, k, column]) if k < K and column < N else numpy.uint16(0)
+    high = bf16_bits(b[g, k + 1, column]) if k + 1 < K and column < N else numpy.uint16(0)
+    return numpy.uint32(low) | (numpy.uint32(high) << numpy.uint32(16))
+
+
+@njit(inline="always")
+def _whole_pair_word(b, g, k2, column):
+    """_pair_word for a pair and column inside B: no bounds to test, so the loop vectorises."""
+    return (numpy.uint32(bf16_bits(b[g, 2 * k2, column]))
+            | (numpy.uint32(bf16_bits(b[g, 2 * k2 + 1, column])) << numpy.uint32(16)))
+
+
 def pack_b_vnni(b, packed):
-    """B (G, K, N) float32, any strides -> packed (G, N_pad/16, K_pad/2, 32) bf16 bits:
-    packed[g, j, k2, 2n + t] = B[g, 2 k2 + t, 16 j + n], zero outside B."""
+    """B (G, K, N) float32, any strides -> packed (G, N_pad/16, K_pad/2, 32) bf16 bits, C-contiguous:
+    packed[g, j, k2, 2n + t] = B[g, 2 k2 + t, 16 j + n], zero outside B. Written as uint32 words,
+    one VNNI pair each (``_pack_b_words``)."""
+    _pack_b_words(b, packed.view(numpy.uint32))
+
+
+@njit(parallel=True, cache=True)
+def _pack_b_words(b, words):
+    """words[g, j, k2, n] = the pair (B[g, 2 k2, 16 j + n], B[g, 2 k2 + 1, 16 j + n]).
+
+    Two loop orders, one result, chosen by B's layout. A transposed view (the forward's
+    W.T: each column of B contiguous) is read down its columns, one panel per thread step:
+    the panel's packed rows (K_pad/2 x 64 bytes) stay in L1 while 16 columns stream in.
+    Any other B (the backward's W, an activation: rows contiguous) is read along its rows,
+    PACK_PANELS panels at a time: one panel alone would take 64 bytes of each row, a new
+    page per row (2.5 ns per element, against 0.7 this way, on Zen 4)."""
     G, K, N = b.shape
-    panels, pairs = packed.shape[1], packed.shape[2]
-    for item in prange(G * panels):
-        g, j = item // panels, item % panels
-        for k2 in range(pairs):
+    panels, pairs = words.shape[1], words.shape[2]
+    whole_pairs, whole_panels = K // 2, N // TILE
+    if b.strides[1] == b.itemsize and b.strides[2] != b.itemsize:        # columns contiguous
+        for item in prange(G * panels):
+            g, j = item // panels, item % panels
             for n in range(TILE):
                 column = TILE * j + n
-                for t in range(2):
-                    k = 2 * k2 + t
-                    packed[g, j, k2, 2 * n + t] = bf16_bits(b[g, k, column]) if k < K and column < N else 0
+                if j < whole_panels:
+                    for k2 in range(whole_pairs):
+                        words[g, j, k2, n] = _whole_pair_word(b, g, k2, column)
+                    for k2 in range(whole_pairs, pairs):
+                        words[g, j, k2, n] = _pair_word(b, g, k2, column, K, N)
+                else:
+                    for k2 in range(pairs):
+                        words[g, j, k2, n] = _pair_word(b, g, k2, column, K, N)
+        return
+    blocks = -(-panels // PACK_PANELS)
+    for item in prange(G * blocks):
+        g, block = item // blocks, item % blocks
+        for k2 in range(pairs):
+            for j in range(block * PACK_PANELS, min(panels, (block + 1) * PACK_PANELS)):
+                if k2 < whole_pairs and j < whole_panels:
+                    for n in range(TILE):
+                        words[g, j, k2, n] = _whole_pair_word(b, g, k2, TILE * j + n)
+                else:
+                    for n in range(TILE):
+                        words[g, j, k2, n] = _pair_word(b, g, k2, TILE * j + n, K, N)
 
 
 # ---------------------------------------------------------------- the scalar twin
@@ -496,7 +561,8 @@ def _data_pointer(typingctx, array):
 def _drive(kernel, packed_a, packed_b, c, n_parts):
     """c[g] (M_pad, N_pad) = A[g] @ B[g] from the packed operands: each of the n_parts threads
     takes whole products (a stack at least n_parts deep) or a block of rows or of panels of
-    one (whichever is longer), and calls ``kernel`` per block of KC along K."""
+    one (whichever is longer), and calls ``kernel`` per block of C (ROWS_BLOCK x PANELS_BLOCK
+    panels) and per KC along K (the module docstring's loop nest)."""
     G, M_pad, K_pad = packed_a.shape
     N_pad = c.shape[2]
     slices = 1 if G >= n_parts else n_parts
@@ -510,12 +576,30 @@ def _drive(kernel, packed_a, packed_b, c, n_parts):
                 row_lo, row_hi = row_blocks * s // slices * PAD, row_blocks * (s + 1) // slices * PAD
             else:
                 panel_lo, panel_hi = panel_pairs * s // slices * 2, panel_pairs * (s + 1) // slices * 2
-            if row_lo == row_hi or panel_lo == panel_hi:
-                continue
-            for k_lo in range(0, K_pad, KC):
-                kernel(_data_pointer(packed_a[g]), _data_pointer(packed_b[g]), _data_pointer(c[g]),
-                       K_pad, N_pad, row_lo, row_hi, panel_lo, panel_hi, k_lo, min(K_pad, k_lo + KC),
-                       1 if k_lo > 0 else 0)
+            for block_lo in range(row_lo, row_hi, ROWS_BLOCK):             # MC rows of C ...
+                block_hi = min(row_hi, block_lo + ROWS_BLOCK)
+                for chunk_lo in range(panel_lo, panel_hi, PANELS_BLOCK):   # ... by NC panels: in L2
+                    chunk_hi = min(panel_hi, chunk_lo + PANELS_BLOCK)
+                    for k_lo in range(0, K_pad, KC):                       # every K block into it
+                        kernel(_data_pointer(packed_a[g]), _data_pointer(packed_b[g]), _data_pointer(c[g]),
+                               K_pad, N_pad, block_lo, block_hi, chunk_lo, chunk_hi, k_lo,
+                               min(K_pad, k_lo + KC), 1 if k_lo > 0 else 0)
+
+
+_scratch = threading.local()   # this thread's buffers for one product's temporaries
+
+
+def _scratch_array(name, shape, dtype):
+    """An uninitialised ``shape`` array in this thread's buffer ``name``, grown when too small and
+    kept: a product's packed operands (and a padded C) are its own temporaries, and fresh memory
+    that large costs a page fault per 4 KiB on every call (kernels/scratch.py: up to ~0.5 s per
+    154 MB in this project's VM; the 124M model's step packs about 0.7 GB)."""
+    size = int(numpy.prod(shape)) * numpy.dtype(dtype).itemsize
+    buffer = getattr(_scratch, name, None)
+    if buffer is None or buffer.size < size:
+        buffer = numpy.empty(size, dtype=numpy.uint8)
+        setattr(_scratch, name, buffer)
+    return buffer[:size].view(dtype).reshape(shape)
 
 
 def packed_product(kernel, a, b, out=None):
@@ -527,14 +611,18 @@ def packed_product(kernel, a, b, out=None):
     a3, b3 = a.reshape((-1, M, K)), b.reshape((-1, K, N))
     G = a3.shape[0]
     M_pad, K_pad, N_pad = padded(M), padded(K), padded(N)
-    packed_a = numpy.empty((G, M_pad, K_pad), dtype=numpy.uint16)
-    packed_b = numpy.empty((G, N_pad // TILE, K_pad // 2, 2 * TILE), dtype=numpy.uint16)
+    packed_a = _scratch_array("a", (G, M_pad, K_pad), numpy.uint16)
+    packed_b = _scratch_array("b", (G, N_pad // TILE, K_pad // 2, 2 * TILE), numpy.uint16)
     pack_a(a3, packed_a)
     pack_b_vnni(b3, packed_b)
-    c = numpy.empty((G, M_pad, N_pad), dtype=numpy.float32)
+    c_is_result = out is None and (M, N) == (M_pad, N_pad)      # no padding to drop: C is what is returned
+    c = (numpy.empty((G, M_pad, N_pad), dtype=numpy.float32) if c_is_result
+         else _scratch_array("c", (G, M_pad, N_pad), numpy.float32))
     _drive(kernel, packed_a, packed_b, c, numba.get_num_threads())
     result = c[:, :M, :N].reshape(lead + (M, N))
+    if c_is_result:
+        return result
     if out is None:
-        return numpy.ascontiguousarray(result)
+        return result.copy()                                    # C is this thread's scratch: never hand it out
     out[...] = result
     return out

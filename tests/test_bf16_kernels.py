@@ -167,13 +167,16 @@ def _numpy_pack_b_vnni(b, K_pad, N_pad):
     return pairs.transpose(0, 3, 1, 4, 2).reshape(G, N_pad // 16, K_pad // 2, 32)   # (g, j, k2, n t)
 
 
-@pytest.mark.parametrize("shape", ODD_SHAPES)
-@pytest.mark.parametrize("transposed", [False, True])
-def test_packing_matches_a_numpy_construction(shape, transposed):
+@pytest.mark.parametrize("shape", ODD_SHAPES + [(3, 301, 290)])
+@pytest.mark.parametrize("layout", ["rows", "transposed", "strided"])
+def test_packing_matches_a_numpy_construction(shape, layout):
+    """Each of pack_b's loop orders (B's rows contiguous; its columns, as the forward's W.T; neither)."""
     a, b = _operands(shape, lead=(2,))
-    if transposed:                                     # A.T and B.T views, as the backward passes them
+    if layout == "transposed":                         # A.T and B.T views, as the backward passes them
         a, b = np.ascontiguousarray(a.swapaxes(-1, -2)).swapaxes(-1, -2), np.ascontiguousarray(
             b.swapaxes(-1, -2)).swapaxes(-1, -2)
+    elif layout == "strided":                          # every other column of a wider array
+        a, b = (np.repeat(x, 2, axis=-1)[..., ::2] for x in (a, b))
     M, K, N = shape
     M_pad, K_pad, N_pad = map(bf16_units.padded, (M, K, N))
     packed_a = np.empty((2, M_pad, K_pad), dtype=np.uint16)
@@ -217,6 +220,44 @@ def test_the_twins_run_stacks_transposed_operands_and_out():
     a_t, b_t = np.ascontiguousarray(a2.T).T, np.ascontiguousarray(b2.T).T
     _assert_within_accumulation_error(bf16_units.packed_product(bf16_units.twin_kernel("avx512_bf16"), a_t, b_t),
                                       a_t, b_t, "avx512 twin, transposed views")
+
+
+# larger than one kernel call's block in every direction (ROWS_BLOCK rows, PANELS_BLOCK panels,
+# KC along K), none a multiple of 16: the driver's blocks and their edges
+BLOCKED_SHAPE = (bf16_units.ROWS_BLOCK + 44, bf16_units.KC * 2 + 18, bf16_units.PANELS_BLOCK * 16 + 34)
+
+
+@pytest.mark.parametrize("path", HARDWARE_PATHS)
+def test_the_driver_covers_products_larger_than_its_blocks(path):
+    a, b = _operands(BLOCKED_SHAPE, seed=3)
+    _assert_within_accumulation_error(bf16_units.packed_product(bf16_units.twin_kernel(path), a, b), a, b,
+                                      f"{path} twin {BLOCKED_SHAPE}")
+
+
+def test_a_product_never_hands_out_its_scratch():
+    """The packed operands and a padded C live in reused buffers: a result is the caller's own,
+    also where the slice of C that is the result happens to be contiguous (one element, N a
+    multiple of 32)."""
+    kernel = bf16_units.twin_kernel("avx512_bf16")
+    results = []
+    for shape in [(1, 1, 1), (5, 40, 32), (7, 3, 2)]:
+        a, b = _operands(shape, seed=len(results))
+        result = bf16_units.packed_product(kernel, a, b)
+        results.append((result, result.copy(), a, b))
+    for result, values, a, b in results:
+        np.testing.assert_array_equal(result, values)
+        _assert_within_accumulation_error(result, a, b, f"{a.shape} @ {b.shape} after later products")
+
+
+def test_rounding_into_an_array_needs_its_shape_and_c_order():
+    x = np.random.default_rng(4).standard_normal((6, 10)).astype(np.float32)
+    out = np.empty_like(x)
+    assert k_bf16.rounded(x, out=out) is out
+    np.testing.assert_array_equal(out, round_to_bf16(x))
+    for bad_x, bad_out in ((x, np.empty((10, 6), np.float32)), (x.T, np.empty((10, 6), np.float32)),
+                           (x, np.empty((6, 10), np.float64))):
+        with pytest.raises(ValueError, match="rounded"):
+            k_bf16.rounded(bad_x, out=bad_out)
 
 
 def test_the_twin_flushes_denormals_as_the_units_do():

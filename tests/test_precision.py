@@ -4,12 +4,13 @@ with NUMGPT_KERNELS=numpy, numba twins otherwise), against float64 products of b
 operands; the weight cache (rounded once per optimizer step); a tiny GPT trained in bf16-mixed
 against float32; and numgpt train --precision."""
 import json
+import weakref
 
 import numpy as np
 import pytest
 
 import numgpt
-from numgpt import ops, registry
+from numgpt import backend, ops, registry
 from numgpt.autograd import Tensor
 from numgpt.bf16 import round_to_bf16
 from numgpt.cli import main
@@ -17,7 +18,8 @@ from numgpt.errors import UsageError
 from numgpt.gradcheck import gradcheck
 from numgpt.ops.attention import attention_backward, attention_forward
 from numgpt.ops.linear import linear_backward, linear_forward
-from numgpt.precision import autocast, clear_autocast_cache, is_autocast_enabled, weight_roundings
+from numgpt.precision import (autocast, autocast_weight, clear_autocast_cache, is_autocast_enabled,
+                              weight_roundings)
 
 # float32 accumulation error of a product against its float64 value, relative to sum_k |a_ik b_kj|
 # (the bound of a float32 sum of K terms is about K * 6e-8; K <= 130 here, and BLAS blocks sum in
@@ -308,6 +310,30 @@ def test_weights_are_rounded_once_per_optimizer_step():
     assert not np.allclose(out.data, doubled.data)
 
 
+def test_a_weights_next_copy_reuses_a_spare_only_when_nothing_holds_it():
+    """After an optimizer step the last copies are spares to round into (kernel mode numba: no
+    page faults for fresh memory): a copy something still holds (a graph, a user) keeps its
+    values; a free one of the same shape is rounded into and takes the new values."""
+    from numgpt.autograd import Tensor
+    weight = Tensor(np.linspace(-3, 3, 48, dtype=np.float32).reshape(6, 8), requires_grad=True)
+    other = Tensor(np.full((6, 8), 1.7, dtype=np.float32), requires_grad=True)
+    clear_autocast_cache()
+    with autocast():
+        free = weakref.ref(autocast_weight(other))      # a copy of the same shape that nothing holds
+        held = autocast_weight(weight)                  # the spare tried first
+    kept = held.copy()
+    clear_autocast_cache()
+    weight.data *= 2.0                                  # the step changed the weights in place
+    with autocast():
+        fresh = autocast_weight(weight)
+    assert fresh is not held
+    np.testing.assert_array_equal(held, kept)           # the held copy was not rounded into
+    if backend.get_kernel_mode() == "numba":
+        assert fresh is free(), "the free spare was not reused"
+    np.testing.assert_array_equal(fresh, round_to_bf16(weight.data))
+    assert fresh.dtype == np.float32
+
+
 # ---------------------------------------------------------------- training
 def train_steps(bf16, steps=10):
     model = tiny_model(seed=1)
@@ -350,16 +376,40 @@ def test_train_refuses_bf16_true_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_train_records_bf16_mixed_and_resumes_in_it(tmp_path, capsys):
+@pytest.fixture(params=["emulate", "avx512", "amx"])
+def forced_bf16_path(request, monkeypatch):
+    """Each bf16 path (NUMGPT_BF16) this CPU and kernel mode can run, for one test; the kernels'
+    detection decides once per process, so it is asked again before and after."""
+    if request.param != "emulate" and backend.get_kernel_mode() != "numba":
+        pytest.skip("the NumPy kernel mode runs the emulation only")
+    monkeypatch.setenv("NUMGPT_BF16", request.param)
+    detected = None
+    if backend.get_kernel_mode() == "numba":
+        from numgpt.kernels import bf16_detect
+        detected = bf16_detect.bf16_path
+        detected.cache_clear()
+        try:
+            detected()
+        except UsageError as refusal:
+            detected.cache_clear()
+            pytest.skip(str(refusal))
+    yield request.param
+    monkeypatch.undo()
+    if detected is not None:
+        detected.cache_clear()
+
+
+def test_train_records_bf16_mixed_and_resumes_in_it(tmp_path, capsys, forced_bf16_path):
     out = tmp_path / "run"
+    notices = 1 if forced_bf16_path == "emulate" else 0       # said once where the products are emulated
     assert main(["train", "--out", str(out), *TINY, "--precision", "bf16-mixed", "--max-steps", "2"]) == 0
     err = capsys.readouterr().err
-    assert err.count("runs emulated") == 1, err
+    assert err.count("runs emulated") == notices, err
     assert json.loads((out / "settings.json").read_text())["train"]["precision"] == "bf16-mixed"
     assert main(["train", "--resume", "--out", str(out), "--precision", "32-true", "--max-steps", "3"]) == 2
     assert "--precision 32-true contradicts this run's precision = 'bf16-mixed'" in capsys.readouterr().err
     assert main(["train", "--resume", "--out", str(out), "--max-steps", "3"]) == 0
-    assert capsys.readouterr().err.count("runs emulated") == 1
+    assert capsys.readouterr().err.count("runs emulated") == notices
     assert json.loads((out / "settings.json").read_text())["train"]["precision"] == "bf16-mixed"
     assert not is_autocast_enabled()
 
