@@ -39,6 +39,10 @@ HERE = Path(__file__).resolve()
 TOKENS, C, V = 512, 768, 50257
 LAYERS = (("qkv", C, 3 * C), ("fc", C, 4 * C), ("proj", 4 * C, C), ("out_head", C, V))   # (name, in, out)
 TARGET = 0.8                     # numgpt bf16 / oneDNN bf16, at least
+# a pause before each side's calls: OpenBLAS's and OpenMP's worker threads busy-wait for a while
+# after their last call (OpenBLAS about 0.1 s), and on 2 cores they took most of the next side's
+# time (numgpt's float32 kernel measured at 77-130 GFLOP/s right after the BLAS, 170-210 alone)
+SETTLE_SECONDS = 0.5
 
 
 def products():
@@ -61,6 +65,7 @@ def operands(shape, a_transposed, b_transposed, seed=0):
 
 
 def best_seconds(product, repeats):
+    time.sleep(SETTLE_SECONDS)                                      # the last side's threads stop spinning
     product()                                                       # untimed: compiles, caches, warms
     best = float("inf")
     for _ in range(repeats):
@@ -115,8 +120,9 @@ def render(rows, torch_version, torch_missing, repeats):
     columns = list(dict.fromkeys(side for _, rates in rows for side in rates))
     lines = ["# bf16 and float32 matrix products: numgpt against PyTorch, the seed's shapes", "",
              f"Machine: {machine_description(torch_version)}. numgpt's bf16 path: {path}.", "",
-             f"GFLOP/s, best of {repeats} after one untimed call; the sides alternate product by product. numgpt "
-             "bf16 includes rounding its float32 operands to bf16.", "",
+             f"GFLOP/s, best of {repeats} after one untimed call and a {SETTLE_SECONDS} s pause; the sides alternate "
+             "product by product. numgpt bf16 includes rounding its float32 operands to bf16 and packing them; "
+             "PyTorch's bf16 operands are converted before the timing.", "",
              "| product (M x K x N) | " + " | ".join(columns) + " | numgpt bf16 / PyTorch bf16 |",
              "|---|" + "---|" * (len(columns) + 1)]
     ratios = []

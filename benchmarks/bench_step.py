@@ -188,6 +188,7 @@ class NumgptSide:
         self.optimizer = numgpt.AdamW(self.model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         self.x, self.y = batch_of(cfg, batch, seq)
         self.cfg = cfg
+        self.precision = precision
 
     def describe(self):
         from numgpt import backend
@@ -204,8 +205,13 @@ class NumgptSide:
         return time.perf_counter() - start, loss.item()
 
     def generate(self):
+        """Greedy tokens/s; the bf16-mixed side generates in bf16-true (``--precision bf16-true``:
+        its model converted in place, so this is the side's last command before it exits)."""
         import numpy
         from numgpt.models.generate import generate_text_simple
+        from numgpt.nn.inference_bf16 import to_bf16_true
+        if self.precision == "bf16-mixed":
+            self.model = to_bf16_true(self.model)
         self.model.eval()
         idx = numpy.array([GEN_PROMPT])
         generate_text_simple(self.model, idx, 5, self.cfg["context_length"])          # warm-up
@@ -600,7 +606,7 @@ def time_sides(wanted, me, torch_me, inductor_cache, n_steps):
             sys.exit(f"side {name} runs numgpt's {child.first['kernels']} kernels, not {NUMGPT_SIDES[name]}")
         children[name], described[name] = child, child.first
     steps = alternate(children, n_steps, log=True)                  # warm-up: compile's compile time
-    generation = {name: children[name].ask("generate") for name in ("numgpt", "torch") if name in children}
+    generation = {name: children[name].ask("generate") for name in ("numgpt", "bf16", "torch") if name in children}
     peaks = {name: child.close()["peak_mb"] for name, child in children.items()}
     return {**steps, "failed": {**failed, **steps["failed"]}, "described": described, "generation": generation,
             "peaks": peaks}
@@ -655,7 +661,7 @@ def render(args, setup, torch_version, torch_missing, first, cached, check, sgem
         lines += ["", f"Not timed: {SIDES[name]}: {reason}"]
     if torch_missing:
         lines += ["", torch_missing]
-    lines += render_targets(medians)
+    lines += render_targets(medians, steps["generation"])
     lines += ["", "Per-step times (ms): " + "; ".join(
         f"{name} " + ", ".join(f"{t * 1e3:.0f}" for t in ts) for name, ts in times.items()),
         "",
@@ -671,6 +677,7 @@ def render(args, setup, torch_version, torch_missing, first, cached, check, sgem
         "| side | tokens/s |",
         "|---|---|"]
     labels = {"numgpt": "numgpt generate_text_simple (KV cache)",
+              "bf16": "numgpt generate_text_simple, bf16-true weights (KV cache)",
               "torch": "PyTorch, the seed's generate_text_simple (no cache)",
               "transformers": "Hugging Face transformers GPT2LMHeadModel.generate (KV cache)"}
     generation = steps["generation"]
@@ -696,9 +703,16 @@ def render(args, setup, torch_version, torch_missing, first, cached, check, sgem
     return "\n".join(lines) + "\n"
 
 
-def render_targets(medians):
-    """Issue 24's targets, each with the CPU's bf16 path and this run's figure where it measured one."""
+def render_targets(medians, generation=None):
+    """Issue 24's targets, each with the CPU's bf16 path and this run's figure where it measured one
+    (``generation``: tokens/s replies by side, as time_sides gives them)."""
     path = bf16_path()
+    rates = {name: reply["tokens_per_s"] for name, reply in (generation or {}).items() if "tokens_per_s" in reply}
+
+    def speedup(other):
+        if "bf16" in rates and other in rates:
+            return rates["bf16"] / rates[other], f"{rates['bf16']:.1f} / {rates[other]:.1f} tokens/s"
+        return None, f"needs the generation of bf16 and {other}"
 
     def ratio(side, other):
         if side in medians and other in medians:
@@ -719,8 +733,10 @@ def render_targets(medians):
                         elsewhere.format("bench_bf16_gemm.py"), 0.8),
             target_line("the seed's full run in bf16-mixed / PyTorch float32 wall time <= 0.25", None,
                         elsewhere.format("bench_full_run.py"), 0.25),
-            target_line("greedy generation bf16-true >= 1.6 x numgpt float32 and >= 2.0 x transformers float32",
-                        None, "numgpt's bf16-true generation is not in this benchmark yet", 1.6),
+            target_line("greedy generation, numgpt bf16-true / numgpt float32 >= 1.6", *speedup("numgpt"), 1.6,
+                        at_most=False),
+            target_line("greedy generation, numgpt bf16-true / transformers float32 >= 2.0",
+                        *speedup("transformers"), 2.0, at_most=False),
             target_line("SmolLM2-135M step bf16-mixed <= 0.50 x transformers float32, <= 1.0 x under autocast",
                         None, elsewhere.format("bench_llama.py (bench_step.py --model smollm2-135m)"), 0.5)]
 

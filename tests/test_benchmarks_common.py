@@ -157,6 +157,13 @@ def test_the_step_benchmark_prints_each_target_with_the_bf16_path_and_its_figure
             "met") in text
     missing = "\n".join(bench_step.render_targets({"numgpt": 1.0}))
     assert "0.60 (every CPU): not measured in this run (needs the sides numgpt and torch)" in missing
+    assert "bf16-true / numgpt float32 >= 1.6: not measured in this run (needs the generation of bf16 and numgpt)" \
+        in missing
+    generation = {"numgpt": {"tokens_per_s": 40.0}, "bf16": {"tokens_per_s": 70.0},
+                  "transformers": {"tokens_per_s": 20.0}}
+    rendered = "\n".join(bench_step.render_targets({"numgpt": 1.0}, generation))
+    assert "bf16-true / numgpt float32 >= 1.6: **1.75** (70.0 / 40.0 tokens/s), met" in rendered
+    assert "bf16-true / transformers float32 >= 2.0: **3.50** (70.0 / 20.0 tokens/s), met" in rendered
 
 
 def test_the_step_report_renders_a_run_with_a_side_not_available_and_the_scale_rows():
