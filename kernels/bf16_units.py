@@ -94,7 +94,7 @@ import numba
 import numpy
 from llvmlite import ir
 from numba import cfunc, njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 TILE = 16                     # rows of an AMX tile; float32 columns of a C tile; columns of a B panel
 PAD = 32                      # M, N and K are padded to multiples of this (one AMX step of K, a 2 x 2 tile block)
@@ -423,25 +423,51 @@ def pack_a(a, packed):
             packed[g, i, k] = bf16_bits(a[g, i, k]) if i < M and k < K else 0
 
 
+def operand_bits(value):
+    """An operand's element as bf16 bits: a float32 rounded (``bf16_bits``), uint16 bf16 bits (a
+    weight from numgpt.precision's cache) as they are. Compiled code only (the overload below)."""
+    raise NotImplementedError("operand_bits runs in numba-compiled code only")
+
+
+@overload(operand_bits)                    # inlined by LLVM (numba's IR-level inline warns here)
+def _operand_bits(value):
+    if isinstance(value, types.Integer):
+        def as_they_are(value):
+            return numpy.uint16(value)
+        return as_they_are
+
+    def rounded_bits(value):
+        return bf16_bits(value)
+    return rounded_bits
+
+
+@njit(parallel=True, cache=True)
+def bits_flat(source, target):
+    """target[i] = source[i] rounded to bf16, as uint16 bits (1-D float32 -> uint16)."""
+    for i in prange(source.size):
+        target[i] = bf16_bits(source[i])
+
+
 @njit(inline="always")
 def _pair_word(b, g, k2, column, K, N):
     """The VNNI pair (B[g, 2 k2, column], B[g, 2 k2 + 1, column]) as bf16 bits in one uint32, the
     even k in the low half (little-endian: uint16 2n and 2n + 1 of a packed row); 0 in the padding."""
     k = 2 * k2
-    low = bf16_bits(b[g, k, column]) if k < K and column < N else numpy.uint16(0)
-    high = bf16_bits(b[g, k + 1, column]) if k + 1 < K and column < N else numpy.uint16(0)
+    low = operand_bits(b[g, k, column]) if k < K and column < N else numpy.uint16(0)
+    high = operand_bits(b[g, k + 1, column]) if k + 1 < K and column < N else numpy.uint16(0)
     return numpy.uint32(low) | (numpy.uint32(high) << numpy.uint32(16))
 
 
 @njit(inline="always")
 def _whole_pair_word(b, g, k2, column):
     """_pair_word for a pair and column inside B: no bounds to test, so the loop vectorises."""
-    return (numpy.uint32(bf16_bits(b[g, 2 * k2, column]))
-            | (numpy.uint32(bf16_bits(b[g, 2 * k2 + 1, column])) << numpy.uint32(16)))
+    return (numpy.uint32(operand_bits(b[g, 2 * k2, column]))
+            | (numpy.uint32(operand_bits(b[g, 2 * k2 + 1, column])) << numpy.uint32(16)))
 
 
 def pack_b_vnni(b, packed):
-    """B (G, K, N) float32, any strides -> packed (G, N_pad/16, K_pad/2, 32) bf16 bits, C-contiguous:
+    """B (G, K, N) float32 (or uint16 bf16 bits), any strides -> packed (G, N_pad/16, K_pad/2, 32)
+    bf16 bits, C-contiguous:
     packed[g, j, k2, 2n + t] = B[g, 2 k2 + t, 16 j + n], zero outside B. Written as uint32 words,
     one VNNI pair each (``_pack_b_words``)."""
     _pack_b_words(b, packed.view(numpy.uint32))

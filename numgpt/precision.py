@@ -24,7 +24,9 @@ arrays are left as they are, as torch.autocast leaves float64).
 
 The weight cache. A weight is rounded to bf16 once per optimizer step, not
 once per use (``autocast_weight``): the rounded copy serves the forward and
-the backward products of every micro-batch of a gradient accumulation. It
+the backward products of every micro-batch of a gradient accumulation (in
+kernel mode numba on a CPU with a bf16 matrix unit the copy is the bf16 bits,
+uint16, as PyTorch's cache keeps bf16 weights: half the memory). It
 is dropped when the weights change: numgpt's optimizer step and
 ``Module.load_state_dict`` call ``clear_autocast_cache()``, and a weight
 whose ``.data`` was replaced by another array is rounded again. Code that
@@ -117,8 +119,10 @@ _weights = _WeightCache()
 
 
 def autocast_weight(weight):
-    """The array a product uses for the weight tensor ``weight``: its bf16-rounded copy
-    (made once per optimizer step) while ``autocast_active``, else ``weight.data``."""
+    """The array a product uses for the weight tensor ``weight``: its bf16 copy (made once per
+    optimizer step) while ``autocast_active``, else ``weight.data``. The copy is the rounded
+    float32, or in kernel mode numba on a CPU with a bf16 matrix unit the bf16 bits (uint16) that
+    the kernels' products read (``_rounded``): an op passes it to its product_of(bf16) only."""
     data = weight.data
     if not autocast_active(data):
         return data
@@ -132,20 +136,22 @@ def autocast_weight(weight):
 
 
 def _rounded(data):
-    """``data`` rounded to bf16 (float32, the same bits in either kernel mode). In kernel mode
-    numba: the kernels' one parallel pass (1.24 -> 0.05 s per step of the 124M model on Zen 4,
-    against the NumPy reference), into a copy of the last generation that nothing holds any more
-    when there is one of this shape: fresh memory costs a page fault per 4 KiB (about 0.2 s per
-    step for the 124M model's 650 MB of copies in this project's VM)."""
+    """``data``'s bf16 copy. In kernel mode numba the kernels make it (numgpt.kernels.bf16's
+    ``weight_copy``: on a CPU with a bf16 matrix unit the weight's bf16 bits, uint16, which those
+    products take as they are; else the rounded float32), in one parallel pass (the NumPy
+    reference took 1.24 s per step for the 124M model's weights on Zen 4), into a copy of the
+    last generation that nothing holds any more when there is one of this shape: fresh memory
+    costs a page fault per 4 KiB (about 0.2 s per step for the 124M model in this project's VM).
+    In kernel mode numpy the reference's rounded float32."""
     if backend.get_kernel_mode() != "numba":
         return round_to_bf16(data)
-    from numgpt.kernels.bf16 import rounded   # the kernels' module: kernel mode numba only
+    from numgpt.kernels.bf16 import weight_copy   # the kernels' module: kernel mode numba only
     spares = _weights.spares.get(data.shape, [])
-    while spares and data.flags.c_contiguous:
+    while spares:
         spare = spares.pop()
         if sys.getrefcount(spare) == 2:       # ``spare`` and getrefcount's argument: no graph holds it
-            return rounded(data, out=spare)
-    return rounded(data)
+            return weight_copy(data, spare)
+    return weight_copy(data)
 
 
 def clear_autocast_cache():
@@ -154,8 +160,7 @@ def clear_autocast_cache():
     _weights.generation += 1
     _weights.spares = {}
     for _, _, copy in _weights.copies.values():
-        if copy.flags.c_contiguous and copy.dtype == numpy.float32:
-            _weights.spares.setdefault(copy.shape, []).append(copy)
+        _weights.spares.setdefault(copy.shape, []).append(copy)
     _weights.copies.clear()
 
 

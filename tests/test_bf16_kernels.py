@@ -187,6 +187,22 @@ def test_packing_matches_a_numpy_construction(shape, layout):
     np.testing.assert_array_equal(packed_b, _numpy_pack_b_vnni(b, K_pad, N_pad))
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_packing_takes_bf16_bits_as_they_are(transposed):
+    """A B of uint16 bf16 bits (the weight cache's copy on the units' paths) packs to the bits
+    its float32 values pack to: no second rounding."""
+    _, b = _operands((3, 301, 290), lead=(2,))
+    bits = to_bf16_bits(b)
+    if transposed:                                     # the forward's W.T
+        b, bits = (np.ascontiguousarray(x.swapaxes(-1, -2)).swapaxes(-1, -2) for x in (b, bits))
+    K_pad, N_pad = bf16_units.padded(301), bf16_units.padded(290)
+    from_floats, from_bits = (np.empty((2, N_pad // 16, K_pad // 2, 32), dtype=np.uint16) for _ in range(2))
+    bf16_units.pack_b_vnni(b, from_floats)
+    bf16_units.pack_b_vnni(bits, from_bits)
+    np.testing.assert_array_equal(from_bits, from_floats)
+    np.testing.assert_array_equal(from_bits, _numpy_pack_b_vnni(b, K_pad, N_pad))
+
+
 def test_the_numba_rounding_is_the_references_bit_for_bit():
     """Ties both ways, values that round up into the next binade and to infinity, NaN, denormals."""
     special = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, 3.3895314e38, np.inf, -np.inf, np.nan, -0.0,
@@ -276,6 +292,24 @@ def test_the_emulated_path_matches_the_reference(shape, monkeypatch):
     _assert_within_accumulation_error(k_bf16.matmul_bf16(a, b), a, b, f"emulated {shape}")
     _assert_within_accumulation_error(k_bf16.matmul_bf16(np.ascontiguousarray(a.T).T, b), a, b,
                                       f"emulated {shape}, A transposed")
+
+
+@pytest.mark.parametrize("path", HARDWARE_PATHS + ("emulated",))
+def test_the_weight_caches_copy_serves_both_products_on_each_path(path, monkeypatch):
+    """weight_copy: bf16 bits on the units' paths (the twins in the units' place here), the
+    rounded float32 on the emulated one; the forward's x @ W.T and the backward's dout @ W take
+    it as it is; a spare of the right kind is written into."""
+    monkeypatch.setattr(k_bf16, "bf16_path", lambda: bf16_detect.BF16Path(path, "test"))
+    monkeypatch.setattr(bf16_units, "compiled_kernel", bf16_units.twin_kernel)
+    rng = np.random.default_rng(5)
+    x, w, dout = (rng.standard_normal(shape).astype(np.float32) for shape in ((40, 70), (90, 70), (40, 90)))
+    copy = k_bf16.weight_copy(w)
+    assert copy.dtype == (np.float32 if path == "emulated" else np.uint16) and copy.shape == w.shape
+    _assert_within_accumulation_error(k_bf16.matmul_bf16(x, copy.T), x, w.T, f"{path}: x @ W.T from the copy")
+    _assert_within_accumulation_error(k_bf16.matmul_bf16(dout, copy), dout, w, f"{path}: dout @ W from the copy")
+    spare = np.empty_like(copy)
+    assert k_bf16.weight_copy(w * 2, spare) is spare
+    assert k_bf16.weight_copy(w, np.empty((90, 71), copy.dtype)).shape == w.shape      # a spare that does not fit
 
 
 def _skip_unless_the_cpu_has(path):

@@ -38,6 +38,7 @@ LAZY_EDGES = {
     ("numgpt.cli.info", "numgpt.kernels"): "numgpt info reports the kernels without making every command load numba",
     ("numgpt.nn.inference_bf16", "numgpt.kernels.bf16_weights"): "the widening kernel, in kernel mode numba only",
     ("numgpt.precision", "numgpt.kernels.bf16_detect"): "the bf16 path (CPU features), asked in kernel mode numba only",
+    ("numgpt.precision", "numgpt.kernels.bf16"): "the weight cache's copies, made by the kernels in kernel mode numba",
 }
 
 
