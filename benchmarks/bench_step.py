@@ -352,6 +352,8 @@ def serve(side_name, variant, setup, precision="32-true"):
             elif command == "generate":
                 tokens_per_s, tokens = side.generate()
                 reply = {"tokens_per_s": tokens_per_s, "tokens": tokens}
+            elif command == "peak":
+                reply = {"peak_mb": peak_mb()}
             elif command == "exit":
                 print(json.dumps({"peak_mb": peak_mb()}), flush=True)
                 return
@@ -582,7 +584,8 @@ def main():
 
 def time_sides(wanted, me, torch_me, inductor_cache, n_steps):
     """Start each side's child, then ask them for a step in turn, one warm-up step and ``n_steps``
-    timed; then numgpt's and PyTorch eager's generation, and every side's peak memory. A side that
+    timed; then every side's peak memory (of its steps), then the generation of numgpt, numgpt in
+    bf16-true and PyTorch eager. A side that
     fails is dropped with its reason. Returns {times, first_step, losses, described, failed,
     generation, peaks}, each keyed by side name."""
     children, described, failed = {}, {}, {}
@@ -606,8 +609,10 @@ def time_sides(wanted, me, torch_me, inductor_cache, n_steps):
             sys.exit(f"side {name} runs numgpt's {child.first['kernels']} kernels, not {NUMGPT_SIDES[name]}")
         children[name], described[name] = child, child.first
     steps = alternate(children, n_steps, log=True)                  # warm-up: compile's compile time
+    peaks = {name: child.ask("peak")["peak_mb"] for name, child in children.items()}   # the steps' own peaks
     generation = {name: children[name].ask("generate") for name in ("numgpt", "bf16", "torch") if name in children}
-    peaks = {name: child.close()["peak_mb"] for name, child in children.items()}
+    for child in children.values():
+        child.close()
     return {**steps, "failed": {**failed, **steps["failed"]}, "described": described, "generation": generation,
             "peaks": peaks}
 
