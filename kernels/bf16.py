@@ -30,17 +30,9 @@ from numgpt.bf16 import from_bf16_bits
 from numgpt.bf16 import matmul_bf16 as reference_matmul_bf16
 
 
-def rounded(x, out=None):
+def rounded(x):
     """float32 ``x`` rounded to bf16, as a new float32 array of the same shape and strides'
-    order (a transposed view stays a transposed view, so the product's kernel sees it as such);
-    into ``out`` instead (a C-contiguous float32 array of ``x``'s shape, ``x`` C-contiguous too)."""
-    if out is not None:
-        if not (x.flags.c_contiguous and out.flags.c_contiguous and out.shape == x.shape
-                and out.dtype == numpy.float32):
-            raise ValueError(f"rounded(x, out): expected C-contiguous x and float32 out of its shape {x.shape}, "
-                             f"got out {out.dtype} {out.shape}")
-        bf16_units.round_flat(x.reshape(-1), out.reshape(-1))
-        return out
+    order (a transposed view stays a transposed view, so the product's kernel sees it as such)."""
     if x.flags.c_contiguous:
         storage, flip = x, False
     elif x.ndim >= 2 and x.swapaxes(-1, -2).flags.c_contiguous:
@@ -89,7 +81,7 @@ def matmul_bf16(a, b, out=None):
     """``round_to_bf16(a) @ round_to_bf16(b)`` in float32, as numgpt.bf16.matmul_bf16, on this
     process's bf16 path (module docstring); ``b`` may also be bf16 bits (uint16, ``weight_copy``)."""
     if not _stackable(a, b, out):
-        return reference_matmul_bf16(_widened(a), _widened(b), out=out)
+        return reference_matmul_bf16(a, _widened(b), out=out)
     path = bf16_path().name
     if path == "emulated":
         return matmul(rounded(a), rounded(_widened(b)), out=out)

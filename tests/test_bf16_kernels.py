@@ -265,17 +265,6 @@ def test_a_product_never_hands_out_its_scratch():
         _assert_within_accumulation_error(result, a, b, f"{a.shape} @ {b.shape} after later products")
 
 
-def test_rounding_into_an_array_needs_its_shape_and_c_order():
-    x = np.random.default_rng(4).standard_normal((6, 10)).astype(np.float32)
-    out = np.empty_like(x)
-    assert k_bf16.rounded(x, out=out) is out
-    np.testing.assert_array_equal(out, round_to_bf16(x))
-    for bad_x, bad_out in ((x, np.empty((10, 6), np.float32)), (x.T, np.empty((10, 6), np.float32)),
-                           (x, np.empty((6, 10), np.float64))):
-        with pytest.raises(ValueError, match="rounded"):
-            k_bf16.rounded(bad_x, out=bad_out)
-
-
 def test_the_twin_flushes_denormals_as_the_units_do():
     """DAZ: a denormal bf16 operand counts as zero on the units (the reference keeps it)."""
     a = np.array([[1e-39, 1.0]], dtype=np.float32)          # 1e-39 is a float32 (and bf16) denormal
