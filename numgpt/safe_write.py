@@ -29,6 +29,7 @@ opened with ``O_NOFOLLOW``, which leaves no such window.
 """
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -38,6 +39,9 @@ from numgpt.errors import NumgptError
 
 NEW_FILE_MODE = 0o644
 TEMPORARY_SUFFIX = ".tmp"
+TEMPORARY_TOKEN_BYTES = 6
+# atomic_write's temporaries: ".<name>.<12 hex digits>.tmp"
+TEMPORARY_NAME = re.compile(rf"^\..+\.[0-9a-f]{{{2 * TEMPORARY_TOKEN_BYTES}}}{re.escape(TEMPORARY_SUFFIX)}$")
 
 
 class LinkRefused(NumgptError, OSError):
@@ -136,7 +140,7 @@ def atomic_write(path, write):
     is a symbolic link."""
     path = Path(path)
     refuse_link(path)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(TEMPORARY_TOKEN_BYTES)}{TEMPORARY_SUFFIX}")
     fd = _open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -149,6 +153,19 @@ def atomic_write(path, write):
         temporary.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+def remove_stale_temporaries(directory):
+    """Remove what an atomic_write killed part-way left in ``directory`` (its temporaries, by their
+    name pattern; the entries themselves, no link followed), before a job that owns the directory
+    resumes in it; returns the names removed."""
+    removed = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if TEMPORARY_NAME.match(entry.name) and not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    return sorted(removed)
 
 
 def copy_file(source, target):

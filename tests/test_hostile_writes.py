@@ -355,3 +355,24 @@ def test_own_directory_creates_reuses_and_refuses(tmp_path):
         own_directory(tmp_path / "file")
     with pytest.raises(LinkRefused, match="symbolic link"):
         own_directory(link(tmp_path / "l", tmp_path / "a"))
+
+
+def test_stale_temporaries_are_removed_as_entries_without_following_links(tmp_path):
+    """What a killed atomic_write leaves (".<name>.<12 hex>.tmp") goes before a job resumes in its
+    directory; a link so named goes as a link (its target stays); other names and directories stay."""
+    from numgpt import safe_write
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / ".manifest.json.0123456789ab.tmp").write_text("half")
+    (store / ".train-00000.bin.abcdef012345.tmp").symlink_to(victim)
+    (store / ".shard.bin.fedcba987654.tmp").mkdir()
+    for kept in ("train-00000.bin", ".manifest.json.tmp", ".x.0123456789ab.tmp.old", ".x.XYZ456789abc.tmp"):
+        (store / kept).write_text("data")
+    removed = safe_write.remove_stale_temporaries(store)
+    assert removed == [".manifest.json.0123456789ab.tmp", ".train-00000.bin.abcdef012345.tmp"]
+    assert victim.read_text() == "keep me"
+    assert sorted(p.name for p in store.iterdir()) == [".manifest.json.tmp", ".shard.bin.fedcba987654.tmp",
+                                                      ".x.0123456789ab.tmp.old", ".x.XYZ456789abc.tmp",
+                                                      "train-00000.bin"]

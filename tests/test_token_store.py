@@ -196,7 +196,10 @@ def test_a_killed_prepare_resumes_to_the_same_bytes(tmp_path, verdict_text):
     state = json.loads((tmp_path / "cut" / ".prepare-state.json").read_text())
     print("killed after", state["items"], "of", 150, "documents")
     assert 0 < state["items"] < 150
+    stale = tmp_path / "cut" / ".prepare-state.json.0123456789ab.tmp"  # as a kill inside atomic_write leaves
+    stale.write_bytes(b'{"settings": ')
     numgpt_cli("prepare", corpus, "--out", tmp_path / "cut", *args, check=0)
+    assert not stale.exists()
     prepare([corpus], tmp_path / "whole", workers=2, shard_tokens=3000)
     cut, whole = store_bytes(tmp_path / "cut"), store_bytes(tmp_path / "whole")
     assert sorted(cut) == sorted(whole) and len(cut) > 10

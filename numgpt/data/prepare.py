@@ -441,6 +441,7 @@ def prepare(sources, out, tokenizer=None, workers=None, shard_tokens=DEFAULT_SHA
         raise PrepareError(f"--shard-tokens must be >= 1, got {shard_tokens}")
     files = resolve_sources(sources)
     safe_write.own_directory(out)
+    safe_write.remove_stale_temporaries(out)             # a killed run's half-written files
     options = {"train_ratio": train_ratio, "val_docs": val_docs, "val_fraction": val_fraction,
                "text_field": text_field, "split": split}
     described = describe_sources(files, split)
