@@ -489,16 +489,13 @@ def _pack_b_words(b, words):
     if b.strides[1] == b.itemsize and b.strides[2] != b.itemsize:        # columns contiguous
         for item in prange(G * panels):
             g, j = item // panels, item % panels
+            inside = whole_pairs if j < whole_panels else 0                # pairs with no bound to test
             for n in range(TILE):
                 column = TILE * j + n
-                if j < whole_panels:
-                    for k2 in range(whole_pairs):
-                        words[g, j, k2, n] = _whole_pair_word(b, g, k2, column)
-                    for k2 in range(whole_pairs, pairs):
-                        words[g, j, k2, n] = _pair_word(b, g, k2, column, K, N)
-                else:
-                    for k2 in range(pairs):
-                        words[g, j, k2, n] = _pair_word(b, g, k2, column, K, N)
+                for k2 in range(inside):
+                    words[g, j, k2, n] = _whole_pair_word(b, g, k2, column)
+                for k2 in range(inside, pairs):
+                    words[g, j, k2, n] = _pair_word(b, g, k2, column, K, N)
         return
     blocks = -(-panels // PACK_PANELS)
     for item in prange(G * blocks):

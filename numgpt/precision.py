@@ -156,11 +156,13 @@ def _rounded(data):
 
 def clear_autocast_cache():
     """Drop every cached bf16 weight: the weights changed (an optimizer step, load_state_dict).
-    Their arrays are kept as spares for the next generation's copies, until the next clear."""
+    In kernel mode numba their arrays are kept as spares for the next generation's copies, until
+    the next clear."""
     _weights.generation += 1
     _weights.spares = {}
-    for _, _, copy in _weights.copies.values():
-        _weights.spares.setdefault(copy.shape, []).append(copy)
+    if backend.get_kernel_mode() == "numba":       # only the kernels round into a spare (``_rounded``)
+        for _, _, copy in _weights.copies.values():
+            _weights.spares.setdefault(copy.shape, []).append(copy)
     _weights.copies.clear()
 
 
